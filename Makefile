@@ -1,0 +1,59 @@
+# bagnet-repro. Two commands to start: `make demo`, `make test`. See README.md.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RUN    := $(PY) -m bagnet.run
+# cpu profile unless a GPU is visible; override with PROFILE=gpu|cpu
+PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+DATA_ROOT ?=
+DATA_ARG := $(if $(DATA_ROOT),data.root=$(abspath $(DATA_ROOT)))
+MODEL ?= bagnet33
+DATA ?= synthetic
+ARGS ?=
+
+.PHONY: setup test test-full demo train train-bagnet33 sweep-patch reproduce-table1 heatmaps \
+        eval-imagenet bench render-results clean-demo
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-full: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: setup
+	$(RUN) task=demo experiment=demo $(ARGS)
+
+train: setup
+	$(RUN) task=train model=$(MODEL) data=$(DATA) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+
+train-bagnet33: setup
+	$(RUN) task=train model=bagnet33 data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+
+sweep-patch: setup
+	$(RUN) -m task=train model=bagnet model.patch_size=9,17,33 data=$(DATA) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+	$(PY) scripts/collect_sweep.py runs/train/$(DATA) --out results/sweep_patch/$(DATA)
+
+reproduce-table1: setup
+	$(RUN) task=table1 experiment=table1 data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+
+heatmaps: setup
+	$(RUN) task=heatmaps experiment=demo $(ARGS)
+	$(RUN) task=patches experiment=demo $(ARGS)
+
+eval-imagenet: setup
+	$(RUN) task=eval_imagenet experiment=imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)
+
+bench: setup
+	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_heatmap.py
+	$(PY) scripts/bench_data.py
+
+render-results: setup
+	$(PY) scripts/render_results.py

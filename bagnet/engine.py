@@ -1,0 +1,256 @@
+"""Plain training and evaluation functions (in the manner of torchvision's references/classification).
+
+Determinism: the sampler yields ``(epoch, index)`` and ``SeededDataset`` seeds the augmentation RNG
+from (seed, epoch, index), so the data a step sees depends on nothing but the seed and the step,
+whatever the number of workers and whether the run was resumed.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum
+
+
+# ---------------------------------------------------------------- data order and loaders
+class EpochSampler(Sampler):
+    """Seeded per-epoch permutation, sharded over ranks; yields (epoch, index).
+
+    Training shards are padded to equal length (every rank must take the same number of steps);
+    evaluation shards are not, so each image is counted exactly once.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.pad = n, seed, shuffle, rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            idx = torch.randperm(self.n, generator=g).tolist()
+        else:
+            idx = list(range(self.n))
+        if self.pad and self.world > 1:
+            total = math.ceil(self.n / self.world) * self.world
+            idx += idx[: total - self.n]
+        return idx[self.rank:: self.world]
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in self._indices()])
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so item (epoch, i) is produced under a RNG seeded by (seed, epoch, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+            return self.dataset[i]
+
+
+def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, dist_info: DistInfo,
+                 workers: int = 0, device: torch.device | str = "cpu") -> DataLoader:
+    sampler = EpochSampler(len(dataset), seed, shuffle=train, rank=dist_info.rank,
+                           world_size=dist_info.world_size, pad=train)
+    return DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=workers, persistent_workers=workers > 0, drop_last=False,
+                      pin_memory=torch.device(device).type == "cuda")
+
+
+# ---------------------------------------------------------------- precision
+@dataclass
+class Precision:
+    """Autocast settings: bf16 on CPUs that have fast bf16, bf16/fp16 on CUDA, else fp32."""
+    dtype: torch.dtype | None  # None = fp32
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    name = name.lower()
+    valid = ("auto", "fp32", "bf16", "fp16")
+    if name not in valid:
+        raise ValueError(f"unknown precision '{name}'; valid: {', '.join(valid)}")
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            name = "bf16" if cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return Precision({"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name} requested but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------- train / evaluate
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
+                    scaler: torch.amp.GradScaler | None, precision: Precision, device: torch.device,
+                    epoch: int, label_smoothing: float = 0.0, accum_steps: int = 1,
+                    channels_last: bool = False, progress: bool = True, max_steps: int | None = None) -> dict:
+    """One pass over ``loader``; the scheduler steps once per optimizer step."""
+    model.train()
+    loader.sampler.set_epoch(epoch)
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    start, seen = time.perf_counter(), 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    for step, (images, labels) in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            break
+        images, labels = _to(images, device, channels_last), labels.to(device, non_blocking=True)
+        with precision.autocast(device):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower the "
+                                     "learning rate or use precision=fp32")
+        (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
+        if (step + 1) % accum_steps == 0 or step + 1 == len(loader):
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+        n = labels.numel()
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        seen += n
+        if progress:
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+    loss_sum, correct, count = all_reduce_sum(totals.tolist(), device)
+    return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+            "train_images_per_s": seen / (time.perf_counter() - start)}
+
+
+@torch.no_grad()
+def recalibrate_slow_bn(model: nn.Module, loader: DataLoader, precision: Precision, device: torch.device,
+                        epoch: int, batches: int, channels_last: bool = False, slow: float = 0.01) -> int:
+    """Re-estimate the running statistics of BatchNorm layers with a tiny momentum.
+
+    The BagNet stem's BN uses momentum 0.001 (as in the authors' release, tuned for long ImageNet
+    runs): after a few hundred steps its running stats are still mostly their initial values and
+    eval-mode accuracy is meaningless. This replaces them by the exact average over ``batches``
+    training batches (other BN layers are left alone). Returns the number of layers recalibrated.
+    """
+    slow_bns = [m for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum < slow]
+    if not slow_bns or batches <= 0:
+        return 0
+    was_training = model.training
+    model.eval()
+    momenta = [m.momentum for m in slow_bns]
+    for m in slow_bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    loader.sampler.set_epoch(epoch)
+    for step, (images, _) in enumerate(loader):
+        if step >= batches:
+            break
+        with precision.autocast(device):
+            model(_to(images, device, channels_last))
+    for m, mom in zip(slow_bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return len(slow_bns)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, precision: Precision, device: torch.device,
+            channels_last: bool = False, progress: bool = True, desc: str = "eval",
+            transform=None) -> pd.DataFrame:
+    """Per-image predictions (this rank's shard): index, label, pred, top5_0..4, true_logit.
+
+    ``transform(images, indices)`` optionally alters a batch before the forward (e.g. scrambling).
+    """
+    model.eval()
+    rows = []
+    sampler_idx = iter(loader.sampler._indices()) if isinstance(loader.sampler, EpochSampler) else None
+    offset = 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        n = labels.numel()
+        idx = [next(sampler_idx) for _ in range(n)] if sampler_idx else list(range(offset, offset + n))
+        offset += n
+        if transform is not None:
+            images = transform(images, idx)
+        images = _to(images, device, channels_last)
+        with precision.autocast(device):
+            logits = model(images).float().cpu()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        rows.append(pd.DataFrame({
+            "index": idx, "label": labels.tolist(), "pred": top[:, 0].tolist(),
+            **{f"top5_{j}": top[:, j].tolist() for j in range(k)},
+            "true_logit": logits.gather(1, labels[:, None]).squeeze(1).tolist()}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def accuracy_from_predictions(df: pd.DataFrame) -> dict:
+    top5_cols = [c for c in df.columns if c.startswith("top5_")]
+    top1 = (df["pred"] == df["label"]).mean()
+    top5 = df[top5_cols].eq(df["label"], axis=0).any(axis=1).mean()
+    return {"top1": float(top1), "top5": float(top5), "n": int(len(df))}
+
+
+def evaluate(model: nn.Module, loader: DataLoader, precision: Precision, device: torch.device,
+             channels_last: bool = False, progress: bool = True, desc: str = "eval",
+             transform=None) -> tuple[dict, pd.DataFrame]:
+    """Top-1/top-5 over all ranks and the gathered per-image predictions (complete on every rank)."""
+    df = predict(model, loader, precision, device, channels_last, progress, desc, transform)
+    df = pd.concat([d for d in all_gather_objects(df) if len(d)], ignore_index=True)
+    df = df.sort_values("index", kind="stable").reset_index(drop=True)
+    return accuracy_from_predictions(df), df

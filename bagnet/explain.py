@@ -1,0 +1,69 @@
+"""Heatmaps and most predictive patches as Results (tables + figures), for the runner and the demo."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from .heatmaps import heatmap
+from .models import is_bagnet
+from .patches import most_predictive_patches
+from .result import Result
+from .viz import compare_bagnets_figure, patches_figure
+
+
+def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    out = {k: m for k, m in models.items() if is_bagnet(m)}
+    if not out:
+        raise ValueError(f"heatmaps and patches need a BagNet; got {', '.join(models)}")
+    return out
+
+
+def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
+                    num_images: int = 8, seed: int = 0, device="cpu", stride: int = 1) -> Result:
+    """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side."""
+    from experiments.common import eval_indices, load_batch
+    bagnets = _bagnets(models)
+    idx = eval_indices(len(dataset), num_images, seed)
+    images, labels = load_batch(dataset, idx)
+    maps, rows = {}, []
+    with torch.inference_mode():
+        for name, model in bagnets.items():
+            model = model.to(device).eval()
+            h = heatmap(model, images.to(device), target=labels.to(device), stride=stride).float().cpu()
+            maps[name] = h
+            logits = model(images.to(device)).float().cpu()
+            for k, i in enumerate(idx):
+                rows.append({"model": name, "index": i, "label": classes[labels[k]],
+                             "pred": classes[int(logits[k].argmax())], "true_logit": float(logits[k, labels[k]]),
+                             "heat_min": float(h[k].min()), "heat_max": float(h[k].max()),
+                             "heat_mean": float(h[k].mean())})
+    titles = [classes[int(y)] for y in labels]
+    fig = compare_bagnets_figure(images, maps, titles, mean, std)
+    return Result(tables={"heatmaps": pd.DataFrame(rows)}, figures={"heatmaps": fig},
+                  raw={"indices": idx, "stride": stride},
+                  summary=f"{len(idx)} images x {len(bagnets)} BagNets")
+
+
+def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
+                   k: int = 8, per_class_images: int | None = None, device="cpu",
+                   class_ids: Sequence[int] | None = None) -> Result:
+    """Per class: the k most predictive patches among its images and the k strongest distractors."""
+    name, model = next(reversed(_bagnets(models).items()))  # the largest-q BagNet when listed by q
+    class_ids = list(range(len(classes))) if class_ids is None else list(class_ids)
+    with torch.inference_mode():
+        found = most_predictive_patches(model, dataset, class_ids, k=k, per_class_images=per_class_images,
+                                        device=device)
+    rows, figures = [], {}
+    for c in class_ids:
+        for kind in ("class", "distractor"):
+            d = found[c][kind]
+            for r in range(len(d["logits"])):
+                rows.append({"class": classes[c], "kind": kind, "rank": r + 1, "logit": float(d["logits"][r]),
+                             "image_index": int(d["image_index"][r]), "source_label": classes[int(d["label"][r])],
+                             "row": int(d["location"][r][0]), "col": int(d["location"][r][1])})
+        figures[f"patches_{classes[c]}"] = patches_figure(found[c], classes[c], classes, mean, std)
+    return Result(tables={"patches": pd.DataFrame(rows)}, figures=figures, raw={"model": name, "k": k},
+                  summary=f"{name}: top-{k} patches and distractors for {len(class_ids)} classes")

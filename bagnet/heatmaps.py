@@ -1,0 +1,234 @@
+"""Patch-logit heatmaps of a BagNet, computed densely ("a trous") instead of patch by patch.
+
+Definition (the authors' ``bagnets.utils.generate_heatmap_pytorch``): zero-pad the normalised image by
+p = (q-1)//2 on every side, evaluate the BagNet on every q x q patch of the padded image, keep the
+logit. Map entry (a, b) is the patch whose top-left corner is (a, b) in the padded image, i.e. whose
+centre is pixel (a, b) of the image, so an H x W image gives an H x W map.
+
+Why the dense rewrite is exact: every conv is unpadded and top-left aligned (a strided conv's output i
+reads inputs s*i.., the residual crop drops bottom/right), BN in eval mode and ReLU act per pixel.
+So "layer L at dense position t" := "layer L at index 0 for the input cropped at t" is well defined,
+and the strided net's index i is dense position jump_L * i. A conv that the strided net runs with
+stride s on a grid of jump d becomes, densely, a stride-1 conv with dilation d; the net's strides only
+say which dense positions it happens to compute. We compute exactly the dense positions the wanted
+output needs: walking back from output step s, a k>1 conv of dilation d needs its input at step
+gcd(step, d), a 1x1 conv at the same step. Tensors are stored at their step g (entry j = dense
+position g*j), so a conv runs as F.conv2d(stride=g_out/g_in, dilation=d/g_in) with the model's own
+weights. Stride 8 reproduces the plain forward pass; stride 1 is the fully dilated net.
+
+Relation to the model's own outputs (p = (q-1)//2, n_h = (H-q)//8 + 1, n_w = (W-q)//8 + 1):
+  * heatmap(x, stride=8) == model.patch_logits(F.pad(x, [p]*4))                (all classes)
+  * model.patch_logits(x)[..., i, j] == heatmap(x, stride=1)[..., p + 8i, p + 8j]
+  * model(x) == mean over i < n_h, j < n_w of heatmap(x, stride=1)[..., p + 8i, p + 8j]
+    (only patches lying wholly inside the image: no padding involved). When 8 | p (q = 17, 33) these
+    are the entries heatmap(x, stride=8)[..., p/8 + i, p/8 + j]; for q = 9 (p = 4) use stride 4 and
+    entries [1 + 2i, 1 + 2j].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["heatmap", "heatmap_patchwise", "pad_for_heatmap"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _check(model: nn.Module, stride: int) -> nn.Module:
+    net = _unwrap(model)
+    if net.training:
+        # Train-mode BN normalises with batch statistics, which differ between a patch and a dense map.
+        raise ValueError("heatmaps need BN running statistics: call model.eval() first")
+    if not 1 <= int(stride) <= 8:
+        raise ValueError(f"stride must be in 1..8, got {stride}")
+    return net
+
+
+def pad_for_heatmap(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Zero-pad normalised images by (q-1)//2 per side (the authors' heatmap convention)."""
+    p = (_unwrap(model).patch_size - 1) // 2
+    return F.pad(images, (p, p, p, p))
+
+
+def _as_target(target, batch: int, device) -> torch.Tensor | None:
+    if target is None:
+        return None
+    t = torch.as_tensor(target, device=device, dtype=torch.long)
+    return t.expand(batch) if t.dim() == 0 else t
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference: one forward pass per q x q patch.
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def heatmap_patchwise(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1,
+                      batch_size: int = 256, rows: int | None = None) -> torch.Tensor:
+    """Reference heatmap: crop every q x q patch (stride ``stride``) of the padded image and run the model.
+
+    Returns [B, H_s, W_s] for a target (int or LongTensor[B]) or [B, K, H_s, W_s] for target None,
+    H_s = ceil(H / stride). Batches hold max(1, batch_size // W_s) whole map rows. ``rows`` limits the
+    computation to the first ``rows`` map rows (benchmarks).
+    """
+    net = _check(model, stride)
+    q = net.patch_size
+    dtype = next(net.parameters()).dtype
+    device = next(net.parameters()).device
+    x = pad_for_heatmap(net, images.to(device=device, dtype=dtype))
+    b = x.shape[0]
+    tgt = _as_target(target, b, device)
+    # A view [B, H_s, W_s, 3, q, q]; only one batch of whole map rows is copied out at a time
+    # (all 224x224 patches of one image would be 656 MB in float32).
+    win = x.unfold(2, q, stride).unfold(3, q, stride).permute(0, 2, 3, 1, 4, 5)
+    hs, ws = win.shape[1], win.shape[2]
+    hs = hs if rows is None else min(hs, rows)
+    step = max(1, batch_size // ws)
+    out = []
+    for i in range(b):
+        chunks = [net(win[i, r: min(r + step, hs)].reshape(-1, 3, q, q)) for r in range(0, hs, step)]
+        logits = torch.cat(chunks).t().reshape(-1, hs, ws)                     # [K, H_s, W_s]
+        out.append(logits if tgt is None else logits.index_select(0, tgt[i:i + 1])[0])
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense computation.
+# ----------------------------------------------------------------------------------------------
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None):
+    """Eval-mode BN is a per-channel affine map, so it folds into the preceding conv: saves a full
+    pass over every activation (BN was ~15% of the dense run time on CPU)."""
+    w, b = conv.weight, conv.bias
+    if bn is None:
+        return w, b
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    if b is not None:
+        shift = shift + b * scale
+    return w * scale[:, None, None, None], shift
+
+
+@dataclass
+class _Conv:
+    """How to run one conv (+ its BN) densely: on input stored at step g_in, output at step g_out."""
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d | None
+    dilation: int     # dense dilation = jump of the strided net's input grid at this conv
+    g_in: int = 1
+    g_out: int = 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.conv.kernel_size[0]
+        assert self.conv.padding == (0, 0) and self.conv.kernel_size[0] == self.conv.kernel_size[1]
+        dil = self.dilation // self.g_in if k > 1 else 1
+        w, b = _fold_bn(self.conv, self.bn)
+        return F.conv2d(x, w, b, stride=self.g_out // self.g_in, dilation=dil)
+
+
+def _plan(net: nn.Module, stride: int):
+    """Per-conv dense dilation (forward walk) and storage steps (backward walk from the output step)."""
+    stem = [_Conv(net.conv1, None, 1), _Conv(net.conv2, net.bn1, 1)]
+    blocks, jump = [], 1
+    for st in stem:
+        jump *= st.conv.stride[0]
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for blk in layer:
+            c2 = _Conv(blk.conv2, blk.bn2, jump)
+            jump *= blk.conv2.stride[0]
+            ds = None
+            if blk.downsample is not None:
+                conv, bn = blk.downsample
+                assert conv.kernel_size == (1, 1) and conv.stride == blk.conv2.stride, \
+                    "expected a 1x1 downsample with conv2's stride"
+                ds = _Conv(conv, bn, 1)
+            blocks.append((_Conv(blk.conv1, blk.bn1, 1), c2, _Conv(blk.conv3, blk.bn3, 1), ds))
+    # Backward: the step needed at each tensor. A k>1 conv of dilation d reads positions t + d*m, so
+    # from outputs at multiples of g it needs inputs at multiples of gcd(g, d).
+    g = stride
+    for c1, c2, c3, ds in reversed(blocks):
+        c3.g_in = c3.g_out = c2.g_out = g
+        if ds is not None:
+            ds.g_out = g
+        g = math.gcd(g, c2.dilation) if c2.conv.kernel_size[0] > 1 else g
+        c2.g_in = c1.g_in = c1.g_out = g
+        if ds is not None:
+            ds.g_in = g
+    stem[1].g_out = g
+    g = math.gcd(g, stem[1].dilation) if stem[1].conv.kernel_size[0] > 1 else g
+    stem[1].g_in = stem[0].g_in = stem[0].g_out = g
+    return stem, blocks
+
+
+def _dense_features(x: torch.Tensor, stem, blocks) -> torch.Tensor:
+    x = stem[1](stem[0](x)).relu_()
+    for c1, c2, c3, ds in blocks:
+        out = c3(c2(c1(x).relu_()).relu_())
+        if ds is not None:
+            residual = ds(x)
+        else:
+            t = c3.g_out // c1.g_in          # the block's input -> output step ratio
+            residual = x[..., ::t, ::t]
+        # Same top-left alignment as the release's crop: both paths start at dense position 0.
+        x = out.add_(residual[..., : out.shape[-2], : out.shape[-1]]).relu_()
+    return x
+
+
+def _elems_per_output_pixel(net: nn.Module, stem, blocks, stride: int) -> int:
+    """Largest live-tensor size per output pixel (channels x (stride/step)^2), for chunk sizing."""
+    worst = 0
+    for c in [*stem] + [c for cs in blocks for c in cs if c is not None]:
+        for ch, g in ((c.conv.in_channels, c.g_in), (c.conv.out_channels, c.g_out)):
+            worst = max(worst, ch * (stride // g) ** 2)
+    return worst
+
+
+@torch.no_grad()
+def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1,
+            chunk_rows: int | None = None, max_elems: int = 1 << 27) -> torch.Tensor:
+    """Dense patch-logit heatmap, numerically the same as :func:`heatmap_patchwise`.
+
+    Args:
+        model: a BagNet in eval mode (BN running statistics; raises otherwise). Its dtype and
+            device are used; images are converted to them.
+        images: normalised images [B, 3, H, W], any H, W.
+        target: int or LongTensor[B] -> returns [B, H_s, W_s]; None -> all classes [B, K, H_s, W_s].
+        stride: 1..8; entry (i, j) is the patch centred at pixel (stride*i, stride*j),
+            H_s = ceil(H / stride). Only those positions (and what they depend on) are computed.
+        chunk_rows: output rows per pass (the map is computed in row bands of the padded image,
+            exact because the dense net is translation-equivariant and band starts are multiples of
+            the stride); None sizes bands so that no tensor exceeds ``max_elems`` elements.
+    """
+    net = _check(model, stride)
+    q = net.patch_size
+    p0 = next(net.parameters())
+    x = pad_for_heatmap(net, images.to(device=p0.device, dtype=p0.dtype))
+    b, _, hp, wp = x.shape
+    hs, ws = math.ceil((hp - q + 1) / stride), math.ceil((wp - q + 1) / stride)
+    tgt = _as_target(target, b, x.device)
+    stem, blocks = _plan(net, stride)
+    if chunk_rows is None:
+        per_row = b * ws * _elems_per_output_pixel(net, stem, blocks, stride)
+        chunk_rows = max(1, max_elems // max(per_row, 1))
+    # Only the target row of the classifier is needed for a single class.
+    w = net.fc.weight if tgt is None else net.fc.weight[tgt]                   # [K, C] or [B, C]
+    bias = net.fc.bias if tgt is None else net.fc.bias[tgt]
+    bands = []
+    for r0 in range(0, hs, chunk_rows):
+        r1 = min(hs, r0 + chunk_rows)
+        band = x[:, :, stride * r0: stride * (r1 - 1) + q]
+        # NHWC lets oneDNN/cuDNN skip layout reorders around every conv (~1.5-2x on CPU here);
+        # not for nets narrower than 16 channels, where torch 2.14.1's CPU NHWC kernels segfaulted.
+        if stem[0].conv.out_channels >= 16 or band.is_cuda:
+            band = band.contiguous(memory_format=torch.channels_last)
+        f = _dense_features(band, stem, blocks)                           # [B, C, r1-r0, W_s]
+        if tgt is None:
+            bands.append(torch.einsum("bchw,kc->bkhw", f, w) + bias[None, :, None, None])
+        else:
+            bands.append(torch.einsum("bchw,bc->bhw", f, w) + bias[:, None, None])
+    return torch.cat(bands, dim=-2)

@@ -1,0 +1,98 @@
+"""Pretrained weights: hash-checked download into the torch hub cache, or a local file.
+
+Offline (as on CI) a download fails with one line saying where to put the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be found, downloaded or matched to the model."""
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_prefix_ok(path: str | os.PathLike, fname: str) -> bool:
+    """torch.hub convention: the hex part of ``name-<hex>.ext`` is a sha256 prefix of the file."""
+    m = HASH_RE.search(fname)
+    if not m:
+        return True
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest().startswith(m.group(1))
+
+
+def _same_stem(name: str, release_file: str) -> bool:
+    """True if ``name`` is ``<release stem>-<hex>.<ext>``, whatever the hex."""
+    m, r = HASH_RE.search(name), HASH_RE.search(release_file)
+    return bool(m and r) and name[:m.start()] == release_file[:r.start()]
+
+
+def fetch_state_dict(url: str, file: str | None = None, weights: str | os.PathLike | None = None) -> dict:
+    """State dict from a local file, the hub cache, or a (hash-checked) download."""
+    file = file or url.rsplit("/", 1)[-1]
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path}")
+        # A name shaped like the release's ('bagnet8-<hex>.pth.tar') claims a hash: hold it to it.
+        if _same_stem(path.name, file) and not sha256_prefix_ok(path, path.name):
+            raise WeightsError(f"{path}: sha256 does not match the hash in its name (release file: {file})")
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=False))
+    try:
+        sd = torch.hub.load_state_dict_from_url(url, model_dir=str(hub_checkpoint_dir()), map_location="cpu",
+                                                check_hash=True, file_name=file, progress=True,
+                                                weights_only=False)
+    except (URLError, OSError, ConnectionError) as e:
+        raise WeightsError(f"cannot download {url} ({type(e).__name__}); offline? put the file at "
+                           f"{hub_checkpoint_dir() / file} or pass model.weights=/path/{file}") from None
+    except RuntimeError as e:  # torch.hub's hash mismatch
+        raise WeightsError(f"{file}: {e}") from None
+    return _unwrap(sd)
+
+
+def _unwrap(obj) -> dict:
+    """Accept a bare state_dict, {'state_dict': ...}, {'model': ...} and DataParallel 'module.' keys."""
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"not a state dict: {type(obj).__name__}")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def load_pretrained(model: nn.Module, cfg: dict, weights: str | None = None, num_classes: int | None = None,
+                    classifier: str = "fc", state_filter=None) -> nn.Module:
+    """Load ``cfg['url']`` (or ``weights``) into ``model``; a head of another size is left freshly initialised."""
+    sd = fetch_state_dict(cfg["url"], cfg.get("file"), weights)
+    if state_filter is not None:
+        sd = state_filter(sd)
+    head_resized = num_classes is not None and num_classes != cfg.get("num_classes", num_classes)
+    if head_resized:
+        sd = {k: v for k, v in sd.items() if not k.startswith(classifier + ".")}
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise WeightsError(f"weights do not fit {type(model).__name__}: {str(e).splitlines()[-1].strip()}") from None
+    if head_resized:
+        missing = [k for k in missing if not k.startswith(classifier + ".")]
+    if missing or unexpected:
+        raise WeightsError(f"weights do not fit {type(model).__name__}: missing {missing[:4]}, "
+                           f"unexpected {list(unexpected)[:4]}")
+    return model

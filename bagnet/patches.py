@@ -1,0 +1,100 @@
+"""Most class-predictive image patches over a dataset split (paper Fig. 3-style).
+
+The patches are the model's natural ones: unit (i, j) of ``patch_logits(x)`` (stride 8, no padding)
+sees the q x q crop of x at top-left (8i, 8j). For each class c we keep
+  * "class": the k patches with the highest logit for c among images labelled c;
+  * "distractor": the k patches with the highest logit for c among images of other classes
+    (the paper's fingers-on-green-background predicting "tench").
+One forward per batch; a running top-k per class keeps memory at O(len(classes) * k) patches.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["most_predictive_patches"]
+
+_FIELDS = ("logits", "patches", "image_index", "location", "label")
+
+
+def _empty(q: int, dtype) -> dict:
+    return {"logits": torch.empty(0, dtype=dtype), "patches": torch.empty(0, 3, q, q, dtype=dtype),
+            "image_index": torch.empty(0, dtype=torch.long), "location": torch.empty(0, 2, dtype=torch.long),
+            "label": torch.empty(0, dtype=torch.long)}
+
+
+def _merge(best: dict, cand: dict, k: int) -> dict:
+    both = {f: torch.cat([best[f], cand[f]]) for f in _FIELDS}
+    order = both["logits"].topk(min(k, len(both["logits"]))).indices
+    return {f: v[order] for f, v in both.items()}
+
+
+def _candidates(x, labels, index, scores, mask, k, q, stride=8) -> dict:
+    """Top-k entries of scores [B, h, w] restricted to images where mask [B] holds; crops only those."""
+    b, h, w = scores.shape
+    flat = scores.masked_fill(~mask[:, None, None], float("-inf")).reshape(-1)
+    n = int(mask.sum()) * h * w
+    top = flat.topk(min(k, n))
+    img, pos = top.indices // (h * w), top.indices % (h * w)
+    rows, cols = stride * (pos // w), stride * (pos % w)
+    patches = torch.stack([x[i, :, r: r + q, c: c + q] for i, r, c in zip(img.tolist(), rows.tolist(),
+                                                                            cols.tolist())]) \
+        if len(img) else x.new_empty(0, 3, q, q)
+    return {"logits": top.values.cpu(), "patches": patches.cpu(), "image_index": index[img.cpu()],
+            "location": torch.stack([rows, cols], 1).cpu(), "label": labels[img].cpu()}
+
+
+@torch.no_grad()
+def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Dataset | Iterable,
+                            classes: Sequence[int], k: int = 8, per_class_images: int | None = None,
+                            device: str | torch.device = "cpu", batch_size: int = 32) -> dict:
+    """Scan a split and return, per class, its most predictive patches and strongest distractors.
+
+    Args:
+        model: a BagNet (eval mode is set here); moved to ``device``.
+        loader_or_dataset: (image, label) pairs; a Dataset is wrapped in an unshuffled DataLoader.
+            Image indices count samples in iteration order, so give an unshuffled loader.
+        classes: class ids to report.
+        per_class_images: scan at most this many images of each label (None: all).
+
+    Returns:
+        {c: {"class": d, "distractor": d}} with d = {"logits": [n], "patches": [n, 3, q, q]
+        (normalised, as fed to the model), "image_index": [n], "location": [n, 2] top-left
+        (row, col) in the image, "label": [n] label of the source image}, sorted by logit, n <= k.
+    """
+    net = getattr(model, "module", model).to(device).eval()
+    q = net.patch_size
+    if isinstance(loader_or_dataset, Dataset):
+        loader_or_dataset = DataLoader(loader_or_dataset, batch_size=batch_size, shuffle=False)
+    classes = [int(c) for c in classes]
+    cls_t = torch.tensor(classes, device=device)
+    dtype = next(net.parameters()).dtype
+    best = {c: {"class": _empty(q, dtype), "distractor": _empty(q, dtype)} for c in classes}
+    seen: dict[int, int] = {}
+    offset = 0
+    for x, labels in loader_or_dataset:
+        labels = torch.as_tensor(labels)
+        index = torch.arange(offset, offset + len(labels))
+        offset += len(labels)
+        if per_class_images is not None:
+            keep = []
+            for i, y in enumerate(labels.tolist()):
+                seen[y] = seen.get(y, 0) + 1
+                if seen[y] <= per_class_images:
+                    keep.append(i)
+            if not keep:
+                continue
+            x, labels, index = x[keep], labels[keep], index[keep]
+        x = x.to(device=device, dtype=dtype)
+        logits = net.patch_logits(x)[:, cls_t]                                 # [B, C, h, w]
+        labels_d = labels.to(device)
+        for j, c in enumerate(classes):
+            own = labels_d == c
+            for kind, mask in (("class", own), ("distractor", ~own)):
+                if mask.any():
+                    cand = _candidates(x, labels, index, logits[:, j], mask, k, q)
+                    best[c][kind] = _merge(best[c][kind], cand, k)
+    return best

@@ -1,0 +1,216 @@
+"""Signature 1: decisions survive destroying the global arrangement of an image.
+
+Reproduces the paper's image-scrambling / texturised-image test (Brendel & Bethge 2019, Sec. 4,
+"Comparing BagNets and high-performance DNNs", texturised images of Fig. 6) and the 15-Scene
+reproducibility report's 4x4 tile scrambling: a bag-of-local-features model only counts local
+evidence, so it should lose little accuracy when the parts of an image are rearranged.
+
+Protocol (every evaluation image, every model, same manipulated images for all models):
+  * clean: the image as the dataset gives it (normalised).
+  * scrambled g x g (g in ``grids``, default 2, 4, 8; 4 is the report's setting): the image is cut
+    into a g x g grid of tiles of size (H // g) x (W // g) and the tiles are randomly permuted.
+    The permutation is drawn from a generator seeded by (seed, dataset index): reproducible per
+    image and the same as ``bagnet.pipelines.scramble_transform`` (Table 1's scrambled test).
+    The permutation is uniform, so it may be the identity (probability 1/(g^2)!).
+    If H or W is not divisible by g, the remainder strip (the last H mod g rows, W mod g columns)
+    stays where it is, unscrambled: cropping would change the image size, which a CNN with a global
+    receptive field reacts to on its own.
+  * texture: a texturised image in the spirit of Fig. 6. The paper uses Gatys et al.'s neural texture
+    synthesis; we use image quilting (Efros & Freeman 2001) without the minimum-error boundary cut:
+    the output is tiled row by row with P x P patches (P = ``texture_patch``, default 33, at most half
+    the image side) overlapping by P // 6; each patch is the best, by sum of squared differences in
+    the overlap, of ``texture_candidates`` (default 8) patches drawn uniformly from the same image, and
+    it is pasted over the overlap (a hard seam instead of a min-cut). Local statistics up to P px
+    survive, the global layout does not. Deviation: quilting keeps whole P x P source patches, while
+    neural texture synthesis only keeps feature statistics.
+
+Metrics: top-1 / top-5 accuracy per model and condition, and both relative to clean.
+
+Returns Result with
+  tables: ``accuracy`` — model, condition, grid (1 for clean, g, NaN for texture), tile (px), top1, top5,
+          top1_rel, top5_rel, n
+  figures: ``accuracy_vs_grid`` (top-1 and top-5 vs g, texture as dashed line), ``examples``
+  raw: accuracies per model and condition, n_images, tile sizes
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from bagnet.result import Result
+
+from .common import (eval_indices, forward, generator, iter_batches, jsonable, prepare_model, resolve_data,
+                     to_hwc, topk_correct, with_defaults)
+
+DEFAULTS = {
+    "grids": [2, 4, 8],
+    "texture": True,
+    "texture_patch": 33,
+    "texture_candidates": 8,
+    "num_images": 512,
+    "num_examples": 4,
+}
+
+
+def scramble(images: torch.Tensor, g: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Permute the g x g grid of tiles of each image ([B, C, H, W] or [C, H, W]) randomly.
+
+    Tiles are (H // g) x (W // g); the remainder rows/columns (H mod g, W mod g) stay in place.
+    One permutation per image, drawn in batch order from ``generator``. Pure: returns a new tensor.
+    """
+    single = images.dim() == 3
+    x = images[None] if single else images
+    b, c, h, w = x.shape
+    th, tw = h // g, w // g
+    if g < 1 or th == 0 or tw == 0:
+        raise ValueError(f"cannot cut a {h}x{w} image into a {g}x{g} grid")
+    out = x.clone()
+    core = x[:, :, : g * th, : g * tw]
+    # [B, C, g, th, g, tw] -> [B, g*g, C, th, tw]: tile t = (row t // g, col t % g)
+    tiles = core.reshape(b, c, g, th, g, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c, th, tw)
+    perm = torch.stack([torch.randperm(g * g, generator=generator) for _ in range(b)]).to(x.device)
+    tiles = torch.gather(tiles, 1, perm.view(b, g * g, 1, 1, 1).expand_as(tiles))
+    out[:, :, : g * th, : g * tw] = (tiles.reshape(b, g, g, c, th, tw).permute(0, 3, 1, 4, 2, 5)
+                                     .reshape(b, c, g * th, g * tw))
+    return out[0] if single else out
+
+
+def texturise(image: torch.Tensor, patch: int, candidates: int = 8,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Image quilting without min-cut (see module doc) of one image [C, H, W]; same size as the input."""
+    c, h, w = image.shape
+    p = max(2, min(int(patch), h // 2, w // 2))
+    ov = max(1, p // 6)
+    step = p - ov
+    n_r, n_c = math.ceil(max(h - ov, 1) / step), math.ceil(max(w - ov, 1) / step)
+    canvas = torch.zeros(c, (n_r - 1) * step + p, (n_c - 1) * step + p, dtype=image.dtype)
+    for r in range(n_r):
+        for s in range(n_c):
+            y0, x0 = r * step, s * step
+            k = 1 if r == s == 0 else candidates
+            ys = torch.randint(0, h - p + 1, (k,), generator=generator)
+            xs = torch.randint(0, w - p + 1, (k,), generator=generator)
+            cand = torch.stack([image[:, y: y + p, x: x + p] for y, x in zip(ys.tolist(), xs.tolist())])
+            target = canvas[:, y0: y0 + p, x0: x0 + p]
+            cost = torch.zeros(k, dtype=image.dtype)
+            if s > 0:   # left overlap
+                cost += ((cand[:, :, :, :ov] - target[:, :, :ov]) ** 2).sum((1, 2, 3))
+            if r > 0:   # top overlap (the top-left corner counts twice; harmless for an argmin)
+                cost += ((cand[:, :, :ov, :] - target[:, :ov, :]) ** 2).sum((1, 2, 3))
+            canvas[:, y0: y0 + p, x0: x0 + p] = cand[int(cost.argmin())]
+    return canvas[:, :h, :w].clone()
+
+
+def _conditions(cfg) -> list[tuple[str, float]]:
+    conds = [("clean", 1)] + [(f"scrambled_{g}x{g}", g) for g in cfg["grids"]]
+    return conds + ([("texture", float("nan"))] if cfg["texture"] else [])
+
+
+def _tile_label(name: str, grid, shape, cfg) -> str:
+    """Tile size of a scrambling condition ("HxW"), patch side for texture."""
+    if shape is None:
+        return ""
+    if name == "texture":
+        return str(max(2, min(int(cfg["texture_patch"]), shape[0] // 2, shape[1] // 2)))
+    return f"{shape[0] // int(grid)}x{shape[1] // int(grid)}"
+
+
+def _manipulate(name: str, grid, images: torch.Tensor, idx: list[int], cfg) -> torch.Tensor:
+    if name == "clean":
+        return images
+    if name == "texture":
+        return torch.stack([texturise(im, cfg["texture_patch"], cfg["texture_candidates"],
+                                      generator(cfg["seed"], 2, i)) for im, i in zip(images, idx)])
+    # seeded exactly like bagnet.pipelines.scramble_transform, one generator per image
+    return torch.stack([scramble(im[None], int(grid), torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + i))[0]
+                        for im, i in zip(images, idx)])
+
+
+def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, classes=None, mean=None,
+        std=None) -> Result:
+    """Top-1/top-5 of every model on clean, g x g scrambled and texturised images (see module doc).
+
+    cfg keys (defaults): grids [2, 4, 8], texture True, texture_patch 33, texture_candidates 8,
+    num_images 512, num_examples 4, seed 0, device 'cpu', batch_size 64, dtype None, progress True.
+    """
+    cfg = with_defaults(cfg, DEFAULTS)
+    dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
+    models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
+    indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
+    conds = _conditions(cfg)
+    hits = {(m, c, k): 0 for m in models for c, _ in conds for k in (1, 5)}
+    examples: dict[str, torch.Tensor] = {}
+    n_ex = min(cfg["num_examples"], len(indices))
+    shape = None
+    for idx, images, labels in iter_batches(dataset, indices, cfg["batch_size"], cfg["progress"], "scrambling"):
+        shape = tuple(images.shape[-2:])
+        for name, grid in conds:
+            x = _manipulate(name, grid, images, idx, cfg)
+            if name not in examples:
+                examples[name] = x[:n_ex]
+            for m, model in models.items():
+                logits = forward(model, x, cfg["batch_size"])
+                for k in (1, 5):
+                    hits[m, name, k] += int(topk_correct(logits, labels, k).sum())
+    n = len(indices)
+    rows = []
+    for m in models:
+        clean = {k: hits[m, "clean", k] / max(n, 1) for k in (1, 5)}
+        for name, grid in conds:
+            acc = {k: hits[m, name, k] / max(n, 1) for k in (1, 5)}
+            tile = _tile_label(name, grid, shape, cfg)
+            rows.append({"model": m, "condition": name, "grid": grid, "tile": tile,
+                         "top1": acc[1], "top5": acc[5],
+                         "top1_rel": acc[1] / clean[1] if clean[1] else float("nan"),
+                         "top5_rel": acc[5] / clean[5] if clean[5] else float("nan"), "n": n})
+    table = pd.DataFrame(rows)
+    raw = {"n_images": n, "image_size": list(shape or ()), "indices_head": indices[:20],
+           "accuracy": {m: {r["condition"]: {"top1": r["top1"], "top5": r["top5"]}
+                            for r in rows if r["model"] == m} for m in models}}
+    report = [r for r in rows if r["condition"] == "scrambled_4x4"] or [r for r in rows if r["condition"] != "clean"]
+    summary = "scrambling: " + " | ".join(f"{r['model']} {r['condition']} top-1 {r['top1']:.3f} "
+                                          f"({r['top1_rel']:.2f} of clean)" for r in report)
+    return Result(tables={"accuracy": table},
+                  figures={"accuracy_vs_grid": accuracy_figure(table),
+                           "examples": examples_figure(examples, mean, std)},
+                  raw=jsonable(raw), summary=summary)
+
+
+def accuracy_figure(table: pd.DataFrame):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    for ax, metric in zip(axes, ("top1", "top5")):
+        for i, (m, df) in enumerate(table.groupby("model", sort=False)):
+            color = f"C{i}"
+            grid = df[df["grid"].notna()].sort_values("grid")
+            ax.plot(grid["grid"], grid[metric], "o-", color=color, label=m)
+            tex = df[df["condition"] == "texture"]
+            if len(tex):
+                ax.axhline(float(tex[metric].iloc[0]), color=color, ls="--", lw=1)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(table["grid"].dropna().unique())
+        ax.set_xticks(ticks, [("clean" if t == 1 else f"{int(t)}x{int(t)}") for t in ticks])
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("tile grid")
+        ax.set_ylabel(f"{metric[:3]}-{metric[3:]} accuracy")
+    axes[0].legend(fontsize=8, title="dashed: texture", title_fontsize=7)
+    fig.suptitle("Accuracy on scrambled images")
+    return fig
+
+
+def examples_figure(examples: dict[str, torch.Tensor], mean, std):
+    names = list(examples)
+    n = min((len(v) for v in examples.values()), default=0)
+    fig, axes = plt.subplots(max(n, 1), max(len(names), 1), figsize=(1.8 * max(len(names), 1), 1.8 * max(n, 1)),
+                             squeeze=False, constrained_layout=True)
+    for j, name in enumerate(names):
+        axes[0, j].set_title(name.replace("scrambled_", ""), fontsize=9)
+        for i in range(n):
+            axes[i, j].imshow(to_hwc(examples[name][i], mean, std))
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig

@@ -1,0 +1,322 @@
+"""Data module: synthetic ground truth, 15-Scene split protocol, ImageNet labels, robust decoding, loaders."""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bagnet.data import DataError, ShardSampler, build_data, make_loader
+from bagnet.data import synthetic as S
+from bagnet.data.folder import ImageListDataset, load_rgb
+from bagnet.data.imagenet import imagenet_wnids
+from bagnet.data.scene15 import SCENE15_CLASSES, list_scene15, split_scene15
+from bagnet.data.transforms import eval_transform
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+SCENE15 = Path(os.environ.get("SCENE15_ROOT", SHARED / "scene15"))
+IMAGENETTE = Path(os.environ.get("IMAGENETTE_ROOT", SHARED / "imagenette-mini"))
+
+
+def synth(seed=0, n=6, size=112, **kw):
+    return build_data({"name": "synthetic", "root": None, "image_size": size, "samples_per_class": n, **kw}, seed)
+
+
+# ----------------------------------------------------------------------------- synthetic
+def test_synthetic_is_deterministic_and_seed_dependent():
+    a, b, c = synth(0), synth(0), synth(1)
+    for split in ("train", "val", "test"):
+        assert torch.equal(a.split(split).images, b.split(split).images)
+        assert not torch.equal(a.split(split).images, c.split(split).images)
+    # splits come from different derived streams
+    assert not torch.equal(a.train.images[:10], a.test.images[:10])
+
+
+def test_synthetic_balance_items_and_kinds():
+    b = synth(0, n=8)
+    assert b.info["sizes"] == {"train": 56, "val": 8 // 4 * 7 if 8 // 4 >= 4 else 28, "test": 28}
+    counts = collections.Counter(y for _, y in b.train.samples)
+    assert set(counts.values()) == {8} and len(counts) == 7
+    x, y = b.train[0]
+    assert x.dtype == torch.float32 and x.shape == (3, 112, 112) and isinstance(y, int)
+    assert collections.Counter(b.info["class_kinds"].values()) == {"local": 3, "mid": 2, "global": 2}
+    assert b.info["global_blind_q"] == 33
+
+
+def _pairs(kind):
+    return [c for c in S.SYNTHETIC_CLASSES if c.kind == kind]
+
+
+@pytest.mark.parametrize("kind", ["mid", "global"])
+def test_pair_classes_have_identical_parts(kind):
+    a, b = _pairs(kind)
+    assert a.part_multiset == b.part_multiset and a.parts != b.parts and a.parts == b.parts[::-1]
+
+
+def _joint_views(geom, kind, q, size):
+    """Multiset, per class of the pair, of (window offsets of its left-part type, of its right-part type)
+    over every allowed placement: what BagNet-q's windows can know about where each part is."""
+    xs, d = (geom.mid_x, S.MID_DISTANCE) if kind == "mid" else (geom.global_x, geom.global_d)
+    out = []
+    for cls in _pairs(kind):
+        p = S._P[cls.parts[0][0]].shape[0]
+        views = collections.Counter()
+        for x in xs:
+            pos = {cls.parts[0]: x, cls.parts[1]: x + d}
+            views[tuple(S.window_offsets(pos[part], p, size, q) for part in sorted(pos))] += 1
+        out.append(views)
+    return out
+
+
+@pytest.mark.parametrize("size", [112, 128])
+def test_global_pair_is_invisible_to_every_bagnet(size):
+    geom = S.Geometry.for_size(size)
+    p = 5
+    assert geom.global_d - p + 2 > 33          # no 33-px window touches both parts
+    assert geom.global_d + p <= 61             # small_cnn's receptive field covers both
+    for q in (9, 17, 33):
+        g1, g2 = _joint_views(geom, "global", q, size)
+        assert g1 == g2, q                     # same joint view distribution -> chance by construction
+
+
+def test_mid_pair_is_invisible_to_bagnet9_only():
+    size = 112
+    geom = S.Geometry.for_size(size)
+    p = S._P["dot"].shape[0]
+    assert S.MID_DISTANCE - p + 2 > 9 and S.MID_DISTANCE + p <= 17
+    g1, g2 = _joint_views(geom, "mid", 9, size)
+    assert g1 == g2
+    phases = collections.Counter(x % 8 for x in geom.mid_x)
+    assert len(set(phases.values())) == 1 and len(phases) == 8
+
+
+def test_small_images_fall_back_to_a_smaller_blind_q():
+    assert S.Geometry.for_size(64).global_blind_q == 17
+    assert synth(0, n=4, size=64).info["global_blind_q"] == 17
+
+
+def test_rendered_parts_match_metadata():
+    geom = S.Geometry.for_size(112)
+    rng = np.random.default_rng(0)
+    for cls in _pairs("global") + _pairs("mid"):
+        img = S.render(cls, rng, geom, 12.0)
+        (first, c1), (second, c2) = cls.parts
+        y1, x1 = np.nonzero(np.all(np.abs(img - np.array(c1)) < 1e-3, -1))
+        y2, x2 = np.nonzero(np.all(np.abs(img - np.array(c2)) < 1e-3, -1))
+        assert y1.size and set(y1) == set(y2)
+        for row in set(y1):   # on every row of a copy: the order the class name says
+            assert x1[y1 == row].max() < x2[y2 == row].min()
+
+
+# ----------------------------------------------------------------------------- loaders
+def test_make_loader_seeded_shuffle_and_eval_order():
+    b = synth(0, n=8)
+    order = lambda seed: torch.cat([y for _, y in make_loader(b.train, 8, True, workers=0, seed=seed)])  # noqa: E731
+    assert torch.equal(order(3), order(3)) and not torch.equal(order(3), order(4))
+    ev = torch.cat([y for _, y in make_loader(b.test, 5, False, workers=0)])
+    assert ev.tolist() == [y for _, y in b.test.samples]         # in order, nothing dropped
+
+
+def test_shard_sampler_covers_each_item_once():
+    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
+# ----------------------------------------------------------------------------- 15-Scene
+def _fake_scene15(root: Path, layout: str, per_class: int = 6) -> None:
+    rng = np.random.default_rng(0)
+    for c in SCENE15_CLASSES:
+        for i in range(per_class):
+            split = "" if layout == "flat" else ("train/" if i < per_class // 2 else "test/")
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            arr = rng.integers(0, 255, (20 + i, 30), dtype=np.uint8)
+            Image.fromarray(arr, "L").save(d / f"image_{i:04d}.jpg")
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_scene15_fake_tree(tmp_path, layout):
+    _fake_scene15(tmp_path, layout)
+    cfg = {"name": "scene15", "root": str(tmp_path), "image_size": 32, "train_per_class": 3,
+           "test_per_class": 2}
+    b = build_data(cfg, seed=0)
+    assert b.classes == SCENE15_CLASSES and b.classes[0] == "bedroom" and b.classes[-1] == "store"
+    assert b.info["sizes"] == {"train": 30, "val": 15, "test": 30}
+    x, _ = b.train[0]
+    assert x.shape == (3, 32, 32)           # grayscale -> 3 channels
+    names = [set(p for p, _ in b.split(s).samples) for s in ("train", "val", "test")]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+
+
+def test_scene15_missing_root_is_one_line():
+    with pytest.raises(DataError) as e:
+        build_data({"name": "scene15", "root": "/nonexistent/scene15", "image_size": 32})
+    msg = str(e.value)
+    assert "\n" not in msg and "/nonexistent/scene15" in msg and "data.root=" in msg
+
+
+@pytest.fixture(scope="session")
+def scene15_splits():
+    if not (SCENE15 / "train").is_dir():
+        pytest.skip(f"15-Scene not found at {SCENE15} (set SCENE15_ROOT)")
+    pool, test_pool, _ = list_scene15(SCENE15, 0)
+    return {seed: split_scene15(pool, test_pool, seed) for seed in (0, 1)}, pool, test_pool
+
+
+def test_scene15_real_split_protocol(scene15_splits):
+    splits, pool, test_pool = scene15_splits
+    train, val, test, dup = splits[0]
+    assert (len(train), len(val), len(test)) == (1200, 300, 1200)
+    for part, n in ((train, 80), (val, 20), (test, 80)):
+        assert set(collections.Counter(y for _, y in part).values()) == {n}
+    tr, va, te = ({p for p, _ in s} for s in (train, val, test))
+    assert not (tr & va or tr & te or va & te)
+    assert tr | va == {p for p, _ in pool} and te <= {p for p, _ in test_pool}
+    assert dup["identical_pairs_found"] == 18
+    assert dup["test_excluded_count"] > 0 and dup["val_dropped_count"] == 0
+    # no byte-identical file on both sides of train | val vs test (the cross-class pair included)
+    from bagnet.data.scene15 import file_hash
+    assert not ({file_hash(p) for p in tr | va} & {file_hash(p) for p in te})
+    assert "test/MITtallbuilding/image_0300.jpg" not in " ".join(te)
+
+
+def test_scene15_real_split_is_seeded(scene15_splits):
+    splits, pool, test_pool = scene15_splits
+    again = split_scene15(pool, test_pool, 0)
+    assert again[:3] == splits[0][:3]
+    assert splits[1][1] != splits[0][1] and splits[1][2] != splits[0][2]
+
+
+# ----------------------------------------------------------------------------- ImageNet layout
+def test_imagenet_wnid_list():
+    w = imagenet_wnids()
+    assert len(set(w)) == 1000 and list(w) == sorted(w)
+    known = {"n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+             "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701}
+    assert {k: w.index(k) for k in known} == known
+
+
+@pytest.mark.skipif(not (IMAGENETTE / "val").is_dir(), reason="imagenette-mini not found")
+def test_imagenette_label_spaces():
+    cfg = {"name": "imagenet", "root": str(IMAGENETTE), "image_size": 32}
+    full = build_data({**cfg, "label_space": "imagenet1k"})
+    labels = {Path(p).parent.name: y for p, y in full.test.samples}
+    assert full.num_classes == 1000 and labels["n01440764"] == 0 and labels["n03888257"] == 701
+    compact = build_data({**cfg, "label_space": "compact", "val_from_train": 0.2})
+    assert compact.num_classes == 10 and sorted({y for _, y in compact.test.samples}) == list(range(10))
+    assert compact.info["sizes"]["train"] + compact.info["sizes"]["val"] == 600
+
+
+def test_imagenet_flat_val_is_rejected(tmp_path):
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DataError, match="prepare_imagenet_val"):
+        build_data({"name": "imagenet", "root": str(tmp_path), "image_size": 32})
+
+
+# ----------------------------------------------------------------------------- decoding
+def _odd_images(d: Path) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    files = {}
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(files.setdefault("cmyk", d / "cmyk.jpg"))  # red
+    pal = Image.new("P", (16, 16), 1)
+    pal.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)                                         # index 1 = blue
+    pal.save(files.setdefault("palette", d / "palette.png"))
+    Image.fromarray(np.full((16, 16), 65535 // 2, np.uint16)).save(files.setdefault("i16", d / "i16.png"))
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (0, 200, 0)).save(buf, "JPEG")
+    files.setdefault("truncated", d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    files.setdefault("garbage", d / "garbage.jpg").write_bytes(b"not an image at all")
+    Image.new("L", (16, 16), 200).save(files.setdefault("gray", d / "gray.jpg"))
+    return files
+
+
+def test_odd_modes_load_as_rgb8(tmp_path):
+    f = _odd_images(tmp_path)
+    cmyk, pal, i16, gray = (np.asarray(load_rgb(f[k])) for k in ("cmyk", "palette", "i16", "gray"))
+    for a in (cmyk, pal, i16, gray):
+        assert a.dtype == np.uint8 and a.shape == (16, 16, 3)
+    assert cmyk[0, 0, 0] > 200 and cmyk[0, 0, 1:].max() < 60
+    assert tuple(pal[0, 0]) == (0, 0, 255)
+    assert abs(int(i16[0, 0, 0]) - 127) <= 1 and len(set(i16[0, 0])) == 1   # scaled, not clipped to 255
+    for k in ("truncated", "garbage"):
+        with pytest.raises(Exception):
+            load_rgb(f[k])
+
+
+def test_bad_images_are_skipped_and_counted(tmp_path):
+    f = _odd_images(tmp_path)
+    order = ["gray", "truncated", "cmyk", "garbage"]
+    samples = [(str(f[k]), i) for i, k in enumerate(order)]
+    tf = eval_transform(16)
+    train = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=True)
+    labels = [y for _, y in make_loader(train, 4, train=False, workers=0)][0].tolist()
+    assert labels == [0, 2, 2, 0] and train.bad_images == 2       # replaced by the next good image
+    ev = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=False)
+    x, y = ev[1]
+    assert y == 1 and x.shape == (3, 16, 16) and x.abs().max() < 0.05   # mean colour, true label
+    # counted across worker processes too
+    ev2 = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=False)
+    list(make_loader(ev2, 2, train=False, workers=2))
+    assert ev2.bad_images == 2
+    strict = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=True, on_bad_image="error")
+    with pytest.raises(RuntimeError, match="truncated"):
+        strict[1]
+
+
+def test_empty_class_folder_and_imagefolder_holdout(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
+    b = build_data({"name": "imagefolder", "root": str(tmp_path), "image_size": 16}, seed=0)
+    assert b.info["sizes"] == {"train": 8, "val": 2, "test": 2} and "test = val" in b.info["test"]
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        build_data({"name": "imagefolder", "root": str(tmp_path), "image_size": 16})
+
+
+# ----------------------------------------------------------------------------- scripts
+def test_get_scene15_from_local_zip(tmp_path):
+    src = tmp_path / "src"
+    _fake_scene15(src / "scene_categories", "flat", per_class=2)
+    archive = tmp_path / "scene_categories.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted((src).rglob("*.jpg")):
+            z.write(p, p.relative_to(src))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(REPO / "scripts/get_scene15.py"), str(archive), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(SCENE15_CLASSES)
+    assert len(list(out.rglob("*.jpg"))) == 30
+    bad = subprocess.run([sys.executable, str(REPO / "scripts/get_scene15.py"), "https://invalid.invalid/x.zip",
+                          "--out", str(tmp_path / "o2")], capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_prepare_imagenet_val(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in (1, 2):
+        Image.new("RGB", (8, 8)).save(val / f"ILSVRC2012_val_0000000{i}.JPEG")
+    labels = tmp_path / "val_labels.txt"
+    labels.write_text("ILSVRC2012_val_00000001.JPEG n01440764\nILSVRC2012_val_00000002.JPEG n03888257\n")
+    script = str(REPO / "scripts/prepare_imagenet_val.py")
+    dry = subprocess.run([sys.executable, script, str(val), "--labels", str(labels), "--dry-run"],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0 and not (val / "n01440764").exists()
+    r = subprocess.run([sys.executable, script, str(val), "--labels", str(labels)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (val / "n01440764" / "ILSVRC2012_val_00000001.JPEG").is_file()
+    b = build_data({"name": "imagenet", "root": str(tmp_path), "image_size": 8})
+    assert sorted(y for _, y in b.test.samples) == [0, 701]

@@ -1,0 +1,256 @@
+"""Signature experiments on tiny models: exact properties, known answers and the documented outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from bagnet.models import create_model
+from experiments import additivity, error_overlap, scrambling, sensitivity
+from experiments.sensitivity import attribution_copy, attribution_maps, rank_regions
+
+NO_BAR = {"progress": False}
+
+
+def tiny_bagnet(q: int = 9, dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    m = create_model(f"bagnet{q}", num_classes=5, width=4).eval()
+    # non-trivial BN statistics, so the net is not close to linear around 0
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5); mod.bias.data.uniform_(-0.5, 0.5)
+    return m.to(dtype)
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(1)
+    return create_model("small_cnn", num_classes=5, width=8).eval()
+
+
+def toy_dataset(n: int, size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(3, size, size, generator=g), i % 5) for i in range(n)]
+
+
+# ------------------------------------------------------------------ scrambling
+def test_scramble_identity_for_one_tile():
+    x = torch.randn(2, 3, 20, 17)
+    assert torch.equal(scrambling.scramble(x, 1, torch.Generator().manual_seed(0)), x)
+
+
+def test_scramble_permutes_tiles_and_keeps_remainder():
+    g, h, w = 4, 34, 30                                         # 2 remainder rows / cols
+    x = torch.arange(3 * h * w, dtype=torch.float32).view(1, 3, h, w)   # every pixel unique
+    y = scrambling.scramble(x, g, torch.Generator().manual_seed(3))
+    th, tw = h // g, w // g
+    assert torch.equal(y[..., g * th:, :], x[..., g * th:, :]) and torch.equal(y[..., g * tw:], x[..., g * tw:])
+    tiles = lambda z: [z[0, :, r * th:(r + 1) * th, c * tw:(c + 1) * tw] for r in range(g) for c in range(g)]
+    src = {t.flatten()[0].item(): t for t in tiles(x)}
+    seen = [t.flatten()[0].item() for t in tiles(y)]
+    assert sorted(seen) == sorted(src)                          # each original tile exactly once...
+    assert all(torch.equal(t, src[t.flatten()[0].item()]) for t in tiles(y))   # ...and intact
+    assert seen != sorted(seen)                                 # and actually moved (fixed seed)
+
+
+def test_bagnet_patch_logits_inside_tiles_are_a_multiset_invariant():
+    m = tiny_bagnet(9, torch.float64)
+    q, size, g = m.patch_size, 64, 2
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    y = scrambling.scramble(x, g, torch.Generator().manual_seed(1))
+    assert not torch.equal(x, y)
+    tile = size // g
+    # unit i sees rows 8i..8i+q-1; keep units whose window lies inside one tile (tile starts are multiples of 8)
+    inside = [i for i in range((size - q) // 8 + 1) if (8 * i) // tile == (8 * i + q - 1) // tile]
+    assert len(inside) == 6
+
+    def bag(z):
+        p = m.patch_logits(z)[0][:, inside][:, :, inside]      # [K, n, n]
+        return torch.sort(p.flatten(1), dim=1).values
+
+    with torch.no_grad():
+        assert torch.allclose(bag(x), bag(y), atol=1e-10, rtol=0)
+        # the windows that straddle tile borders do change: the check above is not vacuous
+        assert not torch.allclose(m.patch_logits(x), m.patch_logits(y), atol=1e-6)
+
+
+def test_scrambling_run_table():
+    res = scrambling.run({"bag": tiny_bagnet(), "cnn": tiny_cnn()}, toy_dataset(6, 48),
+                         {"grids": [2, 4], "num_images": 4, "texture_patch": 16, "num_examples": 2, **NO_BAR})
+    t = res.tables["accuracy"]
+    assert list(t.columns) == ["model", "condition", "grid", "tile", "top1", "top5", "top1_rel", "top5_rel", "n"]
+    assert set(t["condition"]) == {"clean", "scrambled_2x2", "scrambled_4x4", "texture"}
+    assert (t["n"] == 4).all() and t[["top1", "top5"]].stack().between(0, 1).all()
+    assert (t["top5"] >= t["top1"]).all()
+    assert set(res.figures) == {"accuracy_vs_grid", "examples"}
+
+
+def test_texturise_uses_image_patches():
+    img = torch.randn(3, 40, 40)
+    out = scrambling.texturise(img, 12, 4, torch.Generator().manual_seed(0))
+    assert out.shape == img.shape
+    # the first patch, minus the overlap later patches paste over (12 - 12 // 6 = 10 px), is a verbatim copy
+    p = out[:, :10, :10]
+    found = any(torch.equal(img[:, y:y + 10, x:x + 10], p) for y in range(29) for x in range(29))
+    assert found
+
+
+# ------------------------------------------------------------------ additivity
+def test_additivity_exact_for_bagnet_and_not_for_cnn():
+    bins = [0, 4, 8, 16, 48]
+    cfg = {"patch_sizes": [4], "distance_bins": bins, "pairs_per_bin": 6, "num_images": 3, **NO_BAR}
+    ds = toy_dataset(3, 48)
+    bag = additivity.run({"bag": tiny_bagnet(9, torch.float64)}, ds, cfg).tables["interaction"]
+    q = 9
+    assert (bag["exact_zero_from"] == q - 1).all()
+    far = bag[bag["bin_lo"] >= q - 1]
+    near = bag[bag["bin_hi"] <= 4]
+    assert len(far) == 2 and (far["n_pairs"] > 0).all()
+    assert (far["max_abs_interaction"] < 1e-9).all()
+    assert (near["max_abs_interaction"] > 1e-6).all()        # touching patches do interact
+    cnn = additivity.run({"cnn": tiny_cnn().double()}, ds, cfg).tables["interaction"]
+    assert (cnn[cnn["bin_lo"] >= q - 1]["normalized_interaction"] > 1e-3).all()
+    assert list(cnn.columns) == ["model", "patch_size", "bin", "bin_lo", "bin_hi", "n_pairs", "pearson_r",
+                                 "mean_abs_interaction", "mean_abs_joint", "normalized_interaction",
+                                 "max_abs_interaction", "exact_zero_from"]
+
+
+def test_sampled_pairs_fall_in_their_bins():
+    bins = [0, 2, 8, 30]
+    a, b, k = additivity.sample_pairs(40, 40, 6, bins, 5, torch.Generator().manual_seed(0))
+    d = additivity.chebyshev_gap(a, b, 6)
+    lo, hi = torch.tensor(bins[:-1])[k], torch.tensor(bins[1:])[k]
+    assert len(a) == 15 and ((d >= lo) & (d < hi)).all()
+    assert ((a >= 0) & (a <= 34)).all() and ((b >= 0) & (b <= 34)).all()
+
+
+# ------------------------------------------------------------------ error overlap
+def _preds(labels, correct, k=10, seed=0, as_list=False):
+    rng = np.random.default_rng(seed)
+    pred = np.where(correct, labels, (labels + rng.integers(1, k, len(labels))) % k)
+    df = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "pred": pred})
+    top5 = [[int((p + j) % k) for j in range(5)] for p in pred]
+    if as_list:
+        df["top5"] = [str(t) for t in top5]                     # as after a CSV round trip
+    else:
+        for j in range(5):
+            df[f"top5_{j}"] = [t[j] for t in top5]
+    return df
+
+
+def test_error_overlap_known_answers():
+    rng = np.random.default_rng(0)
+    n, k = 20000, 10
+    labels = rng.integers(0, k, n)
+    a = _preds(labels, rng.random(n) < 0.7, seed=1)
+    b = _preds(labels, rng.random(n) < 0.6, seed=2)
+    res = error_overlap.run({"a": a, "a_copy": a.sample(frac=1, random_state=0), "b": b,
+                             "b_list": _preds(labels, b["pred"].to_numpy() == labels, seed=2, as_list=True)},
+                            [f"c{i}" for i in range(k)], {"seed": 0})
+    p = res.tables["pairs"].set_index(["model_a", "model_b"])
+    same = p.loc[("a", "a_copy")]
+    err = 1 - (a["pred"] == a["label"]).mean()
+    assert same["kappa"] == pytest.approx(1.0) and same["r_top1"] == pytest.approx(1.0)
+    assert same["r_top5"] == pytest.approx(1.0)
+    assert same["both_wrong_ratio"] == pytest.approx(1 / err)
+    indep = p.loc[("a", "b")]
+    assert abs(indep["kappa"]) < 0.03 and indep["both_wrong_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert p.loc[("b", "b_list")]["kappa"] == pytest.approx(1.0)   # list-valued top5 column parsed
+    pc = res.tables["per_class"]
+    assert list(pc.columns) == ["class", "class_name", "model", "n", "top1", "top5"] and len(pc) == 4 * k
+    assert set(res.figures) == {"class_accuracy_scatter", "kappa_matrix"}
+
+
+def test_error_overlap_rejects_different_images():
+    labels = np.arange(20) % 5
+    a = _preds(labels, np.ones(20, bool))
+    b = a.copy(); b["index"] = b["index"] + 1
+    with pytest.raises(ValueError, match="same images"):
+        error_overlap.run({"a": a, "b": b}, None, {})
+    c = a.copy(); c.loc[3, "label"] = 4 if c.loc[3, "label"] != 4 else 0
+    with pytest.raises(ValueError, match="labels"):
+        error_overlap.run({"a": a, "c": c}, None, {})
+
+
+# ------------------------------------------------------------------ sensitivity
+REGION = (2, 1)        # planted region: rows 16..23, cols 8..15 of a 32 x 32 image (k = 8), index 2 * 4 + 1
+
+
+class Planted(nn.Module):
+    """Logits depend only on the pixels of one 8 x 8 region: relu(sum of the region) per class."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 8, stride=8, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.weight[1].mul_(-0.5)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        # one ReLU module used twice, like ResNets. (Two ReLUs fed from one shared tensor would make
+        # captum's DeepLift incomplete, see experiments/sensitivity.py; so each branch convolves anew.)
+        def region(z):
+            return self.conv(z)[:, :, REGION[0], REGION[1]]
+        return self.relu(region(x)) + self.relu(region(x) * 0.5)
+
+
+def _planted_maps(model, images, target=None, stride=1):
+    maps = torch.zeros(images.shape[0], images.shape[-2], images.shape[-1])
+    maps[:, 8 * REGION[0]: 8 * REGION[0] + 8, 8 * REGION[1]: 8 * REGION[1] + 8] = 1.0
+    return maps
+
+
+def test_sensitivity_finds_planted_region(monkeypatch):
+    import bagnet.heatmaps
+    monkeypatch.setattr(bagnet.heatmaps, "heatmap", _planted_maps)   # a BagNet that "knows" the region
+    g = torch.Generator().manual_seed(0)
+    ds = [(torch.rand(3, 32, 32, generator=g) + 0.5, 0) for _ in range(8)]
+    images = torch.stack([x for x, _ in ds]); labels = torch.zeros(8, dtype=torch.long)
+    cfg = {**sensitivity.DEFAULTS, "seed": 0, "ig_steps": 8}
+    target = attribution_copy(Planted())
+    planted = REGION[0] * 4 + REGION[1]
+    for method in ("occlusion", "bagnet", "saliency", "deeplift"):
+        maps = attribution_maps(method, target, images, labels, cfg, bagnet=tiny_bagnet(), indices=range(8))
+        assert (rank_regions(maps, 8)[:, 0] == planted).all(), method
+    rnd = rank_regions(attribution_maps("random", target, images, labels, cfg, indices=range(8)), 8)[:, 0]
+    assert not (rnd == planted).all()
+
+    res = sensitivity.run({"planted": Planted(), "bag": tiny_bagnet()}, ds,
+                          {"num_images": 8, "max_regions": 4, "report_n": [1, 4], "ig_steps": 8, **NO_BAR})
+    t = res.tables["logit_drop"].set_index("method")
+    assert list(res.tables["logit_drop"].columns) == ["target", "method", "n_images", "drop_1", "drop_4", "auc",
+                                                      "auc_vs_occlusion"]
+    assert set(t.index) == set(sensitivity.METHODS) and (t["target"] == "planted").all()
+    full = Planted()(images)[:, 0].double().mean().item()      # masking the region removes the whole logit
+    for method in ("occlusion", "bagnet", "integrated_gradients"):
+        assert t.loc[method, "drop_1"] == pytest.approx(full, rel=1e-5)
+    assert t.loc["random", "auc"] < t.loc["occlusion", "auc"]
+    assert list(res.tables["curves"].columns) == ["target", "method", "n", "mean_drop", "sem"]
+    assert res.raw["deeplift_mean_abs_delta"]["planted"] < 1e-3
+    assert set(res.figures) == {"logit_drop_vs_n"}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "bagnet"])
+def test_attribution_copy_same_outputs_and_deeplift_runs(name):
+    from captum.attr import DeepLift
+    torch.manual_seed(0)
+    if name == "bagnet":
+        model, size = tiny_bagnet(), 40
+    else:
+        model, size = getattr(torchvision.models, name)(num_classes=4).eval(), 32
+    x = torch.randn(2, 3, size, size)
+    copy_ = attribution_copy(model)
+    relus = [m for m in copy_.modules() if isinstance(m, nn.ReLU)]
+    assert relus and not any(m.inplace for m in relus)
+    if name == "densenet121":     # DenseNet.forward's F.relu became a module of its own
+        assert len(relus) == sum(isinstance(m, nn.ReLU) for m in model.modules()) + 1
+    else:                         # reused self.relu: captum refuses the original (why attribution_copy exists)
+        with pytest.raises(RuntimeError, match="more than once"):
+            DeepLift(model).attribute(x.clone(), baselines=0.0, target=torch.tensor([0, 1]))
+    with torch.no_grad():
+        assert torch.allclose(copy_(x), model(x), atol=1e-6)
+    _, delta = DeepLift(copy_).attribute(x, baselines=0.0, target=torch.tensor([0, 1]), return_convergence_delta=True)
+    assert delta.abs().max() < 1e-3 * max(1.0, model(x).abs().max().item())

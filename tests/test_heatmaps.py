@@ -1,0 +1,198 @@
+"""Dense heatmaps == patch-wise reference; stride-8 relations; predictive patches; figures."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from bagnet.heatmaps import heatmap, heatmap_patchwise, pad_for_heatmap
+from bagnet.models.bagnet import BagNet
+from bagnet.patches import most_predictive_patches
+from bagnet.viz import compare_bagnets_figure, heatmap_figure, patches_figure
+
+
+def make_model(q=33, width=4, classes=5, dtype=torch.float64, seed=0, kernel3=None) -> BagNet:
+    torch.manual_seed(seed)
+    m = BagNet(q, num_classes=classes, width=width, kernel3=kernel3)
+    # Non-trivial BN statistics and affine parameters, so BN is not the identity in eval mode.
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    m.fc.bias.data.uniform_(-1, 1)
+    return m.to(dtype).eval()
+
+
+MODELS = {q: make_model(q) for q in (9, 17, 33)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Thousands of tiny convs: with >1 OpenMP thread on a shared CPU this file ran 10x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def images(h, w, b=2, dtype=torch.float64, seed=1):
+    return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("q", [9, 17, 33])
+@pytest.mark.parametrize("size", [(40, 40), (57, 63)])
+@pytest.mark.parametrize("stride", [1, 3, 8])
+def test_dense_equals_patchwise_float64(q, size, stride):
+    b = 2
+    m, x = MODELS[q], images(*size, b=b)
+    dense = heatmap(m, x, target=None, stride=stride)
+    ref = heatmap_patchwise(m, x, target=None, stride=stride)
+    hs, ws = -(-size[0] // stride), -(-size[1] // stride)
+    assert dense.shape == ref.shape == (b, 5, hs, ws)
+    assert (dense - ref).abs().max().item() <= 1e-9
+
+
+@pytest.mark.parametrize("kernel3", [(0, 0, 0, 0), (2, 0, 1, 2)])
+def test_other_kernel3_layouts(kernel3):
+    # (0,0,0,0): every stride sits on a 1x1 conv (pure subsampling); (2,0,1,2): repeated 3x3s.
+    m, x = make_model(kernel3=kernel3, classes=3), images(23, 30, b=1)
+    for stride in (1, 2, 5, 8):
+        assert (heatmap(m, x, 2, stride) - heatmap_patchwise(m, x, 2, stride)).abs().max() <= 1e-9
+
+
+def test_float32_relative():
+    m32 = make_model(33, dtype=torch.float32)
+    x = images(41, 38, dtype=torch.float32)
+    ref = heatmap_patchwise(MODELS[33], x.double(), target=None, stride=1)   # float64 truth
+    for got in (heatmap(m32, x, None, 1), heatmap_patchwise(m32, x, None, 1)):
+        assert got.dtype == torch.float32
+        assert ((got.double() - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_target_forms_consistent_and_chunking():
+    m, x = MODELS[17], images(35, 29, b=3)
+    full = heatmap(m, x, None, stride=2)
+    t = torch.tensor([4, 0, 2])
+    per = heatmap(m, x, t, stride=2)
+    assert per.shape == (3, 18, 15)
+    assert torch.equal(per, full[torch.arange(3), t]) or (per - full[torch.arange(3), t]).abs().max() < 1e-12
+    assert (heatmap(m, x, 1, stride=2) - full[:, 1]).abs().max() < 1e-12
+    # Row bands must stitch to the same map (band starts are multiples of the stride).
+    assert (heatmap(m, x, None, stride=2, chunk_rows=4) - full).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("q", [9, 17, 33])
+def test_stride8_relations(q):
+    m, x = MODELS[q], images(57, 63)
+    p = (q - 1) // 2
+    # 1. Stride 8 is the plain fully convolutional pass on the padded image.
+    h8 = heatmap(m, x, None, stride=8)
+    assert (h8 - m.patch_logits(F.pad(x, [p] * 4))).abs().max() <= 1e-9
+    assert torch.equal(pad_for_heatmap(m, x), F.pad(x, [p] * 4))
+    # 2. The unpadded image's patches are the stride-1 map at (p + 8i, p + 8j) ...
+    h1 = heatmap(m, x, None, stride=1)
+    pl = m.patch_logits(x)
+    nh, nw = (57 - q) // 8 + 1, (63 - q) // 8 + 1
+    assert pl.shape[-2:] == (nh, nw)
+    assert (h1[..., p::8, p::8][..., :nh, :nw] - pl).abs().max() <= 1e-9
+    # 3. ... so model(x) is the mean of exactly those entries (no padded patch involved).
+    assert (h1[..., p::8, p::8][..., :nh, :nw].mean((2, 3)) - m(x)).abs().max() <= 1e-9
+    # 4. When 8 | p (q = 17, 33) they sit on the stride-8 grid at offset p/8; for q = 9 on stride 4.
+    if p % 8 == 0:
+        o = p // 8
+        assert (h8[..., o:o + nh, o:o + nw].mean((2, 3)) - m(x)).abs().max() <= 1e-9
+    else:
+        h4 = heatmap(m, x, None, stride=4)
+        assert (h4[..., p // 4::2, p // 4::2][..., :nh, :nw].mean((2, 3)) - m(x)).abs().max() <= 1e-9
+
+
+def test_train_mode_rejected_and_stride_range():
+    m = make_model(9).train()
+    with pytest.raises(ValueError, match="eval"):
+        heatmap(m, images(16, 16), 0)
+    with pytest.raises(ValueError):
+        heatmap(MODELS[9], images(16, 16), 0, stride=9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Most predictive patches.
+# ------------------------------------------------------------------------------------------------
+
+def _planted_dataset():
+    """Low-amplitude noise images (labels 0/1) plus a strong pattern planted on the patch grid:
+    once in a class-0 image (true class patch) and once in a class-1 image (a distractor)."""
+    m = make_model(9, width=4, classes=2, dtype=torch.float32, seed=3)
+    g = torch.Generator().manual_seed(7)
+    x = 0.05 * torch.randn(12, 3, 33, 33, generator=g)
+    y = torch.tensor([0, 1] * 6)
+    # Pick the pattern with the largest class-0 logit among random candidates, then scale it up
+    # until it beats every background patch (ReLU nets grow ~linearly in input scale).
+    cands = torch.randn(64, 3, 9, 9, generator=g)
+    with torch.no_grad():
+        pattern = cands[m(cands)[:, 0].argmax()]
+        background = m.patch_logits(x)[:, 0].max()
+        scale = 1.0
+        while m(scale * pattern[None])[0, 0] <= background + 1.0:
+            scale *= 2
+            assert scale < 1e4
+    pattern = scale * pattern
+    x[4, :, 8:17, 16:25] = pattern            # class 0 image, grid position (1, 2)
+    x[7, :, 24:33, 0:9] = pattern             # class 1 image, grid position (3, 0)
+    return m, x, y, pattern
+
+
+def test_most_predictive_patches_finds_planted_pattern():
+    m, x, y, pattern = _planted_dataset()
+    res = most_predictive_patches(m, TensorDataset(x, y), classes=[0, 1], k=3, batch_size=5)
+    top, dis = res[0]["class"], res[0]["distractor"]
+    assert top["image_index"][0] == 4 and top["location"][0].tolist() == [8, 16]
+    assert dis["image_index"][0] == 7 and dis["location"][0].tolist() == [24, 0] and dis["label"][0] == 1
+    assert torch.equal(top["patches"][0], pattern) and top["patches"].shape == (3, 3, 9, 9)
+    assert (top["label"] == 0).all() and (dis["label"] != 0).all()
+    assert (top["logits"][:-1] >= top["logits"][1:]).all()
+    # Logits and crops are those of patch_logits at the reported positions.
+    with torch.no_grad():
+        pl = m.patch_logits(x)
+    for d in (top, dis, res[1]["class"], res[1]["distractor"]):
+        for j in range(len(d["logits"])):
+            i, (r, c) = int(d["image_index"][j]), d["location"][j].tolist()
+            assert torch.equal(d["patches"][j], x[i, :, r:r + 9, c:c + 9])
+    assert torch.allclose(top["logits"], torch.stack([pl[i, 0, r // 8, c // 8] for i, (r, c) in
+                                                      zip(top["image_index"].tolist(),
+                                                          top["location"].tolist())]), atol=1e-5)
+    # Streaming in different batch sizes gives the same answer; per_class_images limits the scan.
+    again = most_predictive_patches(m, TensorDataset(x, y), classes=[0], k=3, batch_size=12)
+    assert torch.equal(again[0]["class"]["image_index"], top["image_index"])
+    few = most_predictive_patches(m, TensorDataset(x, y), classes=[0], k=3, per_class_images=2)
+    assert set(few[0]["class"]["image_index"].tolist()) <= {0, 2}
+    assert set(few[0]["distractor"]["image_index"].tolist()) <= {1, 3}
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures.
+# ------------------------------------------------------------------------------------------------
+
+def _png_size(fig, path):
+    fig.savefig(path)
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_figures_have_expected_pixel_size(tmp_path):
+    x = images(40, 40, dtype=torch.float32)
+    maps = {f"BagNet-{q}": heatmap(MODELS[q], x, 0, stride=1) for q in (9, 17, 33)}
+    fig = heatmap_figure(x, maps["BagNet-33"], titles=["a", "b"], panel_inches=2.0, dpi=50)
+    assert _png_size(fig, tmp_path / "h.png") == (200, 200)
+    fig = compare_bagnets_figure(x, maps, panel_inches=2.0, dpi=50)
+    assert _png_size(fig, tmp_path / "c.png") == (400, 200)
+    m, xs, ys, _ = _planted_dataset()
+    res = most_predictive_patches(m, TensorDataset(xs, ys), classes=[0], k=3)
+    fig = patches_figure(res[0], "zero", class_names=["zero", "one"], panel_inches=1.0, dpi=100)
+    assert _png_size(fig, tmp_path / "p.png") == (300, 260)
+    texts = [t.get_text() for ax in fig.axes for t in [ax.xaxis.label]]
+    assert f"{float(res[0]['class']['logits'][0]):.2f}" in texts

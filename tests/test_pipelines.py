@@ -1,0 +1,133 @@
+"""Table 1, the demo, eval_imagenet, heatmaps and the signature tasks, end to end on tiny configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from bagnet.pipelines import task_demo, task_eval_imagenet, task_table1
+from bagnet.run import CONFIG_DIR
+from bagnet.tasks import TASKS
+
+TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "data.val_per_class=3",
+        "data.test_per_class=4", "debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+        "trainer.batch_size=4", "device=cpu", "bagnet_width=4"]
+
+
+def make_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.root_dir={tmp_path}"])
+
+
+def test_table1_pipeline_tiny(tmp_path):
+    cfg = make_cfg(tmp_path, "experiment=table1", *TINY)
+    result = task_table1(cfg)
+    table = result.tables["table1"]
+    assert list(table["model"]) == ["ResNet-50", "DenseNet-121", "DenseNet-169", "CBAM-ResNet-50",
+                                    "BagNet-9", "BagNet-17", "BagNet-33"]
+    for col in ("val", "test", "scrambled test"):
+        assert table[col].between(0, 1).all(), col
+    assert (table["report test"].iloc[0], table["report scrambled"].iloc[-1]) == (0.907, 0.90)
+    out = Path(cfg.out_dir)
+    written = pd.read_csv(out / "table1.csv")
+    assert len(written) == 7 and {"val", "test", "scrambled test"} <= set(written.columns)
+    assert "scrambled" in (out / "table1.md").read_text()
+    raw = json.loads((out / "raw.json").read_text())
+    assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["task"] == "table1"
+    for label, entry in raw["raw"].items():  # every cell comes from a run dir with its config
+        assert (Path(entry["run_dir"]) / "config.yaml").is_file(), label
+    assert Image.open(out / "table1.png").size[0] > 100
+
+    # a second call reuses the finished runs instead of retraining them
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
+    task_table1(cfg)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
+
+
+def test_demo_pipeline_tiny(tmp_path):
+    cfg = make_cfg(tmp_path, "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
+                   "demo.patches_images=4", "signatures.scrambling.num_images=16",
+                   "signatures.additivity.num_images=2", "signatures.sensitivity.num_images=2",
+                   "signatures.sensitivity.ig_steps=4", "signatures.scrambling.texture_patch=9")
+    results = task_demo(cfg)
+    out = Path(cfg.out_dir)
+    promised = {"accuracy": ["accuracy", "checks"], "scrambling": ["accuracy"], "additivity": ["interaction"],
+                "error_overlap": ["pairs", "per_class"], "sensitivity": ["logit_drop"], "heatmaps": ["heatmaps"],
+                "patches": ["patches"]}
+    for folder, tables in promised.items():
+        assert set(tables) <= set(results[folder].tables), folder
+        for t in tables:
+            assert (out / folder / f"{t}.csv").is_file() and (out / folder / f"{t}.md").is_file()
+        for name in results[folder].figures:
+            assert Image.open(out / folder / f"{name}.png").size[0] > 50
+            assert (out / folder / f"{name}.pdf").stat().st_size > 0
+        assert json.loads((out / folder / "raw.json").read_text())["provenance"]["seed"] == 0
+    readme = (out / "README.md").read_text()
+    assert "expected effects" in readme and "| `sensitivity/` |" in readme
+    checks = pd.read_csv(out / "accuracy" / "checks.csv")
+    assert len(checks) >= 3 and checks["holds"].isin([True, False]).all()
+
+
+def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
+    """The official-weights pipeline on a tiny fake ImageNet tree, with weights saved locally."""
+    from bagnet import create_model
+    from bagnet.models.bagnet import DEFAULT_CFGS
+    root = tmp_path / "imagenet"
+    for wnid in ("n01440764", "n03888257"):  # tench (0), parachute (701)
+        (root / "val" / wnid).mkdir(parents=True)
+        (root / "train" / wnid).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 48), (i * 90, 30, 200)).save(root / "val" / wnid / f"{i}.JPEG")
+            Image.new("RGB", (40, 48), (i * 90, 30, 200)).save(root / "train" / wnid / f"{i}.JPEG")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(create_model("bagnet9", width=64).state_dict(), weights / DEFAULT_CFGS[9]["file"])
+    cfg = make_cfg(tmp_path, "experiment=imagenet", "data=imagenette", f"data.root={root}",
+                   "data.label_space=imagenet1k", "data.image_size=32", "device=cpu", "trainer.progress=false",
+                   "+imagenet_eval.models={BagNet-9: {name: bagnet, patch_size: 9}}",
+                   f"imagenet_eval.weights_dir={weights}")
+    # only BagNet-9 has local weights; the others would try to download
+    cfg.imagenet_eval.models = {"BagNet-9": {"name": "bagnet", "patch_size": 9}}
+    result = task_eval_imagenet(cfg)
+    row = result.tables["imagenet"].iloc[0]
+    assert row["model"] == "BagNet-9" and row["n"] == 4
+    assert pd.isna(row["published top5"])
+
+
+def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch):
+    import urllib.request
+    from urllib.error import URLError
+
+    from bagnet.models.weights import WeightsError
+
+    def offline(*a, **k):
+        raise URLError("offline")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    root = tmp_path / "imagenet"
+    (root / "val" / "n01440764").mkdir(parents=True)
+    (root / "train" / "n01440764").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(root / "val" / "n01440764" / "a.JPEG")
+    Image.new("RGB", (40, 40)).save(root / "train" / "n01440764" / "a.JPEG")
+    cfg = make_cfg(tmp_path, "experiment=imagenet", "data=imagenette", f"data.root={root}",
+                   "data.label_space=imagenet1k", "data.image_size=32", "device=cpu")
+    with pytest.raises(WeightsError, match="model.weights="):
+        task_eval_imagenet(cfg)
+
+
+@pytest.mark.parametrize("name", ["heatmaps", "patches"])
+def test_explain_tasks_on_a_trained_bagnet(tmp_path, name):
+    train = make_cfg(tmp_path, "model=bagnet17", *TINY)
+    TASKS["train"](train)
+    cfg = make_cfg(tmp_path, f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
+                   "num_images=2")
+    result = TASKS[name](cfg)
+    out = Path(cfg.run_dir)
+    assert result.figures and all((out / f"{f}.png").is_file() for f in result.figures)
+    assert (out / f"{name}.csv").is_file()

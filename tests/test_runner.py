@@ -1,0 +1,179 @@
+"""The Hydra runner: composition of every model x data config, training, resume, sweeps, DDP, bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bagnet.run import CONFIG_DIR
+from bagnet.tasks import task_train
+from bagnet.train import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
+
+
+def make_cfg(*overrides: str, tmp_path: Path | None = None):
+    base = ["data=synthetic", "debug=fast", "device=cpu"]
+    if tmp_path is not None:
+        base.append(f"paths.root_dir={tmp_path}")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=base + list(overrides))
+
+
+def tiny_synthetic(*extra: str) -> list[str]:
+    return ["data.samples_per_class=12", *extra]
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bagnet.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_every_model_composes_with_every_dataset(data):
+    for model in MODELS:
+        cfg = make_cfg(f"model={model}", f"data={data}")
+        assert cfg.model.name and cfg.data.name
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_one_training_step_per_model(model):
+    cfg = make_cfg(f"model={model}", "bagnet_width=8")
+    net = build_model(cfg.model, num_classes=5)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(net(x).float(), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_profiles_compose():
+    cpu = make_cfg("profile=cpu", "model=bagnet33")
+    gpu = make_cfg("profile=gpu", "model=bagnet33")
+    assert cpu.model.width == 32 and cpu.data.image_size == 112
+    assert gpu.model.width == 64 and gpu.data.image_size == 224
+
+
+def test_short_synthetic_run_beats_chance(tmp_path):
+    cfg = make_cfg("model=small_cnn", "model.width=16", "trainer.epochs=4", "trainer.max_steps_per_epoch=null",
+                   "trainer.batch_size=32", "trainer.optimizer=adamw", "trainer.lr=0.003", tmp_path=tmp_path)
+    summary = task_train(cfg)
+    test_top1 = summary["eval"]["test"]["top1"]
+    chance = 1 / pd.read_csv(Path(cfg.run_dir) / "eval" / "predictions_test.csv.gz")["label"].nunique()
+    assert test_top1 > chance + 0.25, (test_top1, chance)
+    run_dir = Path(cfg.run_dir)
+    for f in ("config.yaml", "provenance.json", "metrics.csv", "metrics.json", "summary.json",
+              "checkpoints/last.pt", "checkpoints/best.pt", "eval/predictions_val.csv.gz"):
+        assert (run_dir / f).is_file(), f
+    preds = pd.read_csv(run_dir / "eval" / "predictions_test.csv.gz")
+    assert {"index", "path", "label", "pred", "top5_0", "true_logit"} <= set(preds.columns)
+    assert preds["index"].is_unique
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    import bagnet.train as T
+    args = ["model=bagnet9", "model.width=8", "trainer.epochs=3", "trainer.max_steps_per_epoch=2",
+            "trainer.batch_size=8", *tiny_synthetic()]
+    whole = make_cfg(*args, "run_name=whole", tmp_path=tmp_path)
+    task_train(whole)
+
+    killed = make_cfg(*args, "run_name=killed", tmp_path=tmp_path)
+    real, calls = T.train_one_epoch, {"n": 0}
+
+    def dies_in_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # stands in for a kill mid-epoch
+        return real(*a, **k)
+    monkeypatch.setattr(T, "train_one_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        task_train(killed)
+    monkeypatch.setattr(T, "train_one_epoch", real)
+    # a torn temp file from a write killed mid-way must not matter
+    (Path(killed.run_dir) / "checkpoints" / ".last.pt.junk.tmp").write_bytes(b"\0" * 10)
+    task_train(killed)
+
+    a = torch.load(Path(whole.run_dir) / "checkpoints/last.pt", weights_only=False)
+    b = torch.load(Path(killed.run_dir) / "checkpoints/last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_rerun_with_other_config_is_refused(tmp_path):
+    cfg = make_cfg("model=bagnet9", "model.width=8", *tiny_synthetic(), tmp_path=tmp_path)
+    task_train(cfg)
+    saved = (Path(cfg.run_dir) / "config.yaml").read_text()
+    other = make_cfg("model=bagnet9", "model.width=8", "trainer.lr=0.5", *tiny_synthetic(), tmp_path=tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        task_train(other)
+    assert (Path(cfg.run_dir) / "config.yaml").read_text() == saved
+
+
+def test_sweep_creates_one_run_dir_per_patch_size(tmp_path):
+    r = run_cli("-m", "task=train", "model=bagnet", "model.patch_size=9,17,33", "model.width=4", "data=synthetic",
+                *tiny_synthetic(), "debug=fast", "device=cpu", f"paths.root_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = sorted(p.parent.parent.name for p in (tmp_path / "runs/train/synthetic").glob("*/*/summary.json"))
+    assert runs == ["bagnet17_w4", "bagnet33_w4", "bagnet9_w4"]
+    out = subprocess.run([sys.executable, "scripts/collect_sweep.py", str(tmp_path / "runs/train/synthetic"),
+                          "--out", str(tmp_path / "sweep")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert sorted(table["patch_size"]) == [9, 17, 33]
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["model=bagnet34"], "unknown model 'bagnet34'; available: bagnet, bagnet17"),
+    (["data=imagenet2"], "unknown data 'imagenet2'"),
+    (["model.patch_sizee=9"], "unknown config key 'model.patch_sizee'"),
+    (["task=trian"], "unknown task 'trian'; valid:"),
+    (["model=bagnet", "model.patch_size=10", "debug=fast"], "supported: [9, 17, 33]"),
+    (["task=eval", "checkpoint=/nonexistent/ckpt.pt"], "checkpoint not found"),
+    (["data=scene15", "data.root=/nonexistent/scene15"], "data.root"),
+])
+def test_bad_input_gives_one_line(tmp_path, args, expect):
+    r = run_cli(*args, "device=cpu", f"paths.root_dir={tmp_path}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert expect in lines[0], lines[0]
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    cfg = make_cfg("model=bagnet9", "model.width=8", *tiny_synthetic(), tmp_path=tmp_path)
+    task_train(cfg)
+    run_dir = Path(cfg.run_dir)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    r = run_cli("task=eval", "model=resnet18", f"checkpoint={run_dir}", "data=synthetic", *tiny_synthetic(),
+                "device=cpu", f"run_dir={run_dir}", f"paths.root_dir={tmp_path}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "checkpoint is for bagnet(" in r.stderr and "model=" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        "-m", "bagnet.run", "task=train", "model=bagnet9", "model.width=4", "data=synthetic",
+                        *tiny_synthetic(), "debug=fast", "device=cpu", f"paths.root_dir={tmp_path}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = next((tmp_path / "runs/train/synthetic").glob("*/*"))
+    preds = pd.read_csv(run_dir / "eval" / "predictions_val.csv.gz")
+    assert preds["index"].tolist() == list(range(len(preds)))  # every image exactly once, gathered from 2 ranks
+    assert r.stdout.count("done:") == 1  # only rank 0 reports and writes
