@@ -23,8 +23,21 @@ class DistInfo:
         return self.rank == 0
 
 
+def export_slurm_env() -> None:
+    """In a multi-task SLURM job started by submitit (Hydra's submitit launcher), set torchrun's variables.
+
+    Plain ``srun`` jobs should start ``torchrun`` instead, which sets them itself.
+    """
+    if ("RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm"
+            or int(os.environ.get("SLURM_NTASKS", "1")) < 2):
+        return
+    from submitit.helpers import TorchDistributedEnvironment  # present: submitit started this process
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_distributed(device_type: str) -> DistInfo:
-    """Initialise the process group when launched by torchrun (RANK/WORLD_SIZE set); else single process."""
+    """Initialise the process group when launched by torchrun or SLURM (RANK/WORLD_SIZE set); else one process."""
+    export_slurm_env()
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) < 2:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))

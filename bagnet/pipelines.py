@@ -159,10 +159,17 @@ def _weights_file(spec: dict, weights_dir: str | None) -> str | None:
     if not weights_dir:
         return None
     from .models import bagnet as bagnet_mod, torchvision_models as tv
+    from .models.weights import HASH_RE
     cfgs = {**{f"bagnet{q}": c for q, c in bagnet_mod.DEFAULT_CFGS.items()}, **tv.DEFAULT_CFGS}
     key = f"bagnet{spec.get('patch_size')}" if spec["name"] == "bagnet" else spec["name"]
-    path = Path(weights_dir) / cfgs[key]["file"]
-    return str(path) if path.is_file() else None
+    release = cfgs[key]["file"]
+    path = Path(weights_dir) / release
+    if path.is_file():
+        return str(path)
+    # torch.hub naming, '<stem>-<sha256 prefix>.<ext>': e.g. a checkpoint re-saved under its own hash
+    m = HASH_RE.search(release)
+    found = sorted(Path(weights_dir).glob(f"{release[:m.start()]}-*{release[m.end() - 1:]}")) if m else []
+    return str(found[0]) if found else None
 
 
 def imagenet_eval(cfg: DictConfig) -> Result:

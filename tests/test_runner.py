@@ -177,3 +177,28 @@ def test_ddp_two_cpu_processes(tmp_path):
     preds = pd.read_csv(run_dir / "eval" / "predictions_val.csv.gz")
     assert preds["index"].tolist() == list(range(len(preds)))  # every image exactly once, gathered from 2 ranks
     assert r.stdout.count("done:") == 1  # only rank 0 reports and writes
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="optional extra '.[slurm]'")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == 4 and launcher.max_num_timeout > 0  # one DDP rank per GPU; requeue resumes
+
+
+def test_submitit_slurm_job_sets_torch_ranks(monkeypatch):
+    pytest.importorskip("submitit", reason="optional extra '.[slurm]'")
+    from bagnet.distributed import export_slurm_env
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "unset")  # so that monkeypatch removes what export_slurm_env writes
+        monkeypatch.delenv(key)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "123", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_PROCID": "3", "SLURM_LOCALID": "1"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    export_slurm_env()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07"
