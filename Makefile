@@ -11,7 +11,7 @@ MODEL ?= bagnet33
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: setup test test-full demo train train-bagnet33 sweep-patch reproduce-table1 heatmaps \
+.PHONY: setup test test-full test-slow demo train train-bagnet33 sweep-patch reproduce-table1 heatmaps \
         eval-imagenet bench render-results clean-demo
 
 setup: $(VENV)/.installed
@@ -24,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
-test-full: setup
-	$(PY) -m pytest -q -m "slow or not slow"
+test-full: test test-slow
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 demo: setup
 	$(RUN) task=demo experiment=demo $(ARGS)

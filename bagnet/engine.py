@@ -197,16 +197,38 @@ def recalibrate_slow_bn(model: nn.Module, loader: DataLoader, precision: Precisi
         m.reset_running_stats()
         m.momentum = None  # cumulative average
         m.train()
-    loader.sampler.set_epoch(epoch)
-    for step, (images, _) in enumerate(loader):
-        if step >= batches:
-            break
-        with precision.autocast(device):
-            model(_to(images, device, channels_last))
+    # Layers after the last slow BN cannot change its statistics: stop each forward there (for a BagNet
+    # the slow BN is in the stem, so this skips almost all of the network).
+    seen: set[int] = set()
+
+    def stop_when_all_seen(module, inputs, output):
+        seen.add(id(module))
+        if len(seen) == len(slow_bns):
+            raise _StopForward
+
+    hooks = [m.register_forward_hook(stop_when_all_seen) for m in slow_bns]
+    try:
+        loader.sampler.set_epoch(epoch)
+        for step, (images, _) in enumerate(loader):
+            if step >= batches:
+                break
+            seen.clear()
+            with precision.autocast(device):
+                try:
+                    model(_to(images, device, channels_last))
+                except _StopForward:
+                    pass
+    finally:
+        for h in hooks:
+            h.remove()
     for m, mom in zip(slow_bns, momenta):
         m.momentum = mom
     model.train(was_training)
     return len(slow_bns)
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook to end a forward pass early."""
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ interrupted ones resume) and then evaluates and runs experiments in-process.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -87,11 +88,18 @@ def table1(cfg: DictConfig) -> Result:
                                   transform=scramble_transform(t1.scramble_grid, cfg.seed), suffix=" scrambled")
         scr_metrics, scr_df = scr["test"]
         io.write_predictions(scr_df, run_dir / "eval" / f"predictions_test_scrambled{t1.scramble_grid}.csv.gz")
+        extra = {}
+        same_px = same_tile_grid(data.image_size, t1.scramble_grid, t1.get("report_tile_px"))
+        if same_px:  # the report's tile size in pixels (its 4x4 grid on 224 px images = 56 px tiles)
+            px = scramble_transform(same_px, cfg.seed)
+            m = evaluate_checkpoint(model, data, ["test"], as_dict(sub), device, transform=px,
+                                    suffix=f" scrambled {same_px}x{same_px}")["test"][0]
+            extra[f"scrambled test ({t1.report_tile_px} px tiles)"] = m["top1"]
         ev = summary["eval"]
         pub = REPORT_TABLE1.get(label, (None, None, None))
         pretrained = bool(sub.model.get("pretrained"))
         rows.append({"model": label, "val": ev["val"]["top1"], "test": ev["test"]["top1"],
-                     "scrambled test": scr_metrics["top1"],
+                     "scrambled test": scr_metrics["top1"], **extra,
                      "report val": pub[0], "report test": pub[1], "report scrambled": pub[2],
                      "init": "ImageNet" if pretrained else "scratch", "epochs": summary["epochs"],
                      "image_size": data.image_size, "width": sub.model.get("width", "torchvision"),
@@ -102,6 +110,19 @@ def table1(cfg: DictConfig) -> Result:
     df = pd.DataFrame(rows)
     return Result(tables={"table1": df}, figures={"table1": table1_figure(df)}, raw=raw,
                   summary=" | ".join(f"{r['model']} {r['test']:.3f}/{r['scrambled test']:.3f}" for r in rows))
+
+
+def same_tile_grid(image_size: int, grid: int, tile_px: int | None) -> int | None:
+    """The grid whose tiles are closest to ``tile_px`` pixels, if ``grid`` gives other tiles (else None).
+
+    Scrambling destroys every patch that straddles a tile border; with tiles smaller than q (e.g. the 4x4
+    grid on the cpu profile's 112 px images: 28 px < 33) a BagNet-q loses all its intact patches, which the
+    report's 56 px tiles never caused. So the table adds the report's tile size in pixels.
+    """
+    if not tile_px:
+        return None
+    g = max(1, round(image_size / tile_px))
+    return g if g != grid else None
 
 
 def table1_figure(df: pd.DataFrame):
@@ -115,10 +136,12 @@ def table1_figure(df: pd.DataFrame):
     a.plot(q, bag["report test"], "s--", label="report: test")
     a.set(xlabel="patch size q", ylabel="top-1 accuracy", title="BagNet accuracy vs patch size", xticks=q)
     a.legend()
+    bars = [("test", "clean test"), ("scrambled test", "scrambled test (4x4 grid)")]
+    bars += [(c, c) for c in df.columns if c.startswith("scrambled test (")]
+    w = 0.8 / len(bars)
+    for k, (col, label) in enumerate(bars):
+        b.bar([i + (k - (len(bars) - 1) / 2) * w for i in range(len(df))], df[col], w, label=label)
     x = range(len(df))
-    a_w = 0.38
-    b.bar([i - a_w / 2 for i in x], df["test"], a_w, label="clean test")
-    b.bar([i + a_w / 2 for i in x], df["scrambled test"], a_w, label="scrambled test (4x4)")
     b.set_xticks(list(x), df["model"], rotation=30, ha="right")
     b.set(ylabel="top-1 accuracy", title="Clean vs scrambled (ours)")
     b.legend()
@@ -126,13 +149,52 @@ def table1_figure(df: pd.DataFrame):
     return fig
 
 
+def tile_note(cfg: DictConfig) -> str:
+    t1, size = cfg.table1, cfg.data.image_size
+    g = same_tile_grid(size, t1.scramble_grid, t1.get("report_tile_px"))
+    if not g:
+        return ""
+    return (f" ({size // t1.scramble_grid} px tiles, while the report's were {t1.report_tile_px} px: the column "
+            f"`scrambled test ({t1.report_tile_px} px tiles)` uses a {g}x{g} grid, the report's tile size in pixels)")
+
+
 def table1_header(cfg: DictConfig, wall_s: float) -> str:
     return (f"Table 1 of the 15-Scene reproducibility report, reproduced with profile "
             f"`{cfg.profile_name}`: {cfg.data.image_size} px images, BagNet width {cfg.bagnet_width} "
             f"(torchvision widths for the baselines), {cfg.trainer.epochs} epochs, seed {cfg.seed}; "
             f"scrambled = test images cut into a {cfg.table1.scramble_grid}x{cfg.table1.scramble_grid} grid, "
-            f"tiles permuted (seeded). `report *` columns are the published numbers; `init` says how each "
+            f"tiles permuted (seeded){tile_note(cfg)}. `report *` columns are the published numbers; `init` says how each "
             f"model of ours started. Total wall time {wall_s / 60:.1f} min on {provenance()['device']}.")
+
+
+OVERVIEW_COLUMNS = ["model", "profile", "val", "test", "scrambled test", "report val", "report test",
+                    "report scrambled", "init", "image_size", "width", "epochs"]
+
+
+def table1_overview(root: str | Path) -> tuple[pd.DataFrame, str] | None:
+    """One table of every profile's Table 1 under ``root`` (``root/<profile>/raw.json``), for side-by-side reading."""
+    frames, sources = [], []
+    for raw_path in sorted(Path(root).glob("*/raw.json")):
+        blob = json.loads(raw_path.read_text())
+        prov = blob.get("provenance") or {}
+        if (prov.get("config") or {}).get("task") != "table1" or "table1" not in (blob.get("tables") or {}):
+            continue
+        df = pd.DataFrame(blob["tables"]["table1"])
+        df["profile"] = raw_path.parent.name
+        cols = OVERVIEW_COLUMNS[:5] + [c for c in df.columns if c.startswith("scrambled test (")] + OVERVIEW_COLUMNS[5:]
+        frames.append(df[[c for c in cols if c in df.columns]])
+        sources.append(f"`{raw_path.parent.name}/` ({prov.get('device', '?')}, commit "
+                       f"{str(prov.get('git_commit', '?'))[:10]}, {prov.get('time', '?')})")
+    if not frames:
+        return None
+    header = ("Table 1 of the 15-Scene reproducibility report, every profile run so far; each profile's folder "
+              "holds its full table, figure and provenance: " + "; ".join(sources) + ".")
+    return pd.concat(frames, ignore_index=True), header
+
+
+def write_table1_overview(root: str | Path) -> list[Path]:
+    overview = table1_overview(root)
+    return io.write_table(overview[0], Path(root) / "table1", header=overview[1]) if overview else []
 
 
 @task
@@ -143,6 +205,7 @@ def task_table1(cfg) -> Result:
     device, _ = setup(cfg)
     prov = provenance(config=as_dict(cfg), device=device, seed=cfg.seed, wall_s=wall)
     io.write_result(result, cfg.out_dir, prov, header=table1_header(cfg, wall))
+    write_table1_overview(Path(cfg.out_dir).parent)
     print(f"done: table1 in {wall / 60:.1f} min: {result.summary} -> {cfg.out_dir}", flush=True)
     return result
 
@@ -228,6 +291,13 @@ def kind_accuracy(predictions: dict[str, pd.DataFrame], classes: list[str], kind
     return pd.DataFrame(rows)
 
 
+def intact_patch_grid(grids, image_size: int, q: int) -> int:
+    """The finest scrambling grid whose tiles are at least q px: every BagNet-q keeps most patches intact
+    (tiles smaller than q leave none, which would test tile size rather than bag-of-features behaviour)."""
+    ok = [g for g in grids if image_size // g >= q]
+    return max(ok) if ok else min(grids)
+
+
 def demo_checks(acc: pd.DataFrame, scrambling: pd.DataFrame, bagnets: list[str], cnn: str,
                 grid: int = 4) -> list[dict]:
     """The effects the synthetic probe is built to show, each with its measured numbers."""
@@ -249,7 +319,8 @@ def demo_checks(acc: pd.DataFrame, scrambling: pd.DataFrame, bagnets: list[str],
                        "measured": f"{bagnets[0]} {m9:.3f}, {bagnets[-1]} {m33:.3f}",
                        "holds": bool(abs(m9 - 0.5) <= 0.15 and m33 > 0.8)})
     s = scrambling[scrambling["condition"] == f"scrambled_{grid}x{grid}"].set_index("model")["top1_rel"]
-    checks.append({"effect": f"{grid}x{grid} scrambling hurts the CNN more than every BagNet (relative top-1)",
+    checks.append({"effect": f"{grid}x{grid} scrambling (tiles no smaller than the largest patch) hurts the CNN "
+                             "more than every BagNet (top-1 relative to clean)",
                    "measured": ", ".join(f"{m} {s[m]:.3f}" for m in bagnets + [cnn] if m in s),
                    "holds": bool(cnn in s and all(s[cnn] < s[b] for b in bagnets if b in s))})
     return checks
@@ -315,7 +386,9 @@ def demo(cfg: DictConfig) -> tuple[dict[str, Result], list[dict]]:
                                           cfg.seed, device)
     results["patches"] = patches_result(bagnets, test, data.classes, data.mean, data.std, k=d.patches_k,
                                         per_class_images=d.patches_images, device=device)
-    checks = demo_checks(acc, results["scrambling"].tables["accuracy"], list(d.bagnets), d.cnn)
+    checks = demo_checks(acc, results["scrambling"].tables["accuracy"], list(d.bagnets), d.cnn,
+                         grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size,
+                                                max(models[b].patch_size for b in d.bagnets)))
     results["accuracy"].tables["checks"] = pd.DataFrame(checks)
     return results, checks
 

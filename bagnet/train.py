@@ -238,13 +238,13 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
 
 
 def _channels_last(setting, device: torch.device, precision: Precision, model: nn.Module) -> bool:
-    """auto: on with CUDA or bf16 (the fast pair, see results/bench/train.md), except for models with
-    convolutions narrower than 16 channels: with those, torch 2.14.1's CPU channels_last kernels
-    segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
+    """auto: on (10-30% faster training on CPU in fp32 and bf16, see results/bench/train.md), except on
+    CPU for models with convolutions narrower than 16 channels: with those, torch 2.14.1's CPU
+    channels_last kernels segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
     if setting != "auto":
         return bool(setting)
     narrow = any(m.out_channels < 16 for m in model.modules() if isinstance(m, nn.Conv2d))
-    return (device.type == "cuda" or precision.dtype is not None) and not (device.type == "cpu" and narrow)
+    return not (device.type == "cpu" and narrow)
 
 
 def evaluate_checkpoint(model: nn.Module, data: DataBundle, splits: list[str], cfg: Mapping,

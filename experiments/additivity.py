@@ -224,3 +224,8 @@ def scatter_figure(raw_pairs: dict, bins):
         cb.set_ticks(range(len(bins) - 1), labels=[f"[{lo},{hi})" for lo, hi in zip(bins[:-1], bins[1:])])
         cb.set_label("gap bin (px)")
     return fig
+
+
+def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
+    """The figures that the saved tables alone determine (for scripts/render_results.py)."""
+    return {"interaction_vs_distance": interaction_figure(tables["interaction"])} if "interaction" in tables else {}

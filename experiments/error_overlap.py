@@ -183,3 +183,18 @@ def kappa_figure(pairs: pd.DataFrame, models: list[str]):
             ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="Cohen's kappa (top-1 correct)")
     return fig
+
+
+def figures_from_tables(tables: Mapping[str, pd.DataFrame], metric: str = "top5") -> dict:
+    """Both figures, rebuilt from the saved per-class and pair tables (for scripts/render_results.py)."""
+    if not {"per_class", "pairs"} <= set(tables):
+        return {}
+    per_class, pairs = tables["per_class"], tables["pairs"]
+    models = list(dict.fromkeys(per_class["model"]))
+    wide = {m: per_class[per_class["model"] == m].set_index("class") for m in models}
+    index = sorted(set().union(*(w.index for w in wide.values())))
+    counts = wide[models[0]]["n"].reindex(index).fillna(0).to_numpy()
+    acc = {m: {k: w[k].reindex(index).to_numpy(dtype=float) for k in ("top1", "top5")} for m, w in wide.items()}
+    plot_pairs = list(zip(pairs["model_a"], pairs["model_b"]))
+    return {"class_accuracy_scatter": scatter_figure(acc, counts, plot_pairs, metric),
+            "kappa_matrix": kappa_figure(pairs, models)}

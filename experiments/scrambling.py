@@ -214,3 +214,8 @@ def examples_figure(examples: dict[str, torch.Tensor], mean, std):
     for ax in axes.flat:
         ax.axis("off")
     return fig
+
+
+def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
+    """The figures that the saved tables alone determine (for scripts/render_results.py)."""
+    return {"accuracy_vs_grid": accuracy_figure(tables["accuracy"])} if "accuracy" in tables else {}

@@ -274,3 +274,8 @@ def curve_figure(curves: pd.DataFrame):
     axes[0, 0].set_ylabel("true-class logit drop")
     axes[0, 0].legend(fontsize=7)
     return fig
+
+
+def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
+    """The figures that the saved tables alone determine (for scripts/render_results.py)."""
+    return {"logit_drop_vs_n": curve_figure(tables["curves"])} if "curves" in tables else {}

@@ -5,7 +5,8 @@
 
 Every raw.json written by bagnet.io.write_result holds its tables; this re-writes them as CSV +
 Markdown (with the same header) and redraws the figures that can be drawn from tables alone
-(Table 1, and any experiment module that defines ``figures_from_tables``).
+(Table 1, and every experiment module's ``figures_from_tables``), and the all-profile
+``results/table1/table1.{csv,md}``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bagnet import io
+from bagnet.pipelines import write_table1_overview
 
 
 def figure_makers(raw_path: Path):
@@ -24,11 +26,15 @@ def figure_makers(raw_path: Path):
     if task == "table1":
         from bagnet.pipelines import table1_figure
         return lambda tables: {"table1": table1_figure(tables["table1"])} if "table1" in tables else {}
-    try:
-        module = importlib.import_module(f"experiments.{task}")
-    except (ImportError, TypeError):
-        return None
-    return getattr(module, "figures_from_tables", None)
+    # A task's own output (task=scrambling) or one part of a pipeline's (results/demo/scrambling/)
+    for name in (task, raw_path.parent.name):
+        try:
+            module = importlib.import_module(f"experiments.{name}")
+        except (ImportError, TypeError, ValueError):
+            continue
+        if hasattr(module, "figures_from_tables"):
+            return module.figures_from_tables
+    return None
 
 
 def render(raw_path: Path) -> list[Path]:
@@ -51,8 +57,13 @@ def main() -> None:
     raws = sorted(args.root.glob("**/raw.json"))
     if not raws:
         raise SystemExit(f"error: no raw.json under {args.root}")
+    overview_roots = set()
     for raw in raws:
         print(f"{raw.parent}: {len(render(raw))} files")
+        if figure_makers(raw) and raw.parent.parent.name == "table1":
+            overview_roots.add(raw.parent.parent)
+    for root in sorted(overview_roots):  # results/table1/table1.{csv,md}: every profile side by side
+        print(f"{root}: {len(write_table1_overview(root))} files")
 
 
 if __name__ == "__main__":

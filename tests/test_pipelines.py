@@ -39,6 +39,8 @@ def test_table1_pipeline_tiny(tmp_path):
     written = pd.read_csv(out / "table1.csv")
     assert len(written) == 7 and {"val", "test", "scrambled test"} <= set(written.columns)
     assert "scrambled" in (out / "table1.md").read_text()
+    overview = pd.read_csv(out.parent / "table1.csv")  # every profile's table side by side
+    assert list(overview["profile"]) == [out.name] * 7 and list(overview["model"]) == list(table["model"])
     raw = json.loads((out / "raw.json").read_text())
     assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["task"] == "table1"
     for label, entry in raw["raw"].items():  # every cell comes from a run dir with its config
@@ -73,6 +75,22 @@ def test_demo_pipeline_tiny(tmp_path):
     assert "expected effects" in readme and "| `sensitivity/` |" in readme
     checks = pd.read_csv(out / "accuracy" / "checks.csv")
     assert len(checks) >= 3 and checks["holds"].isin([True, False]).all()
+
+    # scripts/render_results.py rebuilds tables and the table-borne figures from raw.json alone
+    import runpy
+    render = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"))["render"]
+    rebuilt = {"scrambling": ["accuracy_vs_grid"], "additivity": ["interaction_vs_distance"],
+               "error_overlap": ["kappa_matrix", "class_accuracy_scatter"], "sensitivity": ["logit_drop_vs_n"]}
+    for folder, figures in rebuilt.items():
+        first_table = promised[folder][0]
+        before = (out / folder / f"{first_table}.csv").read_text()
+        for name in figures:
+            (out / folder / f"{name}.png").unlink()
+        (out / folder / f"{first_table}.csv").unlink()
+        render(out / folder / "raw.json")
+        assert (out / folder / f"{first_table}.csv").read_text() == before, folder
+        for name in figures:
+            assert Image.open(out / folder / f"{name}.png").size[0] > 50, (folder, name)
 
 
 def test_eval_imagenet_pipeline_with_local_weights(tmp_path):

@@ -202,3 +202,27 @@ def test_submitit_slurm_job_sets_torch_ranks(monkeypatch):
     export_slurm_env()
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
     assert os.environ["MASTER_ADDR"] == "gpu07"
+
+
+def test_recalibrate_slow_bn_gives_exact_stem_statistics():
+    """The stem BN (momentum 0.001) gets the exact mean over the batches; the forward stops after it."""
+    from torch.utils.data import TensorDataset
+
+    from bagnet import create_model
+    from bagnet.distributed import DistInfo
+    from bagnet.engine import Precision, build_loader, recalibrate_slow_bn
+    torch.manual_seed(0)
+    model = create_model("bagnet9", num_classes=3, width=8)
+    images = torch.randn(12, 3, 24, 24) * 2 + 0.5
+    loader = build_loader(TensorDataset(images, torch.zeros(12, dtype=torch.long)), 4, False, 0, DistInfo())
+    other_bn = model.layer1[0].bn1
+    before = other_bn.running_mean.clone()
+    calls = []
+    model.fc.register_forward_hook(lambda *a: calls.append(1))
+    assert recalibrate_slow_bn(model, loader, Precision(None), torch.device("cpu"), 0, batches=3) == 1
+    with torch.no_grad():
+        stem = model.conv2(model.conv1(images))
+    expected = stem.mean(dim=(0, 2, 3))  # equal batches: the mean of batch means is the overall mean
+    torch.testing.assert_close(model.bn1.running_mean, expected, rtol=1e-5, atol=1e-6)
+    assert model.bn1.momentum == 0.001 and torch.equal(other_bn.running_mean, before)
+    assert not calls  # nothing after the stem ran
