@@ -10,6 +10,7 @@ saved-tensor hooks. Writes results/bench/train.md and train.json.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bagnet import create_model, io
+from bagnet.engine import cpu_has_fast_bf16
 from bagnet.provenance import provenance
 
 MODELS = ["bagnet9", "bagnet17", "bagnet33", "resnet50", "densenet169", "vgg16"]
@@ -90,6 +92,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--cpu-profile-width", type=int, default=32, help="BagNet width at the cpu profile (112 px)")
+    ap.add_argument("--bf16-sizes", type=int, nargs="*", default=None,
+                    help="sizes at which to also time bf16 (default: all); on a CPU without native bf16 it is "
+                         "5-10x slower, so timing it once at the small size is enough")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
     args = ap.parse_args()
@@ -100,12 +105,16 @@ def main() -> None:
         width = args.cpu_profile_width if size <= 128 else None
         for name in args.models:
             for dtype in (None, torch.bfloat16):
+                if dtype is not None and args.bf16_sizes is not None and size not in args.bf16_sizes:
+                    continue
                 r = bench(name, size, dtype, args.batch, args.steps, device, width)
                 print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
                 rows.append(r)
     # channels_last vs contiguous, at the first size, for the two models whose ratio the paper reports
     for name in [m for m in ("bagnet33", "resnet50") if m in args.models]:
         for dtype in (None, torch.bfloat16):
+            if dtype is not None and args.bf16_sizes is not None and args.sizes[0] not in args.bf16_sizes:
+                continue
             r = bench(name, args.sizes[0], dtype, args.batch, args.steps, device,
                       args.cpu_profile_width if args.sizes[0] <= 128 else None, channels_last=False)
             print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
@@ -117,7 +126,7 @@ def main() -> None:
     bf16 = cl[cl.precision == "bf16"].set_index(key)
     speedup = pd.concat([(bf16["train_img_s"] / fp32["train_img_s"]).rename("bf16/fp32 train"),
                          (bf16["infer_img_s"] / fp32["infer_img_s"]).rename("bf16/fp32 inference")],
-                        axis=1).reset_index()
+                        axis=1).dropna().reset_index()
     layout_key = ["model", "size", "precision"]
     contiguous = df[df.layout == "contiguous"].set_index(layout_key)
     cl_idx = cl.set_index(layout_key).loc[contiguous.index]
@@ -138,7 +147,9 @@ def main() -> None:
     prov = provenance(device=device, args=vars(args) | {"out": str(args.out)})
     header = (f"Measured {prov['time']} on {prov['device']}, torch {prov['versions']['torch']}, commit "
               f"{prov['git_commit']}; batch {args.batch}, {args.steps} timed steps after one warm-up, "
-              f"channels_last. BagNets at {args.cpu_profile_width} width for sizes <= 128 (the cpu profile), "
+              f"channels_last unless `layout` says contiguous; CPU with native bf16 (AVX512-BF16/AMX): "
+              f"{cpu_has_fast_bf16() if device.type == 'cpu' else 'n/a'}; "
+              f"command: `python scripts/bench_train.py {' '.join(sys.argv[1:])}`. BagNets at {args.cpu_profile_width} width for sizes <= 128 (the cpu profile), "
               f"full width otherwise; baselines always full width. The paper reports BagNet-33 at ~2.5x "
               f"ResNet-50's runtime.")
     md = (header + "\n\n## Throughput\n\n" + io.to_markdown(df) + "\n\n## bf16 vs fp32\n\n"

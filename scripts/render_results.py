@@ -6,7 +6,7 @@
 Every raw.json written by bagnet.io.write_result holds its tables; this re-writes them as CSV +
 Markdown (with the same header) and redraws the figures that can be drawn from tables alone
 (Table 1, and every experiment module's ``figures_from_tables``), and the all-profile
-``results/table1/table1.{csv,md}``.
+``results/table1/table1.{csv,md}``, and a demo's README.md.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bagnet import io
-from bagnet.pipelines import write_table1_overview
+from bagnet.pipelines import rebuild_demo_readme, write_table1_overview
 
 
 def figure_makers(raw_path: Path):
@@ -64,6 +64,8 @@ def main() -> None:
             overview_roots.add(raw.parent.parent)
     for root in sorted(overview_roots):  # results/table1/table1.{csv,md}: every profile side by side
         print(f"{root}: {len(write_table1_overview(root))} files")
+    for checks in sorted(args.root.glob("**/accuracy/checks.csv")):  # a demo's README.md
+        print(f"{checks.parent.parent}: {len(rebuild_demo_readme(checks.parent.parent))} files")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_demo_pipeline_tiny(tmp_path):
             assert (out / folder / f"{name}.pdf").stat().st_size > 0
         assert json.loads((out / folder / "raw.json").read_text())["provenance"]["seed"] == 0
     readme = (out / "README.md").read_text()
-    assert "expected effects" in readme and "| `sensitivity/` |" in readme
+    assert "expected effects" in readme and "| `sensitivity/` |" in readme and "Additivity: " in readme
     checks = pd.read_csv(out / "accuracy" / "checks.csv")
     assert len(checks) >= 3 and checks["holds"].isin([True, False]).all()
 
@@ -91,6 +91,10 @@ def test_demo_pipeline_tiny(tmp_path):
         assert (out / folder / f"{first_table}.csv").read_text() == before, folder
         for name in figures:
             assert Image.open(out / folder / f"{name}.png").size[0] > 50, (folder, name)
+    (out / "README.md").unlink()
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"))[
+        "rebuild_demo_readme"](out)
+    assert (out / "README.md").read_text() == readme
 
 
 def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
