@@ -6,6 +6,7 @@ exit code 2, before anything is written.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -32,7 +33,9 @@ def explain_compose_error(e: Exception) -> str:
     if "Could not find" in msg and "Available options" in msg:
         missing = msg.split("Could not find '", 1)[1].split("'", 1)[0]          # e.g. model/bagnet34
         group, _, option = missing.rpartition("/")
-        options = [ln.strip() for ln in msg.split("Available options in", 1)[1].splitlines()[1:] if ln.strip()]
+        # the indented lines after "Available options in ...", up to "Config search path:"
+        lines = msg.split("Available options in", 1)[1].splitlines()[1:]
+        options = [ln.strip() for ln in itertools.takewhile(lambda ln: ln.startswith((" ", "\t")), lines)]
         return f"unknown {group or 'config'} '{option}'; available: {', '.join(options)}"
     if "Could not override" in msg or "not in struct" in msg:
         key = msg.split("'", 2)[1] if "'" in msg else "?"

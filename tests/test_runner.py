@@ -152,6 +152,7 @@ def test_bad_input_gives_one_line(tmp_path, args, expect):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert expect in lines[0], lines[0]
+    assert "search path" not in lines[0], lines[0]
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
