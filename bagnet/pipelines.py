@@ -355,10 +355,15 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
     pairs = results["error_overlap"].tables["pairs"]
     if len(pairs):
         bag = pairs[pairs["model_a"].isin(bagnets) & pairs["model_b"].isin(bagnets)]
-        lines.append("Error overlap: BagNets share errors far more often than independence predicts (both-wrong / "
-                     "expected " + ", ".join(f"{r.model_a}~{r.model_b} {r.both_wrong_ratio:.1f}x"
-                                             for r in bag.itertuples()) + f"); the {cnn} makes "
-                     f"{pairs[pairs['model_b'] == cnn]['err_b'].max():.1%} errors, so there is little to share.")
+        with_cnn = pairs[(pairs["model_a"] == cnn) | (pairs["model_b"] == cnn)]
+        cnn_err = float(with_cnn["err_a"].where(with_cnn["model_a"] == cnn, with_cnn["err_b"]).max())
+        line = ("Error overlap: both-wrong rate relative to independent errors, BagNet pairs: "
+                + ", ".join(f"{r.model_a}~{r.model_b} {r.both_wrong_ratio:.1f}x" for r in bag.itertuples()))
+        if cnn_err > 0:
+            line += "; with the " + cnn + ": " + ", ".join(
+                f"{r.model_a}~{r.model_b} {r.both_wrong_ratio:.1f}x" for r in with_cnn.itertuples())
+        line += f" (the {cnn} errs on {cnn_err:.1%} of the test images)."
+        lines.append(line)
     sens = results["sensitivity"].tables["logit_drop"]
     if len(sens):
         for target, sub in sens.groupby("target", sort=False):

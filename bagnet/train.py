@@ -160,7 +160,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
 
     model = build_model(cfg["model"], data.num_classes).to(device)
     precision = resolve_precision(t["precision"], device)
-    channels_last = _channels_last(t["channels_last"], device, precision, model)
+    channels_last = _channels_last(t["channels_last"], device, model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader = build_loader(data.train, t["batch_size"], True, cfg["seed"], dist_info, t["workers"], device)
@@ -237,10 +237,10 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     return summary
 
 
-def _channels_last(setting, device: torch.device, precision: Precision, model: nn.Module) -> bool:
-    """auto: on (10-30% faster training on CPU in fp32 and bf16, see results/bench/train.md), except on
-    CPU for models with convolutions narrower than 16 channels: with those, torch 2.14.1's CPU
-    channels_last kernels segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
+def _channels_last(setting, device: torch.device, model: nn.Module) -> bool:
+    """auto: on (on CPU in fp32: +4-5% training, +13-21% inference, results/bench/train.md), except on CPU
+    for models with convolutions narrower than 16 channels: with those, torch 2.14.1's CPU channels_last
+    kernels segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
     if setting != "auto":
         return bool(setting)
     narrow = any(m.out_channels < 16 for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -253,7 +253,7 @@ def evaluate_checkpoint(model: nn.Module, data: DataBundle, splits: list[str], c
     """Top-1/top-5 and per-image predictions of ``model`` on each split (paths attached)."""
     t = cfg["trainer"]
     precision: Precision = resolve_precision(t["precision"], device)
-    channels_last = _channels_last(t["channels_last"], device, precision, model)
+    channels_last = _channels_last(t["channels_last"], device, model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
