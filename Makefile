@@ -11,7 +11,7 @@ MODEL ?= bagnet33
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: setup test test-full test-slow demo train train-bagnet33 sweep-patch reproduce-table1 heatmaps \
+.PHONY: setup test test-full test-slow demo train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
         eval-imagenet bench render-results clean-demo
 
 setup: $(VENV)/.installed
@@ -44,6 +44,11 @@ sweep-patch: setup
 
 reproduce-table1: setup
 	$(RUN) task=table1 experiment=table1 data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+
+# the four signatures + heatmaps + patches on the Table 1 runs -> results/signatures/scene15/<profile>/
+signatures: setup
+	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
+	  $(RUN) task=$$t experiment=signatures $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
 
 heatmaps: setup
 	$(RUN) task=heatmaps experiment=demo $(ARGS)
