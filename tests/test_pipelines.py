@@ -52,6 +52,20 @@ def test_table1_pipeline_tiny(tmp_path):
     task_table1(cfg)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
+    # make signatures: experiment=signatures finds exactly these seven runs
+    labels = set(table["model"])
+    for name in ("error_overlap", "scrambling"):
+        sig = make_cfg(tmp_path, "experiment=signatures", f"task={name}", *TINY, "signatures.scrambling.grids=[2]",
+                       "signatures.scrambling.num_images=4", "signatures.scrambling.texture=false")
+        assert {str(v) for v in sig.models.values()} == {e["run_dir"] for e in raw["raw"].values()}
+        res = TASKS[name](sig)
+        assert Path(sig.out_dir) == tmp_path / "results" / "signatures" / "synthetic" / "default" / name
+        if name == "error_overlap":
+            pairs = res.tables["pairs"]
+            assert len(pairs) == 21 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels
+        else:
+            assert set(res.tables["accuracy"]["model"]) == labels
+
 
 def test_demo_pipeline_tiny(tmp_path):
     cfg = make_cfg(tmp_path, "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
