@@ -61,6 +61,7 @@ bench: setup
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_heatmap.py
 	$(PY) scripts/bench_data.py
+	$(PY) scripts/bench_compile.py
 
 render-results: setup
 	$(PY) scripts/render_results.py

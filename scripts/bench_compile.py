@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Eager vs `torch.compile` at the cpu profile, side by side in one run: is `trainer.compile` worth it?
+
+    python scripts/bench_compile.py [--models bagnet33 resnet50] [--size 112] [--batch 32] [--steps 4]
+
+fp32, channels_last, AdamW (the cpu profile's recipe). Reports the one-off compile cost (first step
+minus an eager step) next to the steady-state training and inference speed-up, and how many epochs of
+15-Scene's 1200 training images the compile cost takes to pay back. Each measurement runs in a fresh
+process with an empty inductor cache, so the compile cost is what a user's first run pays.
+Writes results/bench/compile.md, .json.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bagnet import create_model, io
+from bagnet.provenance import provenance
+
+
+def bench(name: str, compiled: bool, size: int, batch: int, steps: int, width: int) -> dict:
+    torch.manual_seed(0)
+    kw = {"width": width} if name.startswith("bagnet") else {}
+    model = create_model(name, num_classes=15, **kw).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 15, (batch,))
+    fn = torch.compile(model) if compiled else model
+
+    def train_step():
+        loss = F.cross_entropy(fn(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():  # not inference_mode: compiled graphs are traced under no_grad in eval
+            fn(x)
+
+    def timed(step, n):
+        t = time.perf_counter()
+        for _ in range(n):
+            step()
+        return (time.perf_counter() - t) / n
+
+    model.train()
+    first_train = timed(train_step, 1)   # includes compilation when compiled
+    t_train = timed(train_step, steps)
+    model.eval()
+    first_infer = timed(infer, 1)        # eval mode recompiles (BatchNorm behaves differently)
+    t_infer = timed(infer, steps)
+    return {"model": name, "mode": "compile" if compiled else "eager", "size": size,
+            "width": kw.get("width", "default"), "batch": batch,
+            "train_img_s": batch / t_train, "infer_img_s": batch / t_infer,
+            "first_step_s": first_train + first_infer - t_train - t_infer}
+
+
+def bench_cold(*args) -> dict:
+    """`bench` in a new process whose inductor cache is empty (kernels compiled before don't count)."""
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # inherited by the spawned child
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(bench, *args).result()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["bagnet33", "resnet50"])
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--width", type=int, default=32, help="BagNet width (the cpu profile's)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = ap.parse_args()
+    rows = []
+    for name in args.models:
+        for compiled in (False, True):
+            r = bench_cold(name, compiled, args.size, args.batch, args.steps, args.width)
+            print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+            rows.append(r)
+    df = pd.DataFrame(rows)
+    eager = df[df["mode"] == "eager"].set_index("model")
+    comp = df[df["mode"] == "compile"].set_index("model")
+    ratio = pd.DataFrame({
+        "compile/eager train": comp["train_img_s"] / eager["train_img_s"],
+        "compile/eager inference": comp["infer_img_s"] / eager["infer_img_s"],
+        "compile cost s": comp["first_step_s"] - eager["first_step_s"],
+    })
+    # seconds saved per epoch of 1200 images; negative when compile is slower
+    saved = 1200 / eager["train_img_s"] - 1200 / comp["train_img_s"]
+    ratio["epochs to pay back"] = (ratio["compile cost s"] / saved).where(saved > 0)
+    ratio = ratio.reset_index()
+    prov = provenance(device=torch.device("cpu"), args=vars(args) | {"out": str(args.out)})
+    header = (f"Measured {prov['time']} on {prov['device']}, torch {prov['versions']['torch']}, commit "
+              f"{prov['git_commit']}; fp32, channels_last, AdamW, batch {args.batch}, {args.size} px, "
+              f"BagNet width {args.width}; {args.steps} timed steps after the first; command: "
+              f"`python scripts/bench_compile.py {' '.join(sys.argv[1:])}`. `epochs to pay back`: compile "
+              f"cost / training time saved per epoch of 1200 images (empty: compile is not faster).")
+    md = (header + "\n\n## Throughput\n\n" + io.to_markdown(df) + "\n\n## compile vs eager\n\n"
+          + io.to_markdown(ratio) + "\n")
+    io.write_text(md, args.out / "compile.md")
+    io.write_json({"provenance": prov, "rows": df.to_dict(orient="records"),
+                   "ratios": ratio.to_dict(orient="records")}, args.out / "compile.json")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
