@@ -195,7 +195,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if t["compile"]:
-        train_model = torch.compile(train_model)
+        train_model = _compile(train_model, device, model)
 
     spec = {"name": cfg["model"]["name"], "kwargs": model_kwargs(cfg["model"]),
             "num_classes": data.num_classes, "classes": list(data.classes),
@@ -243,8 +243,18 @@ def _channels_last(setting, device: torch.device, model: nn.Module) -> bool:
     kernels segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
     if setting != "auto":
         return bool(setting)
-    narrow = any(m.out_channels < 16 for m in model.modules() if isinstance(m, nn.Conv2d))
-    return not (device.type == "cpu" and narrow)
+    return not _narrow_on_cpu(device, model)
+
+
+def _narrow_on_cpu(device: torch.device, model: nn.Module) -> bool:
+    return device.type == "cpu" and any(m.out_channels < 16 for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _compile(train_model: nn.Module, device: torch.device, model: nn.Module) -> nn.Module:
+    """torch.compile; for narrow nets on CPU without inductor's switch to channels_last, which hits the
+    same torch 2.14.1 NHWC crash as `_channels_last` avoids (segfault in convolution_backward, width 4)."""
+    options = {"layout_optimization": False} if _narrow_on_cpu(device, model) else None
+    return torch.compile(train_model, options=options)
 
 
 def evaluate_checkpoint(model: nn.Module, data: DataBundle, splits: list[str], cfg: Mapping,
