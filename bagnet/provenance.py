@@ -11,12 +11,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
+# Changes here don't alter what the code computes, so they don't make a commit "dirty": a result
+# written while results/ or the docs have uncommitted edits still names exactly the code that made it.
+_NOT_CODE = (":(exclude)results", ":(exclude)*.md")
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """HEAD's sha, with "-dirty" when tracked code or configs differ from it."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+                               cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
         return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from bagnet.pipelines import task_demo, task_eval_imagenet, task_table1
+from bagnet.provenance import git_commit
 from bagnet.run import CONFIG_DIR
 from bagnet.tasks import TASKS
 
@@ -191,3 +193,21 @@ def test_explain_tasks_on_a_trained_bagnet(tmp_path, name):
     out = Path(cfg.run_dir)
     assert result.figures and all((out / f"{f}.png").is_file() for f in result.figures)
     assert (out / f"{name}.csv").is_file()
+
+
+def test_git_commit_is_dirty_only_for_code_changes(tmp_path):
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "results").mkdir()
+    for f, text in {"a.py": "x = 1\n", "README.md": "hi\n", "results/t.json": "{}\n"}.items():
+        (tmp_path / f).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "results/t.json").write_text('{"new": 1}\n')
+    (tmp_path / "README.md").write_text("edited\n")
+    assert git_commit(tmp_path) == clean          # results and docs don't change what code computes
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "-dirty"
