@@ -238,7 +238,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
 
 
 def _channels_last(setting, device: torch.device, model: nn.Module) -> bool:
-    """auto: on (on CPU in fp32: +5-7% training, +6-14% inference, results/bench/train.md), except on CPU
+    """auto: on (on CPU in fp32: +3-9% training, +15-20% inference, results/bench/train.md), except on CPU
     for models with convolutions narrower than 16 channels: with those, torch 2.14.1's CPU channels_last
     kernels segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
     if setting != "auto":
