@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from bagnet.run import CONFIG_DIR
 from bagnet.tasks import task_train
-from bagnet.train import build_model
+from bagnet.train import build_model, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
@@ -181,17 +181,20 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_training_saves_plain_checkpoints(tmp_path):
-    """trainer.compile=true trains the compiled module but checkpoints and evaluates the plain one.
-    Width 4: narrow convs segfaulted in torch 2.14.1 once inductor switched them to channels_last."""
+def test_compiled_training_updates_and_saves_the_plain_model(tmp_path):
+    """trainer.compile=true: the compiled wrapper's steps land in the plain module, which is checkpointed.
+    Width 4: narrow convs segfaulted in torch 2.14.1 once inductor switched them to channels_last.
+    (Not compared with eager weights: at init this net's fp32 gradients differ from fp64 ones by ~5%
+    in eager mode already, so compiled vs eager agree only to that.)"""
     cfg = make_cfg("model=bagnet9", "model.width=4", "trainer.compile=true", "trainer.epochs=1",
                    "trainer.max_steps_per_epoch=2", "trainer.batch_size=8", *tiny_synthetic(), tmp_path=tmp_path)
-    summary = task_train(cfg)
-    ckpt = torch.load(Path(cfg.run_dir) / "checkpoints/last.pt", weights_only=False)
-    net = build_model(cfg.model, num_classes=len(ckpt["model"]["fc.bias"]))
-    assert set(ckpt["model"]) == set(net.state_dict())  # no "_orig_mod." prefixes
-    net.load_state_dict(ckpt["model"])
-    assert 0.0 <= summary["eval"]["test"]["top1"] <= 1.0
+    task_train(cfg)
+    saved = torch.load(Path(cfg.run_dir) / "checkpoints/last.pt", weights_only=False)["model"]
+    seed_everything(cfg.seed)  # fit() seeds, then builds: the same initial weights
+    init = build_model(cfg.model, num_classes=len(saved["fc.bias"]))
+    assert set(saved) == set(init.state_dict())  # no "_orig_mod." prefixes
+    unchanged = [n for n, p in init.named_parameters() if torch.equal(saved[n], p.detach())]
+    assert not unchanged, unchanged
 
 
 def test_slurm_launcher_config_composes():
