@@ -12,7 +12,7 @@ DATA ?= synthetic
 ARGS ?=
 
 .PHONY: setup test test-full test-slow demo train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
-        eval-imagenet bench render-results clean-demo
+        eval-imagenet bench render-results
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -44,18 +44,20 @@ sweep-patch: setup
 
 reproduce-table1: setup
 	$(RUN) task=table1 experiment=table1 data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+	$(PY) scripts/render_results.py results/table1   # + results/table1/table1.{csv,md}: every profile side by side
 
 # the four signatures + heatmaps + patches on the Table 1 runs -> results/signatures/scene15/<profile>/
 signatures: setup
 	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
 	  $(RUN) task=$$t experiment=signatures $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
 
+# heatmaps and predictive patches of the demo's trained BagNets (make demo first) -> runs/heatmaps/demo/
 heatmaps: setup
-	$(RUN) task=heatmaps experiment=demo $(ARGS)
-	$(RUN) task=patches experiment=demo $(ARGS)
+	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(ARGS)
+	$(RUN) task=patches experiment=demo out_dir=runs/patches/demo $(ARGS)
 
 eval-imagenet: setup
-	$(RUN) task=eval_imagenet experiment=imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)
+	$(RUN) task=eval_imagenet experiment=eval_imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)
 
 bench: setup
 	$(PY) scripts/bench_train.py

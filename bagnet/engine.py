@@ -1,83 +1,21 @@
-"""Plain training and evaluation functions (in the manner of torchvision's references/classification).
-
-Determinism: the sampler yields ``(epoch, index)`` and ``SeededDataset`` seeds the augmentation RNG
-from (seed, epoch, index), so the data a step sees depends on nothing but the seed and the step,
-whatever the number of workers and whether the run was resumed.
-"""
+"""Plain training and evaluation functions (in the manner of torchvision's references/classification):
+precision, ``train_one_epoch``, ``evaluate`` / ``predict``, and the slow-BN recalibration. Loaders come
+from :mod:`bagnet.data.loader`."""
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum
-
-
-# ---------------------------------------------------------------- data order and loaders
-class EpochSampler(Sampler):
-    """Seeded per-epoch permutation, sharded over ranks; yields (epoch, index).
-
-    Training shards are padded to equal length (every rank must take the same number of steps);
-    evaluation shards are not, so each image is counted exactly once.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
-                 pad: bool = True):
-        self.n, self.seed, self.shuffle, self.rank, self.world, self.pad = n, seed, shuffle, rank, world_size, pad
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            idx = torch.randperm(self.n, generator=g).tolist()
-        else:
-            idx = list(range(self.n))
-        if self.pad and self.world > 1:
-            total = math.ceil(self.n / self.world) * self.world
-            idx += idx[: total - self.n]
-        return idx[self.rank:: self.world]
-
-    def __iter__(self):
-        return iter([(self.epoch, i) for i in self._indices()])
-
-    def __len__(self) -> int:
-        return len(self._indices())
-
-
-class SeededDataset(Dataset):
-    """Wraps a dataset so item (epoch, i) is produced under a RNG seeded by (seed, epoch, i)."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, i = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
-            return self.dataset[i]
-
-
-def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, dist_info: DistInfo,
-                 workers: int = 0, device: torch.device | str = "cpu") -> DataLoader:
-    sampler = EpochSampler(len(dataset), seed, shuffle=train, rank=dist_info.rank,
-                           world_size=dist_info.world_size, pad=train)
-    return DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, persistent_workers=workers > 0, drop_last=False,
-                      pin_memory=torch.device(device).type == "cuda")
+from .data.loader import EpochSampler
+from .distributed import all_gather_objects, all_reduce_sum
+from .errors import ConfigError
 
 
 # ---------------------------------------------------------------- precision
@@ -108,14 +46,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     name = name.lower()
     valid = ("auto", "fp32", "bf16", "fp16")
     if name not in valid:
-        raise ValueError(f"unknown precision '{name}'; valid: {', '.join(valid)}")
+        raise ConfigError(f"unknown trainer.precision '{name}'; valid: {', '.join(valid)}")
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             name = "bf16" if cpu_has_fast_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+        raise ConfigError("trainer.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
     return Precision({"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name])
 
 
@@ -123,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name} requested but CUDA is not available; use device=cpu")
+        raise ConfigError(f"device={name} requested but CUDA is not available; use device=cpu")
     return torch.device(name)
 
 
@@ -133,11 +71,11 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
-                    scaler: torch.amp.GradScaler | None, precision: Precision, device: torch.device,
-                    epoch: int, label_smoothing: float = 0.0, accum_steps: int = 1,
-                    channels_last: bool = False, progress: bool = True, max_steps: int | None = None) -> dict:
-    """One pass over ``loader``; the scheduler steps once per optimizer step."""
+def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler: torch.amp.GradScaler | None, precision: Precision, device: torch.device,
+                    epoch: int, accum_steps: int = 1, channels_last: bool = False, progress: bool = True,
+                    max_steps: int | None = None) -> dict:
+    """One pass over ``loader``; ``scheduler`` (if any) steps once per optimizer step."""
     model.train()
     loader.sampler.set_epoch(epoch)
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
@@ -150,7 +88,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         images, labels = _to(images, device, channels_last), labels.to(device, non_blocking=True)
         with precision.autocast(device):
             logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            loss = criterion(logits.float(), labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower the "
                                      "learning rate or use precision=fp32")
@@ -241,7 +179,7 @@ def predict(model: nn.Module, loader: DataLoader, precision: Precision, device: 
     """
     model.eval()
     rows = []
-    sampler_idx = iter(loader.sampler._indices()) if isinstance(loader.sampler, EpochSampler) else None
+    sampler_idx = iter(loader.sampler.indices()) if isinstance(loader.sampler, EpochSampler) else None
     offset = 0
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         n = labels.numel()

@@ -33,15 +33,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .utils import unwrap
+
 __all__ = ["heatmap", "heatmap_patchwise", "pad_for_heatmap"]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _check(model: nn.Module, stride: int) -> nn.Module:
-    net = _unwrap(model)
+    net = unwrap(model)
     if net.training:
         # Train-mode BN normalises with batch statistics, which differ between a patch and a dense map.
         raise ValueError("heatmaps need BN running statistics: call model.eval() first")
@@ -52,7 +50,7 @@ def _check(model: nn.Module, stride: int) -> nn.Module:
 
 def pad_for_heatmap(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Zero-pad normalised images by (q-1)//2 per side (the authors' heatmap convention)."""
-    p = (_unwrap(model).patch_size - 1) // 2
+    p = (unwrap(model).patch_size - 1) // 2
     return F.pad(images, (p, p, p, p))
 
 

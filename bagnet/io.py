@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .result import Result
+from .result import Result, Text
+from .utils import jsonable
 
 
 @contextmanager
@@ -31,25 +32,9 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
     return Path(path)
 
 
@@ -93,18 +78,29 @@ def write_figure(fig, path_stem: str | os.PathLike, formats=("png", "pdf"), dpi:
     return out
 
 
-def write_result(result: Result, out_dir: str | os.PathLike, provenance: dict, header: str = "") -> list[Path]:
-    """Tables as CSV+MD, figures as PNG+PDF, raw numbers + provenance as JSON."""
+def _text(text: Text, provenance: dict) -> str:
+    return text(provenance) if callable(text) else text
+
+
+def write_result(result: Result, out_dir: str | os.PathLike, provenance: dict) -> list[Path]:
+    """Tables as CSV+MD, figures as PNG+PDF, raw numbers + provenance as JSON; each part in a
+    sub-folder of its own; the README last."""
     out_dir = Path(out_dir)
+    header = _text(result.header, provenance)
     written = []
+    for name, part in result.parts.items():
+        written += write_result(part, out_dir / name, provenance)
     for name, df in result.tables.items():
         written += write_table(df, out_dir / name, header=header)
     for name, fig in result.figures.items():
         written += write_figure(fig, out_dir / name)
-    # Tables go into the JSON too, so scripts/render_results.py can rebuild everything from it.
-    tables = {name: df.to_dict(orient="list") for name, df in result.tables.items()}
-    written.append(write_json({"provenance": provenance, "summary": result.summary, "header": header,
-                               "tables": tables, "raw": result.raw}, out_dir / "raw.json"))
+    if result.tables or result.figures or result.raw:
+        # Tables go into the JSON too, so scripts/render_results.py can rebuild everything from it.
+        tables = {name: df.to_dict(orient="list") for name, df in result.tables.items()}
+        written.append(write_json({"provenance": provenance, "summary": result.summary, "header": header,
+                                   "tables": tables, "raw": result.raw}, out_dir / "raw.json"))
+    if result.readme:
+        written.append(write_text(_text(result.readme, provenance), out_dir / "README.md"))
     return written
 
 

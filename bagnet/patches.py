@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .utils import unwrap
+
 __all__ = ["most_predictive_patches"]
 
 _FIELDS = ("logits", "patches", "image_index", "location", "label")
@@ -65,7 +67,7 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
         (normalised, as fed to the model), "image_index": [n], "location": [n, 2] top-left
         (row, col) in the image, "label": [n] label of the source image}, sorted by logit, n <= k.
     """
-    net = getattr(model, "module", model).to(device).eval()
+    net = unwrap(model).to(device).eval()
     q = net.patch_size
     if isinstance(loader_or_dataset, Dataset):
         loader_or_dataset = DataLoader(loader_or_dataset, batch_size=batch_size, shuffle=False)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Union
 
 import pandas as pd
+
+# Text that may quote the run's provenance (wall time, device, commit): a string or a function of it.
+Text = Union[str, Callable[[dict], str]]
 
 
 @dataclass
@@ -13,9 +16,9 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)           # name -> matplotlib Figure (PNG + PDF)
     raw: dict[str, Any] = field(default_factory=dict)               # JSON-serialisable numbers
     summary: str = ""                                               # one line for the log
+    header: Text = ""                                               # paragraph above each Markdown table
+    parts: dict[str, "Result"] = field(default_factory=dict)        # sub-results, one folder each
+    readme: Text = ""                                               # README.md of the output folder
 
-    def merge(self, other: "Result", prefix: str = "") -> "Result":
-        self.tables.update({prefix + k: v for k, v in other.tables.items()})
-        self.figures.update({prefix + k: v for k, v in other.figures.items()})
-        self.raw.update({prefix + k: v for k, v in other.raw.items()})
-        return self
+    def is_empty(self) -> bool:
+        return not (self.tables or self.figures or self.raw or self.parts or self.readme)

@@ -1,95 +1,84 @@
-"""The one entry point: ``python -m bagnet.run task=<task> model=<model> data=<data> [overrides]``.
+"""The runner: ``python -m bagnet.run task=<task> model=<model> data=<data> [overrides]`` (or ``bagnet-run``).
 
-Thin on purpose: compose the config, run ``bagnet.tasks.run_task``. Bad input (unknown model or
-dataset, a typo in an override, a missing checkpoint or dataset) ends with one line on stderr and
-exit code 2, before anything is written.
+The top layer. Hydra composes the config; :func:`run_task` validates it, sets up the device and the
+process group once, finds the task's function by its dotted path in ``cfg.tasks``
+(configs/config.yaml), runs it, and writes the returned Result with provenance to ``cfg.out_dir``.
+No module of the library imports this one, and none imports ``experiments/``: the config names them.
+
+Errors the user can fix (:class:`bagnet.errors.UserError`) end with one line on stderr and exit code 2;
+Hydra reports a bad override or an unknown config option itself; anything else is a bug and keeps its
+traceback. ``BAGNET_DEBUG=1`` shows the traceback of user errors too.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-from pathlib import Path
+import time
+from typing import Sequence
 
 import hydra
+import torch
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+from . import io
+from .config import CONFIG_DIR, as_dict, compose, validate
+from .distributed import cleanup, init_distributed
+from .engine import resolve_device
+from .errors import ConfigError, UserError
+from .provenance import provenance
+from .result import Result
+from .tasks import Context
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+def task_function(cfg: DictConfig):
+    if cfg.task not in cfg.tasks:
+        raise ConfigError(f"unknown task '{cfg.task}'; valid: {', '.join(sorted(cfg.tasks))}")
+    return get_method(cfg.tasks[cfg.task])
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DataError
-    from .models.weights import WeightsError
-    return (ValueError, FileNotFoundError, DataError, WeightsError, KeyError)
-
-
-def explain_compose_error(e: Exception) -> str:
-    """Hydra's multi-line composition errors, as one line that says what is valid."""
-    msg = str(e)
-    if "Could not find" in msg and "Available options" in msg:
-        missing = msg.split("Could not find '", 1)[1].split("'", 1)[0]          # e.g. model/bagnet34
-        group, _, option = missing.rpartition("/")
-        # the indented lines after "Available options in ...", up to "Config search path:"
-        lines = msg.split("Available options in", 1)[1].splitlines()[1:]
-        options = [ln.strip() for ln in itertools.takewhile(lambda ln: ln.startswith((" ", "\t")), lines)]
-        return f"unknown {group or 'config'} '{option}'; available: {', '.join(options)}"
-    if "Could not override" in msg or "not in struct" in msg:
-        key = msg.split("'", 2)[1] if "'" in msg else "?"
-        return f"unknown config key '{key}' (check the spelling; add a new key with +{key}=...)"
-    return _one_line(e)
-
-
-def check_overrides(argv: list[str]) -> str | None:
-    """Compose the config once up front (first value of each sweep) to catch bad overrides early."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    overrides = []
-    for a in argv:
-        if a.startswith("-"):
-            continue
-        key, eq, value = a.partition("=")
-        if eq and "," in value and not value.startswith(("[", "{", "'", '"')):
-            value = value.split(",")[0]
-        overrides.append(f"{key}{eq}{value}")
-    GlobalHydra.instance().clear()
+def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
+    """Validate ``cfg``, run its task once, write the Result (``overrides``: the command line's, from
+    which pipelines compose their sub-runs)."""
+    fn = task_function(cfg)
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    dist = init_distributed(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    ctx = Context(cfg, device, dist, list(overrides))
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-            from .tasks import TASKS
-            if cfg.task not in TASKS:
-                return f"unknown task '{cfg.task}'; valid: {', '.join(sorted(TASKS))}"
-    except Exception as e:  # hydra raises several types; all are user errors here
-        return explain_compose_error(e)
+        started = time.perf_counter()
+        result = fn(ctx)
+        wall_s = time.perf_counter() - started
+        if dist.is_main:
+            where = cfg.run_dir
+            if not result.is_empty():
+                io.write_result(result, ctx.out_dir,
+                                provenance(config=as_dict(cfg), device=device, seed=cfg.seed, wall_s=wall_s))
+                where = ctx.out_dir
+            print(f"done: {cfg.task}: {result.summary} ({wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:
-        GlobalHydra.instance().clear()
-    return None
+        cleanup()
+    return result
+
+
+def run(*overrides: str) -> Result:
+    """``python -m bagnet.run <overrides>`` in-process (tests, notebooks)."""
+    return run_task(compose(overrides), overrides)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig):
-    from .tasks import run_task
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
     try:
-        return run_task(cfg)
-    except user_errors() as e:
+        run_task(cfg, HydraConfig.get().overrides.task)
+    except UserError as e:
         if os.environ.get("BAGNET_DEBUG"):
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
-def cli() -> None:
-    if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--cfg")
-               for a in sys.argv[1:]):
-        err = check_overrides(sys.argv[1:])
-        if err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(2)
-    main()
-
-
 if __name__ == "__main__":
-    cli()
+    main()

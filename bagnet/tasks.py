@@ -1,9 +1,15 @@
-"""Runner tasks: each is a plain function of the composed config (tests call them directly)."""
+"""What a task gets, and the library's own tasks (train, eval).
+
+A task is a function ``task(ctx: Context) -> Result``. The runner (:mod:`bagnet.run`) builds the
+context once (device, process group, config), calls the task, and writes its Result with provenance.
+Experiments and pipelines (``experiments/``) are tasks of the same shape.
+"""
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import pandas as pd
 import torch
@@ -11,219 +17,148 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import io
+from .checkpoint import load_run
+from .config import as_dict, compose, merge_overrides, validate
 from .data import DataBundle, build_data
-from .distributed import DistInfo, cleanup, init_distributed
-from .engine import resolve_device
+from .distributed import DistInfo
+from .errors import ConfigError
+from .models import create_model
 from .provenance import provenance
 from .result import Result
-from .train import (ConfigError, _diff, build_model, evaluate_checkpoint, fit, load_checkpoint_file,
-                    model_from_checkpoint, run_identity)
-
-TASKS: dict[str, Callable[[DictConfig], Any]] = {}
+from .train import check_identity, evaluate_model, fit
 
 
-def task(fn):
-    TASKS[fn.__name__.removeprefix("task_")] = fn
-    return fn
+@dataclass
+class Context:
+    cfg: DictConfig
+    device: torch.device = torch.device("cpu")
+    dist: DistInfo = field(default_factory=DistInfo)
+    overrides: list[str] = field(default_factory=list)   # the command line's, to compose sub-configs
+
+    @cached_property
+    def data(self) -> DataBundle:
+        return build_data(self.cfg.data, seed=self.cfg.seed)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    def with_overrides(self, *extra: str) -> "Context":
+        """This run's command line plus ``extra`` overrides, composed by Hydra (same device and group)."""
+        overrides = merge_overrides(self.overrides, extra)
+        cfg = compose(overrides)
+        validate(cfg)
+        return Context(cfg, self.device, self.dist, overrides)
+
+    def signature_cfg(self, name: str) -> dict:
+        """``signatures.<name>`` plus the run's seed and device."""
+        return {**as_dict(self.cfg.signatures.get(name, {})), "seed": self.cfg.seed, "device": str(self.device)}
+
+    def models(self) -> dict[str, nn.Module]:
+        """``cfg.models`` (name -> run dir / checkpoint, or a model config), on the device, in eval mode;
+        empty: the config's model (from ``checkpoint=`` when given)."""
+        specs = dict(self.cfg.models) or {self.cfg.model.tag: None}
+        return {name: self.model(name, spec).to(self.device).eval() for name, spec in specs.items()}
+
+    def model(self, name: str, spec=None) -> nn.Module:
+        data, cfg = self.data, self.cfg
+        if spec is None:                               # the config's own model
+            if cfg.checkpoint:
+                model, mspec = load_run(cfg.checkpoint, cfg.model)
+                check_classes(mspec, data, f"checkpoint {cfg.checkpoint}")
+                return model
+            if not (cfg.model.get("pretrained") or cfg.model.get("weights")):
+                print(f"warning: {cfg.model.tag} has random weights (no checkpoint=..., no pretrained=true)",
+                      flush=True)
+            return create_model(**cfg.model, num_classes=data.num_classes)
+        if isinstance(spec, str):                      # a trained run
+            model, mspec = load_run(spec)
+            check_classes(mspec, data, f"models.{name} ({spec})")
+            return model
+        return create_model(**as_dict(spec), num_classes=data.num_classes)
+
+    def predictions(self) -> dict[str, pd.DataFrame]:
+        """Per-image predictions on ``cfg.split`` for every model: a run's saved ones when there, else computed."""
+        cfg = self.cfg
+        out = {}
+        for name, spec in (dict(cfg.models) or {cfg.model.tag: None}).items():
+            saved = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
+            if saved is not None and saved.is_file():
+                out[name] = pd.read_csv(saved)
+                continue
+            model = self.model(name, spec).eval()
+            out[name] = evaluate_model(model, self.data, [cfg.split], as_dict(cfg), self.device)[cfg.split][1]
+        return out
 
 
-def as_dict(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+def check_classes(spec: Mapping, data: DataBundle, what: str) -> None:
+    if spec["num_classes"] != data.num_classes:
+        raise ConfigError(f"{what} has {spec['num_classes']} classes but data={data.info.get('name', '?')} has "
+                          f"{data.num_classes}; pick the matching data=...")
 
 
-def run_task(cfg: DictConfig) -> Any:
-    if cfg.task not in TASKS:
-        raise ConfigError(f"unknown task '{cfg.task}'; valid: {', '.join(sorted(TASKS))}")
-    return TASKS[cfg.task](cfg)
-
-
-# ---------------------------------------------------------------- shared setup
-def setup(cfg) -> tuple[torch.device, DistInfo]:
-    device = resolve_device(cfg.device)
-    dist_info = init_distributed(device.type)
-    if device.type == "cuda" and dist_info.enabled:
-        device = torch.device("cuda", dist_info.local_rank)
-    return device, dist_info
-
-
-def prepare_run_dir(cfg, run_dir: Path, device: torch.device) -> dict:
-    """Refuse a run dir that holds another config; then record config + provenance."""
+# ---------------------------------------------------------------- run directories
+def prepare_run_dir(cfg: DictConfig, run_dir: Path, device: torch.device, check: bool) -> dict:
+    """Refuse a run dir that holds another training run (``check``); then record config + provenance."""
     saved = run_dir / "config.yaml"
-    if saved.is_file() and cfg.task == "train":
-        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-        diff = _diff(run_identity(old), run_identity(as_dict(cfg)))
-        if diff:
-            raise ConfigError(f"{run_dir} holds a run with another config ({'; '.join(diff[:3])}); "
-                              "choose another run_name=... or remove that directory")
+    if check and saved.is_file():
+        check_identity(_identity_of_saved(saved), as_dict(cfg), run_dir)
     prov = provenance(config=as_dict(cfg), device=device, seed=cfg.seed)
     io.write_text(OmegaConf.to_yaml(as_dict(cfg)), run_dir / "config.yaml")
     io.write_json(prov, run_dir / "provenance.json")
     return prov
 
 
-def write_eval(results: dict, out_dir: Path, prefix: str = "") -> dict:
+def _identity_of_saved(path: Path) -> dict:
+    from .train import run_identity
+    return run_identity(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+
+
+def write_eval(results: dict, out_dir: Path) -> dict:
     metrics = {}
     for split, (m, df) in results.items():
-        io.write_predictions(df, out_dir / f"{prefix}predictions_{split}.csv.gz")
+        io.write_predictions(df, out_dir / f"predictions_{split}.csv.gz")
         metrics[split] = m
-    io.write_json(metrics, out_dir / f"{prefix}metrics.json")
+    io.write_json(metrics, out_dir / "metrics.json")
     return metrics
 
 
-def _check_classes(spec: dict, data: DataBundle, what: str) -> None:
-    if spec["num_classes"] != data.num_classes:
-        raise ConfigError(f"{what} has {spec['num_classes']} classes but data={data.info.get('name', '?')} has "
-                          f"{data.num_classes}; pick the matching data=...")
-
-
-# ---------------------------------------------------------------- train / eval
-@task
-def task_train(cfg) -> dict:
-    device, dist_info = setup(cfg)
-    data = build_data(cfg.data, seed=cfg.seed)
+# ---------------------------------------------------------------- the library's tasks
+def fit_run(ctx: Context) -> dict:
+    """Train ``cfg.model`` into ``cfg.run_dir`` (resuming or reusing it), then evaluate ``best.pt`` on
+    ``eval_splits``; returns the run's summary (also written to ``summary.json``)."""
+    cfg, data = ctx.cfg, ctx.data
     run_dir = Path(cfg.run_dir)
-    prov = prepare_run_dir(cfg, run_dir, device) if dist_info.is_main else {}
-    summary = fit(as_dict(cfg), data, run_dir, device, dist_info, prov)
-    model, spec = model_from_checkpoint(run_dir / "checkpoints" / "best.pt")
-    results = evaluate_checkpoint(model, data, list(cfg.eval_splits), as_dict(cfg), device, dist_info)
-    if dist_info.is_main:
+    prov = prepare_run_dir(cfg, run_dir, ctx.device, check=True) if ctx.dist.is_main else {}
+    summary = fit(as_dict(cfg), data, run_dir, ctx.device, ctx.dist)
+    model, _ = load_run(run_dir / "checkpoints" / "best.pt")
+    results = evaluate_model(model, data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
+    if ctx.dist.is_main:
         summary["eval"] = write_eval(results, run_dir / "eval")
         summary["data"] = data.info
         io.write_json({"provenance": prov, **summary}, run_dir / "summary.json")
-        print(one_line_summary(cfg, summary, run_dir), flush=True)
-    cleanup()
     return summary
 
 
-def one_line_summary(cfg, summary: dict, run_dir: Path) -> str:
-    ev = " ".join(f"{s} {m['top1']:.3f}/{m['top5']:.3f}" for s, m in summary.get("eval", {}).items())
-    return (f"done: {cfg.model.tag} on {cfg.data.name}: best val top-1 {summary['best_val_top1']:.3f}; "
-            f"top-1/top-5 {ev}; {summary['train_wall_s']:.0f}s ({summary['precision']}) -> {run_dir}")
+def train(ctx: Context) -> Result:
+    """The ``train`` task: :func:`fit_run`; its files are the run dir's, the Result is the log line."""
+    cfg = ctx.cfg
+    s = fit_run(ctx)
+    ev = " ".join(f"{split} {m['top1']:.3f}/{m['top5']:.3f}" for split, m in s.get("eval", {}).items())
+    return Result(summary=f"{cfg.model.tag} on {cfg.data.name}: best val top-1 {s['best_val_top1']:.3f}; "
+                          f"top-1/top-5 {ev}; {s['train_wall_s']:.0f}s ({s['precision']})")
 
 
-def load_model(cfg, num_classes: int, checkpoint=None) -> tuple[nn.Module, dict]:
-    """The config's model: from a checkpoint (which must match the model config) or as configured."""
-    checkpoint = checkpoint if checkpoint is not None else cfg.checkpoint
-    if checkpoint:
-        return model_from_checkpoint(checkpoint, cfg.model)
-    model = build_model(cfg.model, num_classes)
-    if not (cfg.model.get("pretrained") or cfg.model.get("weights")):
-        print(f"warning: {cfg.model.tag} has random weights (no checkpoint=..., no pretrained=true)", flush=True)
-    return model, {"name": cfg.model.name, "num_classes": num_classes}
-
-
-@task
-def task_eval(cfg) -> dict:
-    device, dist_info = setup(cfg)
-    data = build_data(cfg.data, seed=cfg.seed)
-    model, spec = load_model(cfg, data.num_classes)
-    _check_classes(spec, data, f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"model {cfg.model.tag}")
+def evaluate(ctx: Context) -> Result:
+    """Top-1/top-5 and per-image predictions of ``checkpoint=`` (or a pretrained model) -> the run dir."""
+    cfg = ctx.cfg
+    model = ctx.model(cfg.model.tag)
     run_dir = Path(cfg.run_dir)
-    prov = prepare_run_dir(cfg, run_dir, device) if dist_info.is_main else {}
-    results = evaluate_checkpoint(model, data, list(cfg.eval_splits), as_dict(cfg), device, dist_info)
+    prov = prepare_run_dir(cfg, run_dir, ctx.device, check=False) if ctx.dist.is_main else {}
+    results = evaluate_model(model, ctx.data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
     metrics = {}
-    if dist_info.is_main:
+    if ctx.dist.is_main:
         metrics = write_eval(results, run_dir)
         io.write_json({"provenance": prov, "metrics": metrics}, run_dir / "summary.json")
-        print("done: " + "; ".join(f"{s} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} (n={m['n']})"
-                                   for s, m in metrics.items()) + f" -> {run_dir}", flush=True)
-    cleanup()
-    return metrics
-
-
-# ---------------------------------------------------------------- experiments
-def load_models(cfg, data: DataBundle) -> dict[str, nn.Module]:
-    """``cfg.models``: name -> run dir / checkpoint, or a model config; empty = this config's model."""
-    if not cfg.models:
-        model, _ = load_model(cfg, data.num_classes)
-        return {cfg.model.tag: model.eval()}
-    out = {}
-    for name, spec in cfg.models.items():
-        if isinstance(spec, str):
-            model, mspec = model_from_checkpoint(spec)
-            _check_classes(mspec, data, f"models.{name} ({spec})")
-        else:
-            spec = dict(spec)
-            model = build_model({"tag": name, **spec}, data.num_classes)
-        out[name] = model.eval()
-    return out
-
-
-def predictions_for(cfg, data: DataBundle, device) -> dict[str, pd.DataFrame]:
-    """Per-image predictions on ``cfg.split`` for every model: read from a run's eval/ when there, else computed."""
-    out = {}
-    for name, spec in (cfg.models or {cfg.model.tag: cfg.checkpoint}).items():
-        pred = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
-        if pred is not None and pred.is_file():
-            out[name] = pd.read_csv(pred)
-            continue
-        sub = OmegaConf.merge(cfg, {"models": {name: spec}}) if cfg.models else cfg
-        model = next(iter(load_models(sub, data).values()))
-        out[name] = evaluate_checkpoint(model, data, [cfg.split], as_dict(cfg), device)[cfg.split][1]
-    return out
-
-
-def _experiment(name: str):
-    import importlib
-    return importlib.import_module(f"experiments.{name}")
-
-
-def write_experiment(cfg, result: Result, device, started: float) -> Path:
-    out_dir = Path(cfg.out_dir)
-    prov = provenance(config=as_dict(cfg), device=device, seed=cfg.seed, wall_s=time.perf_counter() - started)
-    io.write_result(result, out_dir, prov)
-    print(f"done: {cfg.task}: {result.summary} -> {out_dir}", flush=True)
-    return out_dir
-
-
-def _signature_task(name: str):
-    def fn(cfg) -> Result:
-        started = time.perf_counter()
-        device, _ = setup(cfg)
-        data = build_data(cfg.data, seed=cfg.seed)
-        sig_cfg = {**as_dict(cfg.signatures.get(name, {})), "seed": cfg.seed, "device": str(device)}
-        if name == "error_overlap":
-            result = _experiment(name).run(predictions_for(cfg, data, device), data.classes, sig_cfg)
-        else:
-            models = {k: m.to(device) for k, m in load_models(cfg, data).items()}
-            result = _experiment(name).run(models, data.split(cfg.split), sig_cfg, classes=data.classes,
-                                           mean=data.mean, std=data.std)
-        write_experiment(cfg, result, device, started)
-        return result
-    fn.__name__ = f"task_{name}"
-    return task(fn)
-
-
-for _name in ("scrambling", "additivity", "error_overlap", "sensitivity"):
-    _signature_task(_name)
-
-
-from . import pipelines  # noqa: E402,F401  (registers the table1 and demo tasks)
-
-
-# ---------------------------------------------------------------- heatmaps and patches
-def _explain_task(kind: str):
-    def fn(cfg) -> Result:
-        from . import explain
-        started = time.perf_counter()
-        device, _ = setup(cfg)
-        data = build_data(cfg.data, seed=cfg.seed)
-        models = load_models(cfg, data)
-        ds = data.split(cfg.split)
-        if kind == "heatmaps":
-            result = explain.heatmaps_result(models, ds, data.classes, data.mean, data.std, cfg.num_images,
-                                             cfg.seed, device)
-        else:
-            result = explain.patches_result(models, ds, data.classes, data.mean, data.std, k=8,
-                                            per_class_images=cfg.num_images, device=device)
-        out = Path(cfg.run_dir)
-        io.write_result(result, out, provenance(config=as_dict(cfg), device=device, seed=cfg.seed,
-                                                wall_s=time.perf_counter() - started))
-        print(f"done: {kind}: {result.summary} -> {out}", flush=True)
-        return result
-    fn.__name__ = f"task_{kind}"
-    return task(fn)
-
-
-for _name in ("heatmaps", "patches"):
-    _explain_task(_name)
+    return Result(summary="; ".join(f"{s} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} (n={m['n']})"
+                                    for s, m in metrics.items()))

@@ -1,81 +1,31 @@
-"""Training loop with atomic checkpoints, exact resume and DDP. Plain functions of a config mapping."""
+"""Training: ``fit`` a model config on a DataBundle, with atomic checkpoints, exact resume and DDP.
+
+Reads top to bottom like torchvision's references/classification/train.py: data loaders, model,
+criterion, optimizer, lr schedule (torch's schedulers), resume, the epoch loop (train, validate,
+checkpoint). The run directory's identity (the config keys that change the result) is checked once,
+against the checkpoint being resumed.
+"""
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from torch.optim import lr_scheduler
 
 from . import io
-from .data import DataBundle
+from .checkpoint import load_checkpoint, model_kwargs, rng_state, set_rng_state
+from .data import DataBundle, build_loader
 from .distributed import DistInfo, barrier
-from .engine import (Precision, build_loader, evaluate, recalibrate_slow_bn, resolve_precision,
-                     train_one_epoch)
+from .engine import evaluate, recalibrate_slow_bn, resolve_precision, train_one_epoch
+from .errors import ConfigError
 from .models import create_model
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the runner prints it as one line."""
-
-
-# ---------------------------------------------------------------- models
-MODEL_META_KEYS = ("name", "tag")
-
-
-def model_kwargs(model_cfg: Mapping) -> dict:
-    return {k: v for k, v in dict(model_cfg).items() if k not in MODEL_META_KEYS}
-
-
-def build_model(model_cfg: Mapping, num_classes: int) -> nn.Module:
-    return create_model(model_cfg["name"], num_classes=num_classes, **model_kwargs(model_cfg))
-
-
-def load_checkpoint_file(path: str | Path) -> dict:
-    """A checkpoint file, or a run directory (its best, else last, checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                path = path / "checkpoints" / name
-                break
-        else:
-            raise ConfigError(f"no checkpoint in run dir {path} (expected checkpoints/best.pt or last.pt)")
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise ConfigError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-
-
-def model_from_checkpoint(ckpt: dict | str | Path, model_cfg: Mapping | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint was trained as (or check ``model_cfg`` matches it) and load weights."""
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint_file(ckpt)
-    spec = ckpt["model_spec"]
-    if model_cfg is not None:
-        want = {"name": model_cfg["name"], **model_kwargs(model_cfg)}
-        want.pop("pretrained", None), want.pop("weights", None)
-        have = {"name": spec["name"], **spec["kwargs"]}
-        diff = {k: (have.get(k), want.get(k)) for k in set(want) | set(have)
-                if k not in ("pretrained", "weights") and have.get(k) != want.get(k)}
-        if diff:
-            raise ConfigError("checkpoint is for " + _fmt_model(have) + " but the config asks for "
-                              + _fmt_model(want) + f" (differs in {sorted(diff)}); pass model=... to match")
-    kwargs = {k: v for k, v in spec["kwargs"].items() if k not in ("pretrained", "weights")}
-    model = create_model(spec["name"], num_classes=spec["num_classes"], **kwargs)
-    model.load_state_dict(ckpt["model"])
-    return model, spec
-
-
-def _fmt_model(d: dict) -> str:
-    return d["name"] + "(" + ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if k != "name") + ")"
+from .seeding import seed_everything
+from .utils import has_narrow_convs_on_cpu
 
 
 # ---------------------------------------------------------------- optimisation
@@ -93,99 +43,96 @@ def build_optimizer(model: nn.Module, t: Mapping) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown trainer.optimizer '{t['optimizer']}'; valid: sgd, adamw")
 
 
-def build_scheduler(optimizer, t: Mapping, steps_per_epoch: int):
-    """Per-step LambdaLR: linear warmup, then cosine to zero or step decay."""
+def build_scheduler(optimizer: torch.optim.Optimizer, t: Mapping, steps_per_epoch: int):
+    """Per-step schedule: linear warmup over ``warmup_epochs``, then cosine to zero, step decay or constant."""
     total = max(1, t["epochs"] * steps_per_epoch)
     warmup = int(t["warmup_epochs"] * steps_per_epoch)
-    if t["schedule"] not in ("cosine", "step", "constant"):
+    if t["schedule"] == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    elif t["schedule"] == "step":
+        # decay every step_size epochs, counted from the start of training (warmup included)
+        main = lr_scheduler.LambdaLR(optimizer, lambda s: t["gamma"] ** (((s + warmup) // steps_per_epoch)
+                                                                         // t["step_size"]))
+    elif t["schedule"] == "constant":
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
         raise ConfigError(f"unknown trainer.schedule '{t['schedule']}'; valid: cosine, step, constant")
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if t["schedule"] == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        if t["schedule"] == "step":
-            return t["gamma"] ** ((step // steps_per_epoch) // t["step_size"])
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if warmup == 0:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def build_criterion(t: Mapping) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
 
 
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+# ---------------------------------------------------------------- run identity
+RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "max_steps_per_epoch"),
+                        "data": ("root", "workers", "cache")}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# The parts of a config that define a training run; a resumed run must match them.
 def run_identity(cfg: Mapping) -> dict:
-    t = {k: v for k, v in dict(cfg["trainer"]).items()
-         if k not in ("progress", "workers", "resume", "eval_splits", "max_steps_per_epoch")}
-    d = {k: v for k, v in dict(cfg["data"]).items() if k not in ("root", "workers", "cache")}
+    """The parts of a config that define a training run; a resumed or reused run must match them."""
+    ignored = RUN_IDENTITY_IGNORED
+    t = {k: v for k, v in dict(cfg["trainer"]).items() if k not in ignored["trainer"]}
+    d = {k: v for k, v in dict(cfg["data"]).items() if k not in ignored["data"]}
     return {"model": dict(cfg["model"]), "data": d, "trainer": t, "seed": cfg["seed"]}
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def identity_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested configs ('key: old -> new')."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [d for k in sorted(set(a) | set(b)) for d in identity_diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [f"{prefix[:-1]}: {a} -> {b}"]
+
+
+def check_identity(saved: Mapping, cfg: Mapping, run_dir: Path) -> None:
+    diff = identity_diff(saved, run_identity(cfg))
+    if diff:
+        raise ConfigError(f"{run_dir} holds a run with another config ({'; '.join(diff[:3])}); "
+                          "choose another run_name=... or remove that directory")
 
 
 # ---------------------------------------------------------------- fit
 def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.device,
-        dist_info: DistInfo = DistInfo(), provenance: dict | None = None) -> dict:
-    """Train ``cfg.model`` on ``data``; checkpoints, metrics and eval predictions go to ``run_dir``.
+        dist_info: DistInfo = DistInfo()) -> dict:
+    """Train ``cfg['model']`` on ``data``; checkpoints and per-epoch metrics go to ``run_dir``.
 
-    Returns a summary dict (best val top-1, final metrics, wall time). A run dir that already holds
-    a finished run with the same identity is not retrained; one with another identity is an error.
+    Resumes from ``run_dir/checkpoints/last.pt`` when it exists (and ``trainer.resume``); returns a
+    summary (epochs, best val top-1, wall time, precision).
     """
-    t = cfg["trainer"]
-    run_dir = Path(run_dir)
+    t, run_dir = cfg["trainer"], Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     seed_everything(cfg["seed"])
 
-    model = build_model(cfg["model"], data.num_classes).to(device)
-    precision = resolve_precision(t["precision"], device)
-    channels_last = _channels_last(t["channels_last"], device, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     train_loader = build_loader(data.train, t["batch_size"], True, cfg["seed"], dist_info, t["workers"], device)
     val_loader = build_loader(data.val, t["eval_batch_size"], False, cfg["seed"], dist_info, t["workers"], device)
     steps_per_epoch = math.ceil(len(train_loader) / t["accum_steps"])
     if t.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, math.ceil(t["max_steps_per_epoch"] / t["accum_steps"]))
+
+    model = create_model(**cfg["model"], num_classes=data.num_classes).to(device)
+    precision = resolve_precision(t["precision"], device)
+    channels_last = use_channels_last(t["channels_last"], device, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_criterion(t)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if precision.dtype == torch.float16 else None
 
-    identity = run_identity(cfg)
     start_epoch, best_acc, history = 0, -1.0, []
     if last_path.is_file() and t["resume"]:
-        ckpt = load_checkpoint_file(last_path)
-        diff = _diff(ckpt["identity"], identity)
-        if diff:
-            raise ConfigError(f"{run_dir} holds a run with another config ({'; '.join(diff[:3])}); "
-                              "choose another run_name=... or remove that directory")
+        ckpt = load_checkpoint(last_path)
+        check_identity(ckpt["identity"], cfg, run_dir)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         start_epoch, best_acc, history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
         if dist_info.is_main:
             print(f"resuming {run_dir} from epoch {start_epoch}/{t['epochs']}", flush=True)
@@ -195,21 +142,21 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if t["compile"]:
-        train_model = _compile(train_model, device, model)
+        train_model = compile_model(train_model, device, model)
 
     spec = {"name": cfg["model"]["name"], "kwargs": model_kwargs(cfg["model"]),
             "num_classes": data.num_classes, "classes": list(data.classes),
             "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size}
+    progress = t["progress"] and dist_info.is_main
     started = time.perf_counter()
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
-        metrics = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, precision, device,
-                                  epoch, t["label_smoothing"], t["accum_steps"], channels_last,
-                                  t["progress"] and dist_info.is_main, t.get("max_steps_per_epoch"))
+        metrics = train_one_epoch(train_model, criterion, train_loader, optimizer, scheduler, scaler, precision,
+                                  device, epoch, t["accum_steps"], channels_last, progress,
+                                  t.get("max_steps_per_epoch"))
         recalibrate_slow_bn(model, train_loader, precision, device, epoch, t["bn_recalibrate_batches"],
                             channels_last)
-        val, _ = evaluate(model, val_loader, precision, device, channels_last,
-                          t["progress"] and dist_info.is_main, desc="val")
+        val, _ = evaluate(model, val_loader, precision, device, channels_last, progress, desc="val")
         metrics.update(epoch=epoch + 1, val_top1=val["top1"], val_top5=val["top5"],
                        lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0)
         history.append(metrics)
@@ -218,8 +165,8 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
         if dist_info.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": _rng_state(),
-                     "identity": identity, "model_spec": spec, "precision": precision.name}
+                     "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rng_state(),
+                     "identity": run_identity(cfg), "model_spec": spec, "precision": precision.name}
             # best first: a kill between the two writes then loses nothing that last.pt would not redo.
             if is_best:
                 io.save_checkpoint({**state, "rng": None}, ckpt_dir / "best.pt")
@@ -231,39 +178,34 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                   f"({metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_s']:.0f}s)", flush=True)
         barrier()
 
-    summary = {"epochs": t["epochs"], "best_val_top1": best_acc, "train_wall_s": time.perf_counter() - started,
-               "precision": precision.name, "channels_last": channels_last,
-               "final": history[-1] if history else {}}
-    return summary
+    return {"epochs": t["epochs"], "best_val_top1": best_acc, "train_wall_s": time.perf_counter() - started,
+            "precision": precision.name, "channels_last": channels_last,
+            "final": history[-1] if history else {}}
 
 
-def _channels_last(setting, device: torch.device, model: nn.Module) -> bool:
-    """auto: on (on CPU in fp32: +3-9% training, +15-20% inference, results/bench/train.md), except on CPU
-    for models with convolutions narrower than 16 channels: with those, torch 2.14.1's CPU channels_last
-    kernels segfaulted intermittently here (BagNet width 8, fp32 and bf16); NCHW never did."""
+def use_channels_last(setting, device: torch.device, model: nn.Module) -> bool:
+    """auto: on (on CPU in fp32: +3-9% training, +15-20% inference, results/bench/train.md), except for
+    narrow nets on CPU (:func:`bagnet.utils.has_narrow_convs_on_cpu`)."""
     if setting != "auto":
         return bool(setting)
-    return not _narrow_on_cpu(device, model)
+    return not has_narrow_convs_on_cpu(device, model)
 
 
-def _narrow_on_cpu(device: torch.device, model: nn.Module) -> bool:
-    return device.type == "cpu" and any(m.out_channels < 16 for m in model.modules() if isinstance(m, nn.Conv2d))
-
-
-def _compile(train_model: nn.Module, device: torch.device, model: nn.Module) -> nn.Module:
-    """torch.compile; for narrow nets on CPU without inductor's switch to channels_last, which hits the
-    same torch 2.14.1 NHWC crash as `_channels_last` avoids (segfault in convolution_backward, width 4)."""
-    options = {"layout_optimization": False} if _narrow_on_cpu(device, model) else None
+def compile_model(train_model: nn.Module, device: torch.device, model: nn.Module) -> nn.Module:
+    """torch.compile; for narrow nets on CPU without inductor's switch to channels_last (the same crash)."""
+    options = {"layout_optimization": False} if has_narrow_convs_on_cpu(device, model) else None
     return torch.compile(train_model, options=options)
 
 
-def evaluate_checkpoint(model: nn.Module, data: DataBundle, splits: list[str], cfg: Mapping,
-                        device: torch.device, dist_info: DistInfo = DistInfo(),
-                        transform=None, suffix: str = "") -> dict[str, tuple[dict, pd.DataFrame]]:
-    """Top-1/top-5 and per-image predictions of ``model`` on each split (paths attached)."""
+def evaluate_model(model: nn.Module, data: DataBundle, splits: list[str], cfg: Mapping, device: torch.device,
+                   dist_info: DistInfo = DistInfo(), transform=None,
+                   suffix: str = "") -> dict[str, tuple[dict, pd.DataFrame]]:
+    """Top-1/top-5 and per-image predictions (with image paths) of ``model`` on each split.
+
+    ``transform(images, indices)`` optionally alters each batch first (e.g. scrambling)."""
     t = cfg["trainer"]
-    precision: Precision = resolve_precision(t["precision"], device)
-    channels_last = _channels_last(t["channels_last"], device, model)
+    precision = resolve_precision(t["precision"], device)
+    channels_last = use_channels_last(t["channels_last"], device, model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -272,8 +214,7 @@ def evaluate_checkpoint(model: nn.Module, data: DataBundle, splits: list[str], c
         ds = data.split(split)
         loader = build_loader(ds, t["eval_batch_size"], False, cfg["seed"], dist_info, t["workers"], device)
         metrics, df = evaluate(model, loader, precision, device, channels_last,
-                               t["progress"] and dist_info.is_main, desc=f"{split}{suffix}",
-                               transform=transform)
+                               t["progress"] and dist_info.is_main, desc=f"{split}{suffix}", transform=transform)
         samples = getattr(ds, "samples", None)
         if samples is not None:
             df.insert(1, "path", [str(samples[i][0]) for i in df["index"]])

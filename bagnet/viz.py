@@ -12,7 +12,7 @@ import torch
 # Figure without pyplot: no global figure registry to leak, no GUI backend needed (Agg renders PNG).
 from matplotlib.figure import Figure
 
-from .models.weights import IMAGENET_MEAN, IMAGENET_STD
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["denormalize", "edge_map", "heatmap_figure", "compare_bagnets_figure", "patches_figure"]
 

@@ -39,7 +39,8 @@ Returns Result with
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,20 +49,23 @@ import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
 
+from bagnet.errors import ConfigError
 from bagnet.models import is_bagnet
 from bagnet.result import Result
+from bagnet.seeding import generator
+from bagnet.utils import jsonable, pearson, unwrap
 
-from .common import (eval_indices, forward, generator, iter_batches, jsonable, prepare_model, resolve_data,
-                     with_defaults)
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
+                     typed_cfg)
 
-DEFAULTS = {
-    "patch_sizes": [8, 16],
-    "distance_bins": [0, 4, 8, 16, 32, 64, 128],
-    "pairs_per_bin": 4,
-    "num_images": 32,
-    "occluder": "zero",
-    "blur_sigma": 4.0,
-}
+@dataclass
+class Config(ExperimentConfig):
+    patch_sizes: list[int] = field(default_factory=lambda: [8, 16])
+    distance_bins: list[int] = field(default_factory=lambda: [0, 4, 8, 16, 32, 64, 128])
+    pairs_per_bin: int = 4
+    num_images: Optional[int] = 32
+    occluder: str = "zero"
+    blur_sigma: float = 4.0
 
 
 def chebyshev_gap(a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
@@ -94,7 +98,7 @@ def occluder_fill(image: torch.Tensor, kind: str, mean, std, blur_sigma: float =
     if kind == "blur":
         k = 2 * int(np.ceil(3 * blur_sigma)) + 1
         return TF.gaussian_blur(image[None], [k, k], [blur_sigma, blur_sigma])[0]
-    raise ValueError(f"unknown occluder '{kind}' (zero | gray | blur)")
+    raise ConfigError(f"unknown occluder '{kind}' (zero | gray | blur)")
 
 
 def occlude(image: torch.Tensor, fill: torch.Tensor, corners, size: int) -> torch.Tensor:
@@ -117,12 +121,6 @@ def pair_effects(model: nn.Module, image: torch.Tensor, label: int, a: torch.Ten
     return {"delta_a": rest[:, 0] - f0, "delta_b": rest[:, 1] - f0, "delta_ab": rest[:, 2] - f0}
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, classes=None, mean=None,
         std=None) -> Result:
     """Interaction of occluding two patches vs their distance (see module doc).
@@ -131,7 +129,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     num_images 32, occluder 'zero', blur_sigma 4.0, seed 0, device 'cpu', batch_size 64, dtype None,
     progress True.
     """
-    cfg = with_defaults(cfg, DEFAULTS)
+    cfg = typed_cfg(Config, cfg, "signatures.additivity")
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     bins = list(cfg["distance_bins"])
@@ -158,7 +156,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             continue
         arr = {k: np.concatenate(v) for k, v in r.items()}
         raw_pairs[f"{m}/{size}"] = {k: v.tolist() for k, v in arr.items()}
-        q = getattr(getattr(models[m], "module", models[m]), "patch_size", None)
+        q = getattr(unwrap(models[m]), "patch_size", None)
         for k, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
             sel = arr["bin"] == k
             if not sel.any():
@@ -167,7 +165,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             inter = np.abs(joint - summed)
             mean_joint = float(np.abs(joint).mean())
             rows.append({"model": m, "patch_size": size, "bin": f"[{lo}, {hi})", "bin_lo": lo, "bin_hi": hi,
-                         "n_pairs": int(sel.sum()), "pearson_r": _pearson(joint, summed),
+                         "n_pairs": int(sel.sum()), "pearson_r": pearson(joint, summed),
                          "mean_abs_interaction": float(inter.mean()), "mean_abs_joint": mean_joint,
                          "normalized_interaction": float(inter.mean()) / mean_joint if mean_joint > 0 else float("nan"),
                          "max_abs_interaction": float(inter.max()),
@@ -183,6 +181,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                            "joint_vs_sum": scatter_figure(raw_pairs, bins)},
                   raw=jsonable({"n_images": len(indices), "occluder": cfg["occluder"], "pairs": raw_pairs}),
                   summary=summary)
+
+
+def task(ctx) -> Result:
+    """The ``additivity`` task: :func:`run` on ``cfg.models`` and ``cfg.split``."""
+    return models_task(ctx, "additivity", run)
 
 
 def interaction_figure(table: pd.DataFrame):

@@ -1,8 +1,9 @@
-"""Helpers shared by the signature experiments: config defaults, data access, seeding, batched forwards."""
+"""Helpers shared by the experiments: typed configs, data access, batched forwards."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Iterator, Mapping, Optional
 
 import matplotlib
 
@@ -14,46 +15,28 @@ import torch.nn as nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from bagnet.config import validated  # noqa: E402
+from bagnet.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from bagnet.seeding import generator  # noqa: E402
+from bagnet.tasks import fit_run  # noqa: E402
+from bagnet.utils import denormalize  # noqa: E402
 
-# Keys every experiment understands (module DEFAULTS extend these).
-COMMON_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "device": "cpu",
-    "batch_size": 64,
-    "num_images": 256,     # evaluation images: the first ``num_images`` of a seeded permutation (None = all)
-    "dtype": None,         # None: the model's own dtype; "float64" runs on a float64 copy (exactness checks)
-    "progress": True,
-}
-
-
-def with_defaults(cfg: Mapping | None, defaults: Mapping) -> dict:
-    """``cfg`` over ``COMMON_DEFAULTS`` and the module's ``defaults``; unknown keys are an error (typos)."""
-    merged = {**COMMON_DEFAULTS, **defaults}
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(merged))
-    if unknown:
-        raise KeyError(f"unknown config key(s) {unknown}; known: {sorted(merged)}")
-    merged.update(cfg)
-    return merged
+@dataclass
+class ExperimentConfig:
+    """Keys every experiment understands; each experiment's ``Config`` extends it. The signatures
+    config group (configs/signatures/default.yaml) holds the values; this is their schema."""
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 64
+    num_images: Optional[int] = 256   # evaluation images: the first ``num_images`` of a seeded permutation (None = all)
+    dtype: Optional[str] = None       # None: the model's own dtype; "float64" runs on a float64 copy (exactness checks)
+    progress: bool = True
 
 
-def generator(seed: int, *salt: int) -> torch.Generator:
-    """A local CPU generator seeded from ``seed`` and integer ``salt`` (e.g. an image index), so a
-    draw for one image does not depend on which other images are evaluated or in what order."""
-    s = int(seed)
-    for v in salt:
-        s = (s * 1_000_003 + int(v)) % (2 ** 63 - 1)
-    return torch.Generator().manual_seed(s)
-
-
-def seed_everything(seed: int) -> None:
-    """Global seeds too, for third-party code (captum) that draws from the global RNG."""
-    import random
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
+def typed_cfg(schema: type, cfg: Mapping | None, where: str) -> dict:
+    """``cfg`` over the dataclass ``schema``'s defaults as a dict; unknown keys and wrong types are a
+    ConfigError naming ``where``.key."""
+    return asdict(validated(schema, cfg, where))
 
 
 def resolve_data(data, classes=None, mean=None, std=None, split: str = "test"):
@@ -123,27 +106,48 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
 
 
-def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """Normalised [.., 3, H, W] -> displayable [0, 1]."""
-    m = torch.as_tensor(mean, dtype=images.dtype).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype).view(3, 1, 1)
-    return (images * s + m).clamp(0, 1)
-
-
 def to_hwc(image: torch.Tensor, mean, std) -> np.ndarray:
     return denormalize(image.detach().cpu().float(), mean, std).permute(1, 2, 0).numpy()
 
 
-def jsonable(obj):
-    """Recursively turn numpy / torch scalars into plain Python for ``Result.raw``."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
+def models_task(ctx, name: str, run) -> "Result":  # noqa: F821  (bagnet.result.Result)
+    """A signature as a runner task: ``run(models, dataset, signatures.<name>, classes, mean, std)`` on
+    ``cfg.models`` and ``cfg.split``."""
+    data = ctx.data
+    return run(ctx.models(), data.split(ctx.cfg.split), ctx.signature_cfg(name), classes=data.classes,
+               mean=data.mean, std=data.std)
+
+
+def model_overrides(spec) -> list[str]:
+    """A pipeline's model entry as Hydra overrides: ``"bagnet33"`` -> ``[model=bagnet33]``;
+    ``{option: small_cnn, width: 16, trainer: {epochs: 8}}`` -> ``[model=small_cnn, model.width=16,
+    trainer.epochs=8]``."""
+    spec = {"option": spec} if isinstance(spec, str) else dict(spec)
+    out = [f"model={spec.pop('option')}"]
+    for key, value in spec.items():
+        if isinstance(value, Mapping):
+            out += [f"{key}.{k}={_value(v)}" for k, v in value.items()]
+        else:
+            out.append(f"model.{key}={_value(value)}")
+    return out
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
+def train_models(ctx, models: Mapping) -> dict:
+    """Train (or reuse, or resume) every ``label -> model entry`` as ``task=train`` with this run's
+    other overrides; returns label -> (the sub-run's Context, its summary)."""
+    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model")]
+    out = {}
+    for label, spec in models.items():
+        sub = replace(ctx, overrides=base).with_overrides("task=train", *model_overrides(spec))
+        out[label] = (sub, fit_run(sub))
+    return out

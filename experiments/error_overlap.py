@@ -30,20 +30,23 @@ from __future__ import annotations
 
 import ast
 import itertools
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from bagnet.errors import ConfigError
 from bagnet.result import Result
+from bagnet.utils import jsonable, pearson
 
-from .common import jsonable, with_defaults
+from .common import ExperimentConfig, typed_cfg
 
-DEFAULTS = {
-    "pairs": None,              # [[model_a, model_b], ...]; None = every pair
-    "scatter_metric": "top5",   # the paper's Fig. 7 uses top-5
-}
+@dataclass
+class Config(ExperimentConfig):
+    pairs: Optional[list[list[str]]] = None   # [[model_a, model_b], ...]; None = every pair
+    scatter_metric: str = "top5"              # the paper's Fig. 7 uses top-5
 
 
 def _top5_matrix(df: pd.DataFrame) -> np.ndarray:
@@ -93,14 +96,6 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
     return (po - pe) / (1 - pe)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = None,
         cfg: Mapping | None = None) -> Result:
     """Class-wise and per-image error overlap of every model pair (see module doc).
@@ -108,7 +103,7 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
     cfg keys (defaults): pairs None (all pairs), scatter_metric 'top5'; seed/device etc. are accepted
     and ignored (no randomness, no forward passes).
     """
-    cfg = with_defaults(cfg, DEFAULTS)
+    cfg = typed_cfg(Config, cfg, "signatures.error_overlap")
     labels, pred, top1, top5 = correctness(predictions)
     models = list(predictions)
     n_classes = len(classes) if classes is not None else int(labels.max()) + 1
@@ -132,7 +127,7 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
         expected = float(ea * eb)
         pair_rows.append({
             "model_a": a, "model_b": b, "n": int(len(labels)),
-            "r_top1": _pearson(acc[a]["top1"], acc[b]["top1"]), "r_top5": _pearson(acc[a]["top5"], acc[b]["top5"]),
+            "r_top1": pearson(acc[a]["top1"], acc[b]["top1"]), "r_top5": pearson(acc[a]["top5"], acc[b]["top5"]),
             "err_a": float(ea), "err_b": float(eb), "both_wrong": both, "both_wrong_expected": expected,
             "both_wrong_ratio": both / expected if expected > 0 else float("nan"),
             "kappa": cohen_kappa(top1[a], top1[b]), "agreement": float((top1[a] == top1[b]).mean()),
@@ -143,7 +138,7 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
     plot_pairs = [tuple(p) for p in cfg["pairs"]] if cfg["pairs"] else list(itertools.combinations(models, 2))
     for p in plot_pairs:
         if len(p) != 2 or not set(p) <= set(models):
-            raise ValueError(f"pair {p} names unknown models; known: {models}")
+            raise ConfigError(f"pair {p} names unknown models; known: {models}")
     metric = cfg["scatter_metric"]
     summary = "error overlap: " + " | ".join(f"{r['model_a']}~{r['model_b']} r_{metric} "
                                              f"{r['r_' + metric]:.2f} kappa {r['kappa']:.2f}" for r in pair_rows)
@@ -152,6 +147,11 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
                            "kappa_matrix": kappa_figure(pairs, models)},
                   raw=jsonable({"n_images": int(len(labels)), "pairs": pairs.to_dict(orient="records")}),
                   summary=summary)
+
+
+def task(ctx) -> Result:
+    """The ``error_overlap`` task: :func:`run` on the per-image predictions of ``cfg.models`` on ``cfg.split``."""
+    return run(ctx.predictions(), ctx.data.classes, ctx.signature_cfg("error_overlap"))
 
 
 def scatter_figure(acc: dict, counts: np.ndarray, pairs: list[tuple[str, str]], metric: str):
@@ -164,7 +164,7 @@ def scatter_figure(acc: dict, counts: np.ndarray, pairs: list[tuple[str, str]], 
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"{b} class {metric}"); ax.set_ylabel(f"{a} class {metric}")
-        ax.set_title(f"r = {_pearson(x, y):.2f}", fontsize=9)
+        ax.set_title(f"r = {pearson(x, y):.2f}", fontsize=9)
     fig.suptitle(f"Class-wise {metric} accuracy")
     return fig
 

@@ -10,7 +10,7 @@ Protocol (every evaluation image, every model, same manipulated images for all m
   * scrambled g x g (g in ``grids``, default 2, 4, 8; 4 is the report's setting): the image is cut
     into a g x g grid of tiles of size (H // g) x (W // g) and the tiles are randomly permuted.
     The permutation is drawn from a generator seeded by (seed, dataset index): reproducible per
-    image and the same as ``bagnet.pipelines.scramble_transform`` (Table 1's scrambled test).
+    image and the same as in Table 1's scrambled test (``scramble_batch``).
     The permutation is uniform, so it may be the identity (probability 1/(g^2)!).
     If H or W is not divisible by g, the remainder strip (the last H mod g rows, W mod g columns)
     stays where it is, unscrambled: cropping would change the image size, which a CNN with a global
@@ -35,26 +35,31 @@ Returns Result with
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn as nn
 
+from bagnet.errors import ConfigError
 from bagnet.result import Result
+from bagnet.seeding import generator
+from bagnet.utils import jsonable
 
-from .common import (eval_indices, forward, generator, iter_batches, jsonable, prepare_model, resolve_data,
-                     to_hwc, topk_correct, with_defaults)
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
+                     to_hwc, topk_correct, typed_cfg)
 
-DEFAULTS = {
-    "grids": [2, 4, 8],
-    "texture": True,
-    "texture_patch": 33,
-    "texture_candidates": 8,
-    "num_images": 512,
-    "num_examples": 4,
-}
+
+@dataclass
+class Config(ExperimentConfig):
+    grids: list[int] = field(default_factory=lambda: [2, 4, 8])
+    texture: bool = True
+    texture_patch: int = 33
+    texture_candidates: int = 8
+    num_images: Optional[int] = 512
+    num_examples: int = 4
 
 
 def scramble(images: torch.Tensor, g: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -68,7 +73,7 @@ def scramble(images: torch.Tensor, g: int, generator: torch.Generator | None = N
     b, c, h, w = x.shape
     th, tw = h // g, w // g
     if g < 1 or th == 0 or tw == 0:
-        raise ValueError(f"cannot cut a {h}x{w} image into a {g}x{g} grid")
+        raise ConfigError(f"cannot cut a {h}x{w} image into a {g}x{g} grid")
     out = x.clone()
     core = x[:, :, : g * th, : g * tw]
     # [B, C, g, th, g, tw] -> [B, g*g, C, th, tw]: tile t = (row t // g, col t % g)
@@ -126,9 +131,13 @@ def _manipulate(name: str, grid, images: torch.Tensor, idx: list[int], cfg) -> t
     if name == "texture":
         return torch.stack([texturise(im, cfg["texture_patch"], cfg["texture_candidates"],
                                       generator(cfg["seed"], 2, i)) for im, i in zip(images, idx)])
-    # seeded exactly like bagnet.pipelines.scramble_transform, one generator per image
-    return torch.stack([scramble(im[None], int(grid), torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + i))[0]
-                        for im, i in zip(images, idx)])
+    return scramble_batch(images, int(grid), cfg["seed"], idx)
+
+
+def scramble_batch(images: torch.Tensor, g: int, seed: int, indices) -> torch.Tensor:
+    """Scramble each image with its own generator, seeded by (seed, dataset index): the same
+    permutation for an image whichever batch it is in (Table 1's scrambled test uses this too)."""
+    return torch.stack([scramble(im[None], g, generator(seed, i))[0] for im, i in zip(images, indices)])
 
 
 def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, classes=None, mean=None,
@@ -138,7 +147,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     cfg keys (defaults): grids [2, 4, 8], texture True, texture_patch 33, texture_candidates 8,
     num_images 512, num_examples 4, seed 0, device 'cpu', batch_size 64, dtype None, progress True.
     """
-    cfg = with_defaults(cfg, DEFAULTS)
+    cfg = typed_cfg(Config, cfg, "signatures.scrambling")
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
@@ -179,6 +188,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                   figures={"accuracy_vs_grid": accuracy_figure(table),
                            "examples": examples_figure(examples, mean, std)},
                   raw=jsonable(raw), summary=summary)
+
+
+def task(ctx) -> Result:
+    """The ``scrambling`` task: :func:`run` on ``cfg.models`` and ``cfg.split``."""
+    return models_task(ctx, "scrambling", run)
 
 
 def accuracy_figure(table: pd.DataFrame):

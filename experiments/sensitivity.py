@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -53,26 +54,32 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bagnet.errors import ConfigError
+from bagnet.heatmaps import heatmap
 from bagnet.models import is_bagnet
 from bagnet.result import Result
+from bagnet.seeding import generator, seed_everything
+from bagnet.utils import jsonable, unwrap
 
-from .common import (eval_indices, forward, generator, iter_batches, jsonable, prepare_model, resolve_data,
-                     seed_everything, with_defaults)
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
+                     typed_cfg)
 
 METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
-DEFAULTS = {
-    "targets": None,           # model names; None = every non-BagNet model (every model if all are BagNets)
-    "bagnet": None,            # model name of the heatmap BagNet; None = the first BagNet given
-    "methods": METHODS,
-    "region": 8,
-    "max_regions": 10,
-    "report_n": [1, 5, 10],
-    "ig_steps": 32,
-    "internal_batch_size": 64,
-    "heatmap_stride": 1,
-    "num_images": 32,
-    "batch_size": 16,
-}
+
+
+@dataclass
+class Config(ExperimentConfig):
+    targets: Optional[list[str]] = None   # model names; None = every non-BagNet model (every model if all are BagNets)
+    bagnet: Optional[str] = None          # model name of the heatmap BagNet; None = the first BagNet given
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    region: int = 8
+    max_regions: int = 10
+    report_n: list[int] = field(default_factory=lambda: [1, 5, 10])
+    ig_steps: int = 32
+    internal_batch_size: int = 64
+    heatmap_stride: int = 1
+    num_images: Optional[int] = 32
+    batch_size: int = 16
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_}
 
@@ -83,7 +90,7 @@ def attribution_copy(model: nn.Module) -> nn.Module:
     separate, non-inplace nn.ReLU module. captum's DeepLift hooks ReLU modules and refuses modules
     used more than once; in-place ReLUs break its hooks. Parameters are frozen (attribution only
     needs input gradients). Computes the same function as ``model``."""
-    net = copy.deepcopy(getattr(model, "module", model)).eval()
+    net = copy.deepcopy(unwrap(model)).eval()
     gm = fx.symbolic_trace(net)
     count = 0
     for node in list(gm.graph.nodes):
@@ -146,7 +153,6 @@ def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, label
     x = images.to(p.device, p.dtype)
     y = labels.to(p.device)
     if method == "bagnet":
-        from bagnet.heatmaps import heatmap
         s = int(cfg["heatmap_stride"])
         hm = heatmap(bagnet, images, target=labels, stride=s).cpu()
         return hm.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
@@ -168,7 +174,7 @@ def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, label
         a = Occlusion(target).attribute(x, sliding_window_shapes=(c, k, k), strides=(c, k, k), baselines=0.0,
                                         target=y, perturbations_per_eval=cfg["batch_size"])
     else:
-        raise ValueError(f"unknown method '{method}'; known: {METHODS}")
+        raise ConfigError(f"unknown method '{method}'; known: {METHODS}")
     return a.detach().sum(1).cpu()
 
 
@@ -194,7 +200,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     ig_steps 32, internal_batch_size 64, heatmap_stride 1, num_images 32, batch_size 16, seed 0,
     device 'cpu', dtype None, progress True.
     """
-    cfg = with_defaults(cfg, DEFAULTS)
+    cfg = typed_cfg(Config, cfg, "signatures.sensitivity")
     seed_everything(cfg["seed"])
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
@@ -203,7 +209,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     targets = cfg["targets"] or ([n for n, m in models.items() if not is_bagnet(m)] or list(models))
     for name in targets + ([bag_name] if bag_name else []):
         if name not in models:
-            raise ValueError(f"model '{name}' not given; models: {list(models)}")
+            raise ConfigError(f"model '{name}' not given; models: {list(models)}")
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     k, n_max = cfg["region"], cfg["max_regions"]
 
@@ -255,6 +261,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         for t in targets)
     return Result(tables={"logit_drop": table, "curves": curves}, figures={"logit_drop_vs_n": curve_figure(curves)},
                   raw=jsonable(raw), summary=summary)
+
+
+def task(ctx) -> Result:
+    """The ``sensitivity`` task: :func:`run` on ``cfg.models`` and ``cfg.split``."""
+    return models_task(ctx, "sensitivity", run)
 
 
 def curve_figure(curves: pd.DataFrame):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bagnet import create_model
-from bagnet.data import build_data, make_loader
+from bagnet.data import build_data, build_loader
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/scene15"
 
@@ -27,7 +27,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data/scene15"
 def loader_rate(ds, batch: int, workers: int, seconds: float, warm: bool) -> float:
     """Images/s for up to ``seconds``, timed from the first batch (excludes worker start-up).
     warm: run one full untimed epoch first (fills the cache; persistent workers keep theirs)."""
-    loader = make_loader(ds, batch, train=True, workers=workers, seed=0)
+    loader = build_loader(ds, batch, train=True, seed=0, workers=workers)
     if warm:
         for _ in loader:
             pass

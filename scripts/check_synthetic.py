@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bagnet import create_model
-from bagnet.data import build_data, make_loader
+from bagnet.data import build_data, build_loader
 
 
 def per_kind(model, loader, kinds: list[str]) -> dict[str, float]:
@@ -57,10 +57,11 @@ def train(name: str, width: int, data, seconds: float, batch: int, lr: float, se
     torch.manual_seed(seed)
     model = create_model(name, num_classes=data.num_classes, width=width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    loader = make_loader(data.train, batch, train=True, workers=0, seed=seed)
+    loader = build_loader(data.train, batch, train=True, seed=seed)
     t0, epochs = time.time(), 0
     while time.time() - t0 < seconds:
         model.train()
+        loader.sampler.set_epoch(epochs)
         for x, y in loader:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = F.cross_entropy(model(x), y)
@@ -73,7 +74,7 @@ def train(name: str, width: int, data, seconds: float, batch: int, lr: float, se
     recalibrate_bn(model, loader)
     wall = time.time() - t0
     kinds = [data.info["class_kinds"][c] for c in data.classes]
-    return per_kind(model, make_loader(data.test, 128, train=False, workers=0), kinds), wall, epochs
+    return per_kind(model, build_loader(data.test, 128, train=False), kinds), wall, epochs
 
 
 def main() -> None:

@@ -18,14 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from bagnet import io
-from bagnet.pipelines import rebuild_demo_readme, write_table1_overview
+from experiments.demo import rebuild_demo_readme
+from experiments.table1 import table1_overview
 
 
 def figure_makers(raw_path: Path):
     task = ((json.loads(raw_path.read_text()).get("provenance") or {}).get("config") or {}).get("task")
-    if task == "table1":
-        from bagnet.pipelines import table1_figure
-        return lambda tables: {"table1": table1_figure(tables["table1"])} if "table1" in tables else {}
     # A task's own output (task=scrambling) or one part of a pipeline's (results/demo/scrambling/)
     for name in (task, raw_path.parent.name):
         try:
@@ -63,9 +61,14 @@ def main() -> None:
         if figure_makers(raw) and raw.parent.parent.name == "table1":
             overview_roots.add(raw.parent.parent)
     for root in sorted(overview_roots):  # results/table1/table1.{csv,md}: every profile side by side
-        print(f"{root}: {len(write_table1_overview(root))} files")
+        overview = table1_overview(root)
+        if overview:
+            print(f"{root}: {len(io.write_table(overview[0], root / 'table1', header=overview[1]))} files")
     for checks in sorted(args.root.glob("**/accuracy/checks.csv")):  # a demo's README.md
-        print(f"{checks.parent.parent}: {len(rebuild_demo_readme(checks.parent.parent))} files")
+        readme = rebuild_demo_readme(checks.parent.parent)
+        if readme:
+            io.write_text(readme, checks.parent.parent / "README.md")
+            print(f"{checks.parent.parent}: README.md")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bagnet.data import DataError, ShardSampler, build_data, make_loader
+from bagnet.data import DataError, build_data, build_loader
+from bagnet.data.loader import EpochSampler
 from bagnet.data import synthetic as S
 from bagnet.data.folder import ImageListDataset, load_rgb
 from bagnet.data.imagenet import imagenet_wnids
@@ -118,17 +119,19 @@ def test_rendered_parts_match_metadata():
 
 
 # ----------------------------------------------------------------------------- loaders
-def test_make_loader_seeded_shuffle_and_eval_order():
+def test_build_loader_seeded_shuffle_and_eval_order():
     b = synth(0, n=8)
-    order = lambda seed: torch.cat([y for _, y in make_loader(b.train, 8, True, workers=0, seed=seed)])  # noqa: E731
+    order = lambda seed: torch.cat([y for _, y in build_loader(b.train, 8, True, seed=seed)])  # noqa: E731
     assert torch.equal(order(3), order(3)) and not torch.equal(order(3), order(4))
-    ev = torch.cat([y for _, y in make_loader(b.test, 5, False, workers=0)])
+    ev = torch.cat([y for _, y in build_loader(b.test, 5, False)])
     assert ev.tolist() == [y for _, y in b.test.samples]         # in order, nothing dropped
 
 
-def test_shard_sampler_covers_each_item_once():
-    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+def test_eval_shards_cover_each_item_once_and_train_shards_are_equal():
+    shards = [EpochSampler(10, 0, shuffle=False, rank=r, world_size=3, pad=False).indices() for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
+    train = [EpochSampler(10, 0, shuffle=True, rank=r, world_size=3, pad=True).indices() for r in range(3)]
+    assert {len(s) for s in train} == {4} and set(sum(train, [])) == set(range(10))
 
 
 # ----------------------------------------------------------------------------- 15-Scene
@@ -259,14 +262,14 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     samples = [(str(f[k]), i) for i, k in enumerate(order)]
     tf = eval_transform(16)
     train = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=True)
-    labels = [y for _, y in make_loader(train, 4, train=False, workers=0)][0].tolist()
+    labels = [y for _, y in build_loader(train, 4, train=False)][0].tolist()
     assert labels == [0, 2, 2, 0] and train.bad_images == 2       # replaced by the next good image
     ev = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=False)
     x, y = ev[1]
     assert y == 1 and x.shape == (3, 16, 16) and x.abs().max() < 0.05   # mean colour, true label
     # counted across worker processes too
     ev2 = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=False)
-    list(make_loader(ev2, 2, train=False, workers=2))
+    list(build_loader(ev2, 2, train=False, workers=2))
     assert ev2.bad_images == 2
     strict = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=True, on_bad_image="error")
     with pytest.raises(RuntimeError, match="truncated"):

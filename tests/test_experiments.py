@@ -204,12 +204,11 @@ def _planted_maps(model, images, target=None, stride=1):
 
 
 def test_sensitivity_finds_planted_region(monkeypatch):
-    import bagnet.heatmaps
-    monkeypatch.setattr(bagnet.heatmaps, "heatmap", _planted_maps)   # a BagNet that "knows" the region
+    monkeypatch.setattr(sensitivity, "heatmap", _planted_maps)   # a BagNet that "knows" the region
     g = torch.Generator().manual_seed(0)
     ds = [(torch.rand(3, 32, 32, generator=g) + 0.5, 0) for _ in range(8)]
     images = torch.stack([x for x, _ in ds]); labels = torch.zeros(8, dtype=torch.long)
-    cfg = {**sensitivity.DEFAULTS, "seed": 0, "ig_steps": 8}
+    cfg = sensitivity.typed_cfg(sensitivity.Config, {"seed": 0, "ig_steps": 8}, "test")
     target = attribution_copy(Planted())
     planted = REGION[0] * 4 + REGION[1]
     for method in ("occlusion", "bagnet", "saliency", "deeplift"):

@@ -13,7 +13,7 @@ from bagnet.models import create_model, list_models
 from bagnet.models.cbam import ChannelAttention, SpatialAttention
 from bagnet.models.torchvision_models import densenet_filter
 from bagnet.models.weights import WeightsError
-from bagnet.receptive_field import empirical_receptive_field, patch_window
+from receptive_field import empirical_receptive_field, patch_window
 
 bagnet_module = importlib.import_module("bagnet.models.bagnet")
 cbam_module = importlib.import_module("bagnet.models.cbam")

@@ -10,27 +10,28 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bagnet.pipelines import task_demo, task_eval_imagenet, task_table1
+from bagnet.config import compose
 from bagnet.provenance import git_commit
-from bagnet.run import CONFIG_DIR
-from bagnet.tasks import TASKS
+from bagnet.run import run_task
 
 TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "data.val_per_class=3",
         "data.test_per_class=4", "debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
         "trainer.batch_size=4", "device=cpu", "bagnet_width=4"]
 
 
-def make_cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[*overrides, f"paths.root_dir={tmp_path}"])
+def run(tmp_path: Path, *overrides: str, edit=None):
+    """``python -m bagnet.run <overrides>`` in-process; ``edit(cfg)`` may change the composed config first."""
+    overrides = [*overrides, f"paths.root_dir={tmp_path}"]
+    cfg = compose(overrides)
+    if edit:
+        edit(cfg)
+    return cfg, run_task(cfg, overrides)
 
 
 def test_table1_pipeline_tiny(tmp_path):
-    cfg = make_cfg(tmp_path, "experiment=table1", *TINY)
-    result = task_table1(cfg)
+    cfg, result = run(tmp_path, "task=table1", "experiment=table1", *TINY)
     table = result.tables["table1"]
     assert list(table["model"]) == ["ResNet-50", "DenseNet-121", "DenseNet-169", "CBAM-ResNet-50",
                                     "BagNet-9", "BagNet-17", "BagNet-33"]
@@ -41,7 +42,8 @@ def test_table1_pipeline_tiny(tmp_path):
     written = pd.read_csv(out / "table1.csv")
     assert len(written) == 7 and {"val", "test", "scrambled test"} <= set(written.columns)
     assert "scrambled" in (out / "table1.md").read_text()
-    overview = pd.read_csv(out.parent / "table1.csv")  # every profile's table side by side
+    from experiments.table1 import table1_overview
+    overview, _ = table1_overview(out.parent)  # every profile's table side by side (make render-results)
     assert list(overview["profile"]) == [out.name] * 7 and list(overview["model"]) == list(table["model"])
     raw = json.loads((out / "raw.json").read_text())
     assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["task"] == "table1"
@@ -51,16 +53,15 @@ def test_table1_pipeline_tiny(tmp_path):
 
     # a second call reuses the finished runs instead of retraining them
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
-    task_table1(cfg)
+    run(tmp_path, "task=table1", "experiment=table1", *TINY)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
     # make signatures: experiment=signatures finds exactly these seven runs
     labels = set(table["model"])
     for name in ("error_overlap", "scrambling"):
-        sig = make_cfg(tmp_path, "experiment=signatures", f"task={name}", *TINY, "signatures.scrambling.grids=[2]",
+        sig, res = run(tmp_path, "experiment=signatures", f"task={name}", *TINY, "signatures.scrambling.grids=[2]",
                        "signatures.scrambling.num_images=4", "signatures.scrambling.texture=false")
         assert {str(v) for v in sig.models.values()} == {e["run_dir"] for e in raw["raw"].values()}
-        res = TASKS[name](sig)
         assert Path(sig.out_dir) == tmp_path / "results" / "signatures" / "synthetic" / "default" / name
         if name == "error_overlap":
             pairs = res.tables["pairs"]
@@ -70,11 +71,11 @@ def test_table1_pipeline_tiny(tmp_path):
 
 
 def test_demo_pipeline_tiny(tmp_path):
-    cfg = make_cfg(tmp_path, "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
-                   "demo.patches_images=4", "signatures.scrambling.num_images=16",
-                   "signatures.additivity.num_images=2", "signatures.sensitivity.num_images=2",
-                   "signatures.sensitivity.ig_steps=4", "signatures.scrambling.texture_patch=9")
-    results = task_demo(cfg)
+    cfg, demo = run(tmp_path, "task=demo", "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
+                    "demo.patches_images=4", "signatures.scrambling.num_images=16",
+                    "signatures.additivity.num_images=2", "signatures.sensitivity.num_images=2",
+                    "signatures.sensitivity.ig_steps=4", "signatures.scrambling.texture_patch=9")
+    results = demo.parts
     out = Path(cfg.out_dir)
     promised = {"accuracy": ["accuracy", "checks"], "scrambling": ["accuracy"], "additivity": ["interaction"],
                 "error_overlap": ["pairs", "per_class"], "sensitivity": ["logit_drop"], "heatmaps": ["heatmaps"],
@@ -107,10 +108,9 @@ def test_demo_pipeline_tiny(tmp_path):
         assert (out / folder / f"{first_table}.csv").read_text() == before, folder
         for name in figures:
             assert Image.open(out / folder / f"{name}.png").size[0] > 50, (folder, name)
-    (out / "README.md").unlink()
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"))[
+    rebuilt = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"))[
         "rebuild_demo_readme"](out)
-    assert (out / "README.md").read_text() == readme
+    assert rebuilt == readme
 
 
 def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
@@ -132,13 +132,11 @@ def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
     assert not DEFAULT_CFGS[9]["file"].endswith(f"-{digest}.pth.tar")
     tmp.rename(weights / f"bagnet8-{digest}.pth.tar")
-    cfg = make_cfg(tmp_path, "experiment=imagenet", "data=imagenette", f"data.root={root}",
-                   "data.label_space=imagenet1k", "data.image_size=32", "device=cpu", "trainer.progress=false",
-                   "+imagenet_eval.models={BagNet-9: {name: bagnet, patch_size: 9}}",
-                   f"imagenet_eval.weights_dir={weights}")
     # only BagNet-9 has local weights; the others would try to download
-    cfg.imagenet_eval.models = {"BagNet-9": {"name": "bagnet", "patch_size": 9}}
-    result = task_eval_imagenet(cfg)
+    _, result = run(tmp_path, "task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
+                    "data.label_space=imagenet1k", "data.image_size=32", "device=cpu", "trainer.progress=false",
+                    f"eval_imagenet.weights_dir={weights}",
+                    edit=lambda c: setattr(c.eval_imagenet, "models", {"BagNet-9": {"name": "bagnet", "patch_size": 9}}))
     row = result.tables["imagenet"].iloc[0]
     assert row["model"] == "BagNet-9" and row["n"] == 4
     assert pd.isna(row["published top5"])
@@ -153,10 +151,11 @@ def test_eval_imagenet_on_real_imagenette_mini(tmp_path):
     from bagnet import create_model
     weights = tmp_path / "bagnet8-local.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in create_model("bagnet9").state_dict().items()}}, weights)
-    cfg = make_cfg(tmp_path, "experiment=imagenet", "data=imagenette", f"data.root={IMAGENETTE}",
-                   "data.label_space=imagenet1k", "data.image_size=64", "device=cpu", "trainer.progress=false")
-    cfg.imagenet_eval.models = {"BagNet-9": {"name": "bagnet", "patch_size": 9, "weights": str(weights)}}
-    row = task_eval_imagenet(cfg).tables["imagenet"].iloc[0]
+    models = {"BagNet-9": {"name": "bagnet", "patch_size": 9, "weights": str(weights)}}
+    _, result = run(tmp_path, "task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette",
+                    f"data.root={IMAGENETTE}", "data.label_space=imagenet1k", "data.image_size=64", "device=cpu",
+                    "trainer.progress=false", edit=lambda c: setattr(c.eval_imagenet, "models", models))
+    row = result.tables["imagenet"].iloc[0]
     assert row["n"] == 300  # the 30 val images of each of the 10 classes
     assert row["top5"] < 0.1  # random weights over 1000 classes: chance
 
@@ -177,20 +176,17 @@ def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch)
     (root / "train" / "n01440764").mkdir(parents=True)
     Image.new("RGB", (40, 40)).save(root / "val" / "n01440764" / "a.JPEG")
     Image.new("RGB", (40, 40)).save(root / "train" / "n01440764" / "a.JPEG")
-    cfg = make_cfg(tmp_path, "experiment=imagenet", "data=imagenette", f"data.root={root}",
-                   "data.label_space=imagenet1k", "data.image_size=32", "device=cpu")
     with pytest.raises(WeightsError, match="model.weights="):
-        task_eval_imagenet(cfg)
+        run(tmp_path, "task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
+            "data.label_space=imagenet1k", "data.image_size=32", "device=cpu")
 
 
 @pytest.mark.parametrize("name", ["heatmaps", "patches"])
 def test_explain_tasks_on_a_trained_bagnet(tmp_path, name):
-    train = make_cfg(tmp_path, "model=bagnet17", *TINY)
-    TASKS["train"](train)
-    cfg = make_cfg(tmp_path, f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
-                   "num_images=2")
-    result = TASKS[name](cfg)
-    out = Path(cfg.run_dir)
+    train, _ = run(tmp_path, "task=train", "model=bagnet17", *TINY)
+    cfg, result = run(tmp_path, f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
+                      "num_images=2")
+    out = Path(cfg.out_dir)
     assert result.figures and all((out / f"{f}.png").is_file() for f in result.figures)
     assert (out / f"{name}.csv").is_file()
 

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bagnet.run import CONFIG_DIR
-from bagnet.tasks import task_train
-from bagnet.train import build_model, seed_everything
+from bagnet import create_model
+from bagnet.config import CONFIG_DIR
+from bagnet.seeding import seed_everything
+from bagnet.tasks import Context, fit_run
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
@@ -28,6 +29,11 @@ def make_cfg(*overrides: str, tmp_path: Path | None = None):
         base.append(f"paths.root_dir={tmp_path}")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=base + list(overrides))
+
+
+def task_train(cfg):
+    """Train ``cfg`` in-process (as ``task=train`` does) and return the run's summary."""
+    return fit_run(Context(cfg))
 
 
 def tiny_synthetic(*extra: str) -> list[str]:
@@ -50,7 +56,7 @@ def test_every_model_composes_with_every_dataset(data):
 @pytest.mark.parametrize("model", MODELS)
 def test_one_training_step_per_model(model):
     cfg = make_cfg(f"model={model}", "bagnet_width=8")
-    net = build_model(cfg.model, num_classes=5)
+    net = create_model(**cfg.model, num_classes=5)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -107,8 +113,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     (Path(killed.run_dir) / "checkpoints" / ".last.pt.junk.tmp").write_bytes(b"\0" * 10)
     task_train(killed)
 
-    a = torch.load(Path(whole.run_dir) / "checkpoints/last.pt", weights_only=False)
-    b = torch.load(Path(killed.run_dir) / "checkpoints/last.pt", weights_only=False)
+    a = torch.load(Path(whole.run_dir) / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(Path(killed.run_dir) / "checkpoints/last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -138,10 +144,10 @@ def test_sweep_creates_one_run_dir_per_patch_size(tmp_path):
 
 
 @pytest.mark.parametrize("args, expect", [
-    (["model=bagnet34"], "unknown model 'bagnet34'; available: bagnet, bagnet17"),
-    (["data=imagenet2"], "unknown data 'imagenet2'"),
-    (["model.patch_sizee=9"], "unknown config key 'model.patch_sizee'"),
     (["task=trian"], "unknown task 'trian'; valid:"),
+    (["trainer.batch_size=-4"], "trainer.batch_size: must be >= 1"),
+    (["trainer.epochs=abc"], "trainer.epochs"),
+    (["data=scene15", "data.on_bad_image=crash"], "data.on_bad_image: 'crash'; valid: skip, error"),
     (["model=bagnet", "model.patch_size=10", "debug=fast"], "supported: [9, 17, 33]"),
     (["task=eval", "checkpoint=/nonexistent/ckpt.pt"], "checkpoint not found"),
     (["data=scene15", "data.root=/nonexistent/scene15"], "data.root"),
@@ -153,6 +159,19 @@ def test_bad_input_gives_one_line(tmp_path, args, expect):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert expect in lines[0], lines[0]
     assert "search path" not in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["model=bagnet34"], "Could not find 'model/bagnet34'"),
+    (["data=imagenet2"], "Could not find 'data/imagenet2'"),
+    (["model.patch_sizee=9"], "Could not override 'model.patch_sizee'"),
+])
+def test_bad_override_is_reported_by_hydra_without_traceback(tmp_path, args, expect):
+    r = run_cli(*args, "device=cpu", f"paths.root_dir={tmp_path}")
+    assert r.returncode != 0 and expect in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    if args[0].startswith("model="):
+        assert "bagnet17" in r.stderr  # Hydra lists the available options
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -189,9 +208,9 @@ def test_compiled_training_updates_and_saves_the_plain_model(tmp_path):
     cfg = make_cfg("model=bagnet9", "model.width=4", "trainer.compile=true", "trainer.epochs=1",
                    "trainer.max_steps_per_epoch=2", "trainer.batch_size=8", *tiny_synthetic(), tmp_path=tmp_path)
     task_train(cfg)
-    saved = torch.load(Path(cfg.run_dir) / "checkpoints/last.pt", weights_only=False)["model"]
+    saved = torch.load(Path(cfg.run_dir) / "checkpoints/last.pt", weights_only=True)["model"]
     seed_everything(cfg.seed)  # fit() seeds, then builds: the same initial weights
-    init = build_model(cfg.model, num_classes=len(saved["fc.bias"]))
+    init = create_model(**cfg.model, num_classes=len(saved["fc.bias"]))
     assert set(saved) == set(init.state_dict())  # no "_orig_mod." prefixes
     unchanged = [n for n, p in init.named_parameters() if torch.equal(saved[n], p.detach())]
     assert not unchanged, unchanged
@@ -228,7 +247,8 @@ def test_recalibrate_slow_bn_gives_exact_stem_statistics():
 
     from bagnet import create_model
     from bagnet.distributed import DistInfo
-    from bagnet.engine import Precision, build_loader, recalibrate_slow_bn
+    from bagnet.data import build_loader
+    from bagnet.engine import Precision, recalibrate_slow_bn
     torch.manual_seed(0)
     model = create_model("bagnet9", num_classes=3, width=8)
     images = torch.randn(12, 3, 24, 24) * 2 + 0.5

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
+
+from .bundle import DataBundle, DataError
+from .transforms import DEFAULT_CROP_SCALE, eval_transform, resize_size, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,6 @@ class ImageListDataset(Dataset):
 # ------------------------------------------------------------------------- listing and splitting
 def list_class_folder(root: Path, what: str, class_key=None) -> dict[str, list[Path]]:
     """{class name: sorted image paths} of ``root/<class>/``; DataError for a missing or empty folder."""
-    from . import DataError
     if not root.is_dir():
         raise DataError(f"{what}: {root} not found")
     out = {}
@@ -173,8 +174,6 @@ def _order(item):
 def build_imagefolder(cfg: dict, seed: int, mean, std):
     """``root/<split>/<class>/``: train required; val missing -> seeded stratified hold-out of
     ``val_fraction`` of train; test missing -> test = val (recorded in info)."""
-    from . import DataBundle, DataError
-    from .transforms import eval_transform, train_transform
     root = cfg.get("root")
     layout = "root/train/<class>/*.jpg (+ optional root/val/, root/test/)"
     if not root or not Path(root).is_dir():
@@ -210,8 +209,6 @@ def build_imagefolder(cfg: dict, seed: int, mean, std):
 
 
 def make_bundle(cfg: dict, train, val, test, classes, mean, std, info: dict):
-    from . import DataBundle
-    from .transforms import DEFAULT_CROP_SCALE, eval_transform, resize_size, train_transform
     size = int(cfg.get("image_size", 224))
     bad = cfg.get("on_bad_image", "skip")
     cache = resize_size(size) if cfg.get("cache") else None

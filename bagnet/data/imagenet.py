@@ -21,6 +21,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from .bundle import DataError
 from .folder import IMAGE_EXTENSIONS, list_class_folder, make_bundle, stratified_split
 
 LAYOUT = "root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG"
@@ -37,7 +38,6 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 
 def build_imagenet(cfg: dict, seed: int, mean, std):
-    from . import DataError
     root = cfg.get("root")
     hint = "set data.root=/path/to/imagenet (or IMAGENET_ROOT)"
     if not root or not Path(root).is_dir():

@@ -29,7 +29,8 @@ import os
 import random
 from pathlib import Path
 
-from .folder import IMAGE_EXTENSIONS, list_class_folder, make_bundle, stratified_split
+from .bundle import DataError
+from .folder import list_class_folder, make_bundle, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ def file_hash(path: str) -> str:
 
 
 def _check_classes(found, where: Path):
-    from . import DataError
     missing = [c for c in SCENE15_CLASSES if c not in found]
     extra = [c for c in found if c not in SCENE15_CLASSES]
     if missing or extra:
@@ -60,7 +60,6 @@ def _check_classes(found, where: Path):
 
 def list_scene15(root: Path, seed: int, train_per_class: int = 100) -> tuple[list, list, str]:
     """(training pool, test pool) as (path, label) lists, and the layout name."""
-    from . import DataError
     if not root or not Path(root).is_dir():
         raise DataError(f"data root {root} not found; expected {LAYOUT}; set data.root=/path/to/scene15 "
                         "(or SCENE15_ROOT); get it with scripts/get_scene15.py")

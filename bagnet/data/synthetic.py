@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+from .bundle import DataBundle, DataError
 from .transforms import normalize_uint8
 
 PATCH_SIZES = (9, 17, 33)   # the BagNets whose blindness the design targets
@@ -135,12 +137,12 @@ class Geometry:
             if xs and d + p <= 61:                                    # small_cnn's receptive field
                 break
         else:
-            raise ValueError(f"synthetic image_size={size} is too small for a global pair (use >= 48)")
+            raise ConfigError(f"synthetic image_size={size} is too small for a global pair (use >= 48)")
         inner = set(_phase_interior(size, _P["dot"].shape[0], 9))
         starts = [x for x in range(size) if x in inner and x + MID_DISTANCE in inner]
         starts = starts[: len(starts) // GRID_STRIDE * GRID_STRIDE]  # whole phase cycles: every phase equally often
         if len(starts) < GRID_STRIDE:
-            raise ValueError(f"synthetic image_size={size} is too small for the mid pair")
+            raise ConfigError(f"synthetic image_size={size} is too small for the mid pair")
         return Geometry(size, d, tuple(xs), q, tuple(starts))
 
 
@@ -242,7 +244,6 @@ def generate(classes: list[SyntheticClass], per_class: int, geom: Geometry, rng:
 
 
 def build_synthetic(cfg, seed: int, mean, std):
-    from . import DataBundle
     size = int(cfg.get("image_size", 112))
     names = cfg.get("classes") or [c.name for c in SYNTHETIC_CLASSES]
     num = cfg.get("num_classes")
@@ -250,7 +251,6 @@ def build_synthetic(cfg, seed: int, mean, std):
         names = list(names)[: int(num)]
     unknown = [n for n in names if n not in CLASS_BY_NAME]
     if unknown:
-        from . import DataError
         raise DataError(f"unknown synthetic classes {unknown}; known: {list(CLASS_BY_NAME)}")
     classes = [CLASS_BY_NAME[n] for n in names]
     geom = Geometry.for_size(size)

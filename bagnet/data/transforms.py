@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (the default normalisation)
+
 DEFAULT_CROP_SCALE = (0.35, 1.0)
 
 

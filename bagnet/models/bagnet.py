@@ -14,8 +14,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError
 from .registry import register_model
-from .weights import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from .weights import load_pretrained
 
 __all__ = ["Bottleneck", "BagNet", "bagnet", "bagnet9", "bagnet17", "bagnet33", "KERNEL3", "DEFAULT_CFGS"]
 
@@ -77,7 +79,7 @@ class BagNet(nn.Module):
         super().__init__()
         if kernel3 is None:
             if patch_size not in KERNEL3:
-                raise ValueError(f"unsupported BagNet patch_size={patch_size}; supported: "
+                raise ConfigError(f"unsupported BagNet patch_size={patch_size}; supported: "
                                  f"{sorted(KERNEL3)} (or give kernel3=[k1,k2,k3,k4] explicitly)")
             kernel3 = KERNEL3[patch_size]
         self.kernel3 = tuple(int(k) for k in kernel3)
@@ -148,26 +150,30 @@ def bagnet(patch_size: int = 33, num_classes: int = 1000, pretrained: bool = Fal
     model = BagNet(patch_size=patch_size, num_classes=num_classes, width=width, kernel3=kernel3, **kwargs)
     if pretrained or weights:
         if kernel3 is not None or width != 64:
-            raise ValueError("pretrained BagNet weights exist only for the default layout (width=64, "
+            raise ConfigError("pretrained BagNet weights exist only for the default layout (width=64, "
                              "patch_size 9/17/33)")
         load_pretrained(model, DEFAULT_CFGS[patch_size], weights=weights, num_classes=num_classes,
                         classifier="fc")
     return model
 
 
-@register_model
+def _release(patch_size: int = 33, **_) -> dict:
+    return DEFAULT_CFGS[patch_size]
+
+
+@register_model(default_cfg=DEFAULT_CFGS[9])
 def bagnet9(**kwargs) -> BagNet:
     return bagnet(patch_size=9, **kwargs)
 
 
-@register_model
+@register_model(default_cfg=DEFAULT_CFGS[17])
 def bagnet17(**kwargs) -> BagNet:
     return bagnet(patch_size=17, **kwargs)
 
 
-@register_model
+@register_model(default_cfg=DEFAULT_CFGS[33])
 def bagnet33(**kwargs) -> BagNet:
     return bagnet(patch_size=33, **kwargs)
 
 
-register_model(bagnet)
+register_model(bagnet, default_cfg=_release)

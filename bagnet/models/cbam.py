@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from ..errors import WeightsError
 from .registry import register_model
 from .torchvision_models import DEFAULT_CFGS as TV_CFGS
-from .weights import WeightsError, fetch_state_dict
+from .weights import fetch_state_dict
 
 __all__ = ["ChannelAttention", "SpatialAttention", "CBAM", "CBAMBottleneck", "cbam_resnet50"]
 
@@ -82,7 +83,7 @@ def _is_cbam_key(key: str) -> bool:
     return ".cbam." in key
 
 
-@register_model
+@register_model(default_cfg=TV_CFGS["resnet50"])
 def cbam_resnet50(num_classes: int = 1000, pretrained: bool = False, weights: str | None = None,
                   **kwargs) -> ResNet:
     """CBAM-ResNet-50.

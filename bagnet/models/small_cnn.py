@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .registry import register_model
 
 
@@ -34,5 +35,5 @@ class SmallCNN(nn.Module):
 @register_model
 def small_cnn(num_classes: int = 10, pretrained: bool = False, width: int = 32, **kwargs) -> SmallCNN:
     if pretrained or kwargs.get("weights"):
-        raise ValueError("small_cnn has no pretrained weights")
+        raise ConfigError("small_cnn has no pretrained weights")
     return SmallCNN(num_classes=num_classes, width=width)

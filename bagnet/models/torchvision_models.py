@@ -7,8 +7,9 @@ import re
 import torch.nn as nn
 import torchvision.models as tvm
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .registry import register_model
-from .weights import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from .weights import load_pretrained
 
 # name -> (torchvision builder, default weights enum, classifier attribute path)
 _TV = {
@@ -52,7 +53,7 @@ def _make(name: str):
         return _build(name, **kwargs)
     fn.__name__ = name
     fn.__doc__ = f"torchvision {name}; ``pretrained=True`` loads torchvision's ImageNet weights."
-    return register_model(fn)
+    return register_model(fn, default_cfg=DEFAULT_CFGS[name])
 
 
 for _name in _TV:

@@ -13,13 +13,9 @@ from urllib.error import URLError
 import torch
 import torch.nn as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..errors import WeightsError
+
 HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be found, downloaded or matched to the model."""
 
 
 def hub_checkpoint_dir() -> Path:

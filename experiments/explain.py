@@ -7,24 +7,26 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .heatmaps import heatmap
-from .models import is_bagnet
-from .patches import most_predictive_patches
-from .result import Result
-from .viz import compare_bagnets_figure, patches_figure
+from bagnet.errors import ConfigError
+from bagnet.heatmaps import heatmap
+from bagnet.models import is_bagnet
+from bagnet.patches import most_predictive_patches
+from bagnet.result import Result
+from bagnet.viz import compare_bagnets_figure, patches_figure
+
+from .common import eval_indices, load_batch
 
 
 def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
     out = {k: m for k, m in models.items() if is_bagnet(m)}
     if not out:
-        raise ValueError(f"heatmaps and patches need a BagNet; got {', '.join(models)}")
+        raise ConfigError(f"heatmaps and patches need a BagNet; got {', '.join(models)}")
     return out
 
 
 def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
                     num_images: int = 8, seed: int = 0, device="cpu", stride: int = 1) -> Result:
     """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side."""
-    from experiments.common import eval_indices, load_batch
     bagnets = _bagnets(models)
     idx = eval_indices(len(dataset), num_images, seed)
     images, labels = load_batch(dataset, idx)
@@ -67,3 +69,17 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
         figures[f"patches_{classes[c]}"] = patches_figure(found[c], classes[c], classes, mean, std)
     return Result(tables={"patches": pd.DataFrame(rows)}, figures=figures, raw={"model": name, "k": k},
                   summary=f"{name}: top-{k} patches and distractors for {len(class_ids)} classes")
+
+
+def heatmaps_task(ctx) -> Result:
+    """The ``heatmaps`` task: exact heatmaps of the BagNets among ``cfg.models`` on ``num_images`` images."""
+    data = ctx.data
+    return heatmaps_result(ctx.models(), data.split(ctx.cfg.split), data.classes, data.mean, data.std,
+                           ctx.cfg.num_images, ctx.cfg.seed, ctx.device)
+
+
+def patches_task(ctx) -> Result:
+    """The ``patches`` task: per class, the most predictive patches among ``num_images`` images of it."""
+    data = ctx.data
+    return patches_result(ctx.models(), data.split(ctx.cfg.split), data.classes, data.mean, data.std, k=8,
+                          per_class_images=ctx.cfg.num_images, device=ctx.device)

@@ -1,0 +1,180 @@
+"""Config composition and typed schemas.
+
+Hydra composes ``configs/``; the dataclasses below are the schemas of the ``trainer`` and ``data``
+groups (OmegaConf structured configs): an unknown key, a value of the wrong type or an impossible
+value is a :class:`ConfigError` that names the key, raised before anything is written.
+Experiments validate their own ``signatures.<name>`` block the same way (``experiments.common``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def as_dict(cfg) -> dict:
+    """A DictConfig (interpolations resolved) or mapping as a plain dict."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python -m bagnet.run <overrides>`` would run with (inside or outside a Hydra app)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose("config", overrides=list(overrides))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def merge_overrides(base: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``base`` with the keys that ``extra`` sets removed, then ``extra`` (Hydra refuses a key twice)."""
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+    taken = {key(o) for o in extra}
+    return [o for o in base if key(o) not in taken] + list(extra)
+
+
+def validated(schema: type, values: Mapping | None, where: str) -> Any:
+    """``values`` checked against the dataclass ``schema`` (unknown keys, types, ``__post_init__``)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(values or {})))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}") from None
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# ---------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    optimizer: str = "sgd"               # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5.0e-5
+    schedule: str = "cosine"             # cosine | step | constant
+    warmup_epochs: float = 1.0
+    step_size: int = 30
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    accum_steps: int = 1
+    precision: str = "auto"              # auto | fp32 | bf16 | fp16
+    channels_last: Any = "auto"          # auto | true | false
+    compile: bool = False
+    workers: int = 0
+    progress: bool = True
+    resume: bool = True
+    max_steps_per_epoch: Optional[int] = None
+    bn_recalibrate_batches: int = 16
+
+    def __post_init__(self):
+        k = "trainer"
+        _check(self.epochs >= 0, f"{k}.epochs", f"must be >= 0, got {self.epochs}")
+        for name in ("batch_size", "eval_batch_size", "accum_steps"):
+            _check(getattr(self, name) >= 1, f"{k}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.lr > 0, f"{k}.lr", f"must be > 0, got {self.lr}")
+        _check(self.workers >= 0, f"{k}.workers", f"must be >= 0, got {self.workers}")
+        _check(self.optimizer in ("sgd", "adamw"), f"{k}.optimizer", f"'{self.optimizer}'; valid: sgd, adamw")
+        _check(self.schedule in ("cosine", "step", "constant"), f"{k}.schedule",
+               f"'{self.schedule}'; valid: cosine, step, constant")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), f"{k}.precision",
+               f"'{self.precision}'; valid: auto, fp32, bf16, fp16")
+        _check(self.channels_last in ("auto", True, False), f"{k}.channels_last", "valid: auto, true, false")
+        _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, f"{k}.max_steps_per_epoch",
+               "must be null or >= 1")
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: Optional[str] = None
+    image_size: int = 224
+    workers: int = 0
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+    def __post_init__(self):
+        _check(self.image_size >= 8, "data.image_size", f"must be >= 8, got {self.image_size}")
+        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+
+
+@dataclass
+class PhotoDataConfig(DataConfig):
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    flip: bool = True
+    cache: bool = False
+    on_bad_image: str = "skip"           # skip | error
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.on_bad_image in ("skip", "error"), "data.on_bad_image",
+               f"'{self.on_bad_image}'; valid: skip, error")
+        _check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+               "data.crop_scale", f"must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    image_size: int = 112
+    samples_per_class: int = 200
+    val_per_class: Optional[int] = None
+    test_per_class: Optional[int] = None
+    classes: Optional[list[str]] = None
+    num_classes: Optional[int] = None
+    clutter: float = 12.0
+
+
+@dataclass
+class Scene15DataConfig(PhotoDataConfig):
+    train_per_class: int = 100
+    val_fraction: float = 0.2
+    test_per_class: int = 80
+    drop_duplicates: bool = True
+
+
+@dataclass
+class ImageNetDataConfig(PhotoDataConfig):
+    label_space: str = "imagenet1k"      # imagenet1k | compact
+    val_from_train: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.label_space in ("imagenet1k", "compact"), "data.label_space",
+               f"'{self.label_space}'; valid: imagenet1k, compact")
+
+
+@dataclass
+class FolderDataConfig(PhotoDataConfig):
+    val_fraction: float = 0.2
+
+
+DATA_SCHEMAS = {"synthetic": SyntheticDataConfig, "scene15": Scene15DataConfig, "imagenet": ImageNetDataConfig,
+                "imagenette": ImageNetDataConfig, "imagefolder": FolderDataConfig}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ``cfg.trainer`` and ``cfg.data`` against their schemas (ConfigError naming the key)."""
+    resolved = as_dict(cfg)
+    validated(TrainerConfig, resolved["trainer"], "trainer")
+    name = resolved["data"].get("name")
+    if name not in DATA_SCHEMAS:
+        raise ConfigError(f"unknown data '{name}'; valid: {', '.join(DATA_SCHEMAS)}")
+    validated(DATA_SCHEMAS[name], resolved["data"], "data")

@@ -1,0 +1,19 @@
+"""The project's own errors: things a user can fix. The runner prints these as one line (exit 2);
+every other exception is a bug and keeps its traceback."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base class: the message is one line that says what to change."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot run (unknown task, wrong type, a run dir that holds another run)."""
+
+
+class DataError(UserError, ValueError):
+    """A data problem: missing root, wrong layout, empty class folder."""
+
+
+class WeightsError(UserError, RuntimeError):
+    """Weights could not be found, downloaded, trusted or matched to the model."""

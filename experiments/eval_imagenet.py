@@ -1,0 +1,67 @@
+"""make eval-imagenet: top-1/top-5 of pretrained 1000-way models (the authors' BagNets, torchvision's
+baselines) on an ImageNet split, beside the published numbers.
+
+Weights come from ``eval_imagenet.weights_dir`` (local copies of the release files, found by their
+release names) or the hash-checked download / torch hub cache. The data must be preprocessed as each
+release expects (its default config's mean/std), which is checked before any image is read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bagnet.checkpoint import model_kwargs
+from bagnet.config import as_dict
+from bagnet.errors import ConfigError
+from bagnet.models import create_model, default_cfg
+from bagnet.models.weights import HASH_RE
+from bagnet.result import Result
+from bagnet.train import evaluate_model
+
+PAPER_IMAGENET = {  # top-1, top-5 (fractions). BagNets: the paper; baselines: torchvision's model docs.
+    "BagNet-9": (None, None), "BagNet-17": (None, 0.805), "BagNet-33": (None, 0.876),
+    "ResNet-50": (0.7613, 0.9286), "VGG-16": (0.7159, 0.9038), "DenseNet-169": (0.7560, 0.9281),
+}
+
+
+def local_weights(release_file: str, weights_dir: str | None) -> str | None:
+    """A local copy of ``release_file`` in ``weights_dir``: the same name, or the torch.hub form
+    '<stem>-<sha256 prefix>.<ext>' under another hash (e.g. a checkpoint re-saved under its own hash)."""
+    if not weights_dir:
+        return None
+    path = Path(weights_dir) / release_file
+    if path.is_file():
+        return str(path)
+    m = HASH_RE.search(release_file)
+    found = sorted(Path(weights_dir).glob(f"{release_file[:m.start()]}-*{release_file[m.end() - 1:]}")) if m else []
+    return str(found[0]) if found else None
+
+
+def task(ctx) -> Result:
+    """Top-1/top-5 of every model of ``cfg.eval_imagenet.models`` on ``cfg.split``."""
+    cfg, data = ctx.cfg, ctx.data
+    if data.num_classes != 1000:
+        raise ConfigError(f"eval_imagenet needs 1000-way labels; data={cfg.data.name} has {data.num_classes} "
+                          "classes (use data.label_space=imagenet1k)")
+    rows, raw = [], {}
+    for label, spec in cfg.eval_imagenet.models.items():
+        spec = as_dict(spec)
+        release = default_cfg(spec["name"], **model_kwargs(spec))
+        if tuple(release["mean"]) != tuple(data.mean) or tuple(release["std"]) != tuple(data.std):
+            raise ConfigError(f"{label}'s weights expect mean {release['mean']} / std {release['std']}, "
+                              f"data={cfg.data.name} normalises with {data.mean} / {data.std}")
+        spec["weights"] = spec.get("weights") or local_weights(release["file"], cfg.eval_imagenet.weights_dir)
+        model = create_model(**spec, pretrained=True, num_classes=1000)
+        metrics, _ = evaluate_model(model, data, [cfg.split], as_dict(cfg), ctx.device)[cfg.split]
+        pub = PAPER_IMAGENET.get(label, (None, None))
+        rows.append({"model": label, "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
+                     "published top1": pub[0], "published top5": pub[1]})
+        raw[label] = {"metrics": metrics, "weights": spec["weights"] or "download"}
+    df = pd.DataFrame(rows)
+    header = lambda prov: (  # noqa: E731
+        f"Pretrained models on `{cfg.data.name}` ({cfg.split} split, root `{cfg.data.root}`), "
+        f"{prov['wall_s'] / 60:.1f} min on {prov['device']}. Published: BagNets from Brendel & Bethge (2019), "
+        "baselines from torchvision's model documentation.")
+    return Result(tables={"imagenet": df}, raw=raw, header=header,
+                  summary=" | ".join(f"{r['model']} {r['top1']:.3f}/{r['top5']:.3f}" for r in rows))

@@ -1,0 +1,87 @@
+"""The layers point one way: bagnet/ (library) <- experiments/ <- bagnet.run (runner). Checked on the
+source with ``ast``: every import, top-level or inside a function, counts."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("bagnet", "experiments")
+RUNNER = "bagnet.run"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Project modules that ``path`` imports (relative imports resolved)."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n.split(".")[0] in PACKAGES}
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    # "from bagnet import io" names the module bagnet.io; keep only names that are modules
+    return {m: {i for i in imports(p) if i in files} - {m} for m, p in files.items()}
+
+
+def test_library_imports_neither_experiments_nor_the_runner():
+    for mod, deps in graph().items():
+        if mod.startswith("bagnet") and mod != RUNNER:
+            bad = {d for d in deps if d.startswith("experiments") or d == RUNNER}
+            assert not bad, f"{mod} imports {sorted(bad)}"
+        if mod.startswith("experiments"):
+            assert RUNNER not in deps, f"{mod} imports the runner"
+
+
+def test_no_import_cycles_between_files():
+    g = graph()
+    # A package's __init__ importing its own submodules is how packages expose names; drop those edges.
+    g = {m: {d for d in deps if not (m + ".").startswith(d + ".") and not d.startswith(m + ".")}
+         for m, deps in g.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in g.get(m, ()):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [m])
+
+
+@pytest.mark.parametrize("folder", ["bagnet", "experiments", "scripts"])
+def test_files_stay_small(folder):
+    long = {str(p.relative_to(REPO)): n for p in (REPO / folder).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_every_task_in_the_registry_resolves_to_a_function():
+    from hydra.utils import get_method
+    tasks = OmegaConf.load(REPO / "configs" / "config.yaml")["tasks"]
+    for name, target in tasks.items():
+        assert callable(get_method(target)), name
