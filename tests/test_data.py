@@ -21,11 +21,9 @@ from bagnet.data.folder import ImageListDataset, load_rgb
 from bagnet.data.imagenet import imagenet_wnids
 from bagnet.data.scene15 import SCENE15_CLASSES, list_scene15, split_scene15
 from bagnet.data.transforms import eval_transform
+from conftest import real_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared/data"
-SCENE15 = Path(os.environ.get("SCENE15_ROOT", SHARED / "scene15"))
-IMAGENETTE = Path(os.environ.get("IMAGENETTE_ROOT", SHARED / "imagenette-mini"))
 
 
 def synth(seed=0, n=6, size=112, **kw):
@@ -169,9 +167,7 @@ def test_scene15_missing_root_is_one_line():
 
 @pytest.fixture(scope="session")
 def scene15_splits():
-    if not (SCENE15 / "train").is_dir():
-        pytest.skip(f"15-Scene not found at {SCENE15} (set SCENE15_ROOT)")
-    pool, test_pool, _ = list_scene15(SCENE15, 0)
+    pool, test_pool, _ = list_scene15(real_data("scene15", "train"), 0)
     return {seed: split_scene15(pool, test_pool, seed) for seed in (0, 1)}, pool, test_pool
 
 
@@ -208,9 +204,8 @@ def test_imagenet_wnid_list():
     assert {k: w.index(k) for k in known} == known
 
 
-@pytest.mark.skipif(not (IMAGENETTE / "val").is_dir(), reason="imagenette-mini not found")
 def test_imagenette_label_spaces():
-    cfg = {"name": "imagenet", "root": str(IMAGENETTE), "image_size": 32}
+    cfg = {"name": "imagenet", "root": str(real_data("imagenette-mini", "val")), "image_size": 32}
     full = build_data({**cfg, "label_space": "imagenet1k"})
     labels = {Path(p).parent.name: y for p, y in full.test.samples}
     assert full.num_classes == 1000 and labels["n01440764"] == 0 and labels["n03888257"] == 701
