@@ -232,6 +232,23 @@ def test_sensitivity_finds_planted_region(monkeypatch):
     assert set(res.figures) == {"logit_drop_vs_n"}
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sensitivity_bagnet_maps_are_the_patchwise_heatmap(stride):
+    """The real `bagnet` branch (no monkeypatch): each pixel's value is the true-class logit of the q x q
+    patch centred there, computed independently by cropping every patch and running the model on it
+    (stride s fills each s x s cell with its top-left pixel's patch)."""
+    from bagnet.heatmaps import heatmap_patchwise
+    bag = tiny_bagnet(9, torch.float64)
+    images = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+    labels = torch.tensor([1, 3])
+    cfg = sensitivity.typed_cfg(sensitivity.Config, {"heatmap_stride": stride}, "test")
+    maps = attribution_maps("bagnet", attribution_copy(tiny_cnn()), images, labels, cfg, bagnet=bag)
+    ref = heatmap_patchwise(bag, images, target=labels, stride=stride)          # [2, 24/s, 24/s]
+    expected = ref.repeat_interleave(stride, 1).repeat_interleave(stride, 2)[:, :24, :24]
+    assert maps.shape == (2, 24, 24)
+    torch.testing.assert_close(maps.double(), expected.double(), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "bagnet"])
 def test_attribution_copy_same_outputs_and_deeplift_runs(name):
     from captum.attr import DeepLift
