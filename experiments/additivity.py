@@ -47,16 +47,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torchvision.transforms.functional as TF
 
-from bagnet.errors import ConfigError
 from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.seeding import generator
 from bagnet.utils import jsonable, pearson, unwrap
 
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
-                     typed_cfg)
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, models_task, occluder_fill,
+                     prepare_model, resolve_data, typed_cfg)
 
 @dataclass
 class Config(ExperimentConfig):
@@ -85,20 +83,6 @@ def sample_pairs(h: int, w: int, size: int, bins, per_bin: int, gen: torch.Gener
         sel = torch.nonzero((d >= lo) & (d < up)).flatten()[:per_bin]
         keep_a.append(a[sel]); keep_b.append(b[sel]); keep_bin.append(torch.full((len(sel),), k))
     return torch.cat(keep_a), torch.cat(keep_b), torch.cat(keep_bin)
-
-
-def occluder_fill(image: torch.Tensor, kind: str, mean, std, blur_sigma: float = 4.0) -> torch.Tensor:
-    """What occluded pixels become ([C, H, W]), in normalised space."""
-    if kind == "zero":
-        return torch.zeros_like(image)
-    if kind == "gray":
-        m = torch.as_tensor(mean, dtype=image.dtype).view(3, 1, 1)
-        s = torch.as_tensor(std, dtype=image.dtype).view(3, 1, 1)
-        return ((0.5 - m) / s).expand_as(image).clone()
-    if kind == "blur":
-        k = 2 * int(np.ceil(3 * blur_sigma)) + 1
-        return TF.gaussian_blur(image[None], [k, k], [blur_sigma, blur_sigma])[0]
-    raise ConfigError(f"unknown occluder '{kind}' (zero | gray | blur)")
 
 
 def occlude(image: torch.Tensor, fill: torch.Tensor, corners, size: int) -> torch.Tensor:
@@ -136,9 +120,10 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     # records[(model, size)] -> lists of per-pair arrays
     rec = {(m, s): {"bin": [], "gap": [], "joint": [], "summed": []} for m in models for s in cfg["patch_sizes"]}
+    colour = mean_colour(dataset, indices) if cfg["occluder"] == "dataset_mean" else None
     for idx, images, labels in iter_batches(dataset, indices, 1, cfg["progress"], "additivity"):
         image, label = images[0], int(labels[0])
-        fill = occluder_fill(image, cfg["occluder"], mean, std, cfg["blur_sigma"])
+        fill = occluder_fill(image, cfg["occluder"], mean, std, cfg["blur_sigma"], colour)
         for size in cfg["patch_sizes"]:
             a, b, bin_id = sample_pairs(*image.shape[-2:], size, bins, cfg["pairs_per_bin"],
                                         generator(cfg["seed"], idx[0], size))

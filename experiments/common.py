@@ -12,10 +12,12 @@ matplotlib.use("Agg")  # experiments build Figure objects only; never open a win
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+import torchvision.transforms.functional as TF  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from bagnet.config import validated  # noqa: E402
+from bagnet.errors import ConfigError  # noqa: E402
 from bagnet.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from bagnet.seeding import generator  # noqa: E402
 from bagnet.tasks import fit_run  # noqa: E402
@@ -108,6 +110,45 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
 
 def to_hwc(image: torch.Tensor, mean, std) -> np.ndarray:
     return denormalize(image.detach().cpu().float(), mean, std).permute(1, 2, 0).numpy()
+
+
+OCCLUDERS = ("zero", "gray", "dataset_mean", "blur")
+
+
+def occluder_fill(image: torch.Tensor, kind: str, mean, std, blur_sigma: float = 4.0,
+                  dataset_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """What occluded pixels become ([C, H, W] or [B, C, H, W]), in normalised space.
+
+    zero: the normalisation mean colour (the paper's choice; for ImageNet statistics a tinted gray);
+    gray: RGB (0.5, 0.5, 0.5); dataset_mean: ``dataset_mean`` ([C], normalised), the mean colour of the
+    evaluated images (neutral for grayscale data such as 15-Scene); blur: a Gaussian blur of the image."""
+    shape = (-1, 1, 1)
+    if kind == "zero":
+        return torch.zeros_like(image)
+    if kind == "gray":
+        m = torch.as_tensor(mean, dtype=image.dtype).view(shape)
+        s = torch.as_tensor(std, dtype=image.dtype).view(shape)
+        return ((0.5 - m) / s).expand_as(image).clone()
+    if kind == "dataset_mean":
+        if dataset_mean is None:
+            raise ValueError("occluder 'dataset_mean' needs the images' mean colour")
+        return torch.as_tensor(dataset_mean, dtype=image.dtype).view(shape).expand_as(image).clone()
+    if kind == "blur":
+        k = 2 * int(np.ceil(3 * blur_sigma)) + 1
+        batch = image if image.dim() == 4 else image[None]
+        out = TF.gaussian_blur(batch, [k, k], [blur_sigma, blur_sigma])
+        return out if image.dim() == 4 else out[0]
+    raise ConfigError(f"unknown occluder '{kind}'; valid: {', '.join(OCCLUDERS)}")
+
+
+def mean_colour(dataset, indices, batch_size: int = 64) -> torch.Tensor:
+    """Per-channel mean of the images ``indices`` (normalised space)."""
+    total, count = None, 0
+    for _, images, _ in iter_batches(dataset, indices, batch_size, progress=False):
+        s = images.double().sum((0, 2, 3))
+        total = s if total is None else total + s
+        count += images.shape[0] * images.shape[2] * images.shape[3]
+    return (total / max(count, 1)).float()
 
 
 def models_task(ctx, name: str, run) -> "Result":  # noqa: F821  (bagnet.result.Result)

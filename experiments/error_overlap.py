@@ -10,19 +10,19 @@ runner's eval task writes them: columns index, label, pred, top5_0..top5_4, or a
 holding lists; rows are matched by ``index`` and must carry the same labels, else ValueError):
   * per class c and model m: top-1 / top-5 accuracy over the images labelled c  (table ``per_class``)
   * per pair (a, b), all pairs or ``cfg['pairs']``  (table ``pairs``):
-      - r_top1, r_top5: Pearson correlation over classes of the class-wise accuracies (the paper's Fig. 7
-        statistic, top-5 there);
+      - r_top5, r_top1: Pearson correlation over classes of the class-wise accuracies (the paper's Fig. 7
+        statistic is top-5: the headline), with 95% bootstrap intervals over classes (_lo, _hi);
       - err_a, err_b: top-1 error rates; both_wrong: fraction of images both get wrong (top-1);
         both_wrong_expected = err_a * err_b (independent errors); both_wrong_ratio = the quotient
         (1 = independent, 1 / err for identical models);
       - kappa: Cohen's kappa of the per-image correct/incorrect indicators (0 = chance agreement given
         the two accuracies, 1 = identical correctness); agreement: fraction with equal correctness;
-        same_pred: fraction with identical top-1 prediction.
+        same_pred: fraction with identical top-1 prediction. kappa has a 95% bootstrap interval over images.
 
 Returns Result with
   tables: ``per_class`` — class, class_name, model, n, top1, top5;
-          ``pairs`` — model_a, model_b, n, r_top1, r_top5, err_a, err_b, both_wrong, both_wrong_expected,
-          both_wrong_ratio, kappa, agreement, same_pred
+          ``pairs`` — model_a, model_b, n, r_top5(_lo, _hi), r_top1(_lo, _hi), err_a, err_b, both_wrong,
+          both_wrong_expected, both_wrong_ratio, kappa(_lo, _hi), agreement, same_pred
   figures: ``class_accuracy_scatter`` (one panel per pair, ``scatter_metric``), ``kappa_matrix``
   raw: the pairs table as records and the number of images
 """
@@ -39,6 +39,7 @@ import pandas as pd
 
 from bagnet.errors import ConfigError
 from bagnet.result import Result
+from bagnet.stats import correlation_ci, kappa_ci
 from bagnet.utils import jsonable, pearson
 
 from .common import ExperimentConfig, typed_cfg
@@ -85,17 +86,6 @@ def correctness(predictions: dict[str, pd.DataFrame]) -> tuple[np.ndarray, dict,
     return labels, pred, top1, top5
 
 
-def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
-    """Cohen's kappa of two boolean vectors."""
-    a, b = a.astype(bool), b.astype(bool)
-    po = float((a == b).mean())
-    pa, pb = a.mean(), b.mean()
-    pe = float(pa * pb + (1 - pa) * (1 - pb))
-    if pe >= 1.0:   # both constant: kappa undefined unless they agree everywhere
-        return 1.0 if po == 1.0 else float("nan")
-    return (po - pe) / (1 - pe)
-
-
 def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = None,
         cfg: Mapping | None = None) -> Result:
     """Class-wise and per-image error overlap of every model pair (see module doc).
@@ -125,16 +115,22 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
         ea, eb = 1 - top1[a].mean(), 1 - top1[b].mean()
         both = float((~top1[a] & ~top1[b]).mean())
         expected = float(ea * eb)
+        ok = counts > 0
+        r = {k: correlation_ci(acc[a][k][ok], acc[b][k][ok], seed=cfg["seed"]) for k in ("top1", "top5")}
+        kap = kappa_ci(top1[a], top1[b], seed=cfg["seed"])
         pair_rows.append({
             "model_a": a, "model_b": b, "n": int(len(labels)),
-            "r_top1": pearson(acc[a]["top1"], acc[b]["top1"]), "r_top5": pearson(acc[a]["top5"], acc[b]["top5"]),
+            "r_top5": r["top5"].estimate, "r_top5_lo": r["top5"].lo, "r_top5_hi": r["top5"].hi,
+            "r_top1": r["top1"].estimate, "r_top1_lo": r["top1"].lo, "r_top1_hi": r["top1"].hi,
             "err_a": float(ea), "err_b": float(eb), "both_wrong": both, "both_wrong_expected": expected,
             "both_wrong_ratio": both / expected if expected > 0 else float("nan"),
-            "kappa": cohen_kappa(top1[a], top1[b]), "agreement": float((top1[a] == top1[b]).mean()),
+            "kappa": kap.estimate, "kappa_lo": kap.lo, "kappa_hi": kap.hi,
+            "agreement": float((top1[a] == top1[b]).mean()),
             "same_pred": float((pred[a] == pred[b]).mean())})
-    pairs = pd.DataFrame(pair_rows, columns=["model_a", "model_b", "n", "r_top1", "r_top5", "err_a", "err_b",
-                                             "both_wrong", "both_wrong_expected", "both_wrong_ratio", "kappa",
-                                             "agreement", "same_pred"])
+    pairs = pd.DataFrame(pair_rows, columns=["model_a", "model_b", "n", "r_top5", "r_top5_lo", "r_top5_hi",
+                                             "r_top1", "r_top1_lo", "r_top1_hi", "err_a", "err_b", "both_wrong",
+                                             "both_wrong_expected", "both_wrong_ratio", "kappa", "kappa_lo",
+                                             "kappa_hi", "agreement", "same_pred"])
     plot_pairs = [tuple(p) for p in cfg["pairs"]] if cfg["pairs"] else list(itertools.combinations(models, 2))
     for p in plot_pairs:
         if len(p) != 2 or not set(p) <= set(models):

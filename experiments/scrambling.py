@@ -8,15 +8,16 @@ evidence, so it should lose little accuracy when the parts of an image are rearr
 Protocol (every evaluation image, every model, same manipulated images for all models):
   * clean: the image as the dataset gives it (normalised).
   * scrambled g x g (g in ``grids``, default 2, 4, 8; 4 is the report's setting): the image is cut
-    into a g x g grid of tiles of size (H // g) x (W // g) and the tiles are randomly permuted.
-    The permutation is drawn from a generator seeded by (seed, dataset index): reproducible per
-    image and the same as in Table 1's scrambled test (``scramble_batch``).
-    The permutation is uniform, so it may be the identity (probability 1/(g^2)!).
+    into a g x g grid of tiles of size (H // g) x (W // g) and every tile moves: the permutation is a
+    uniform derangement (no tile keeps its place; a uniform permutation of 2x2 tiles would be the
+    identity once in 24 images). It is drawn from a generator seeded by (seed, dataset index):
+    reproducible per image and the same as in Table 1's scrambled test (``scramble_batch``).
     If H or W is not divisible by g, the remainder strip (the last H mod g rows, W mod g columns)
     stays where it is, unscrambled: cropping would change the image size, which a CNN with a global
     receptive field reacts to on its own.
-  * texture: a texturised image in the spirit of Fig. 6. The paper uses Gatys et al.'s neural texture
-    synthesis; we use image quilting (Efros & Freeman 2001) without the minimum-error boundary cut:
+  * texture ("image quilting", not the paper's procedure): the paper texturises with Gatys et al.'s
+    neural texture synthesis (``experiments.texture_synthesis``, used by ``make reproduce-paper``); this
+    cheap variant uses image quilting (Efros & Freeman 2001) without the minimum-error boundary cut:
     the output is tiled row by row with P x P patches (P = ``texture_patch``, default 33, at most half
     the image side) overlapping by P // 6; each patch is the best, by sum of squared differences in
     the overlap, of ``texture_candidates`` (default 8) patches drawn uniformly from the same image, and
@@ -24,11 +25,13 @@ Protocol (every evaluation image, every model, same manipulated images for all m
     survive, the global layout does not. Deviation: quilting keeps whole P x P source patches, while
     neural texture synthesis only keeps feature statistics.
 
-Metrics: top-1 / top-5 accuracy per model and condition, and both relative to clean.
+Metrics: top-1 / top-5 accuracy per model and condition, and both relative to clean ("share kept"),
+each with a 95% percentile-bootstrap interval over images (the share kept resamples clean and
+manipulated outcomes of the same images together).
 
 Returns Result with
-  tables: ``accuracy`` — model, condition, grid (1 for clean, g, NaN for texture), tile (px), top1, top5,
-          top1_rel, top5_rel, n
+  tables: ``accuracy`` — model, condition, grid (1 for clean, g, NaN for texture), tile (px), and for
+          k = 1, 5: top<k>, top<k>_lo, top<k>_hi, top<k>_rel, top<k>_rel_lo, top<k>_rel_hi; n
   figures: ``accuracy_vs_grid`` (top-1 and top-5 vs g, texture as dashed line), ``examples``
   raw: accuracies per model and condition, n_images, tile sizes
 """
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -46,6 +50,7 @@ import torch.nn as nn
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 from bagnet.seeding import generator
+from bagnet.stats import bootstrap_ci, derangement, ratio_ci
 from bagnet.utils import jsonable
 
 from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
@@ -63,22 +68,24 @@ class Config(ExperimentConfig):
 
 
 def scramble(images: torch.Tensor, g: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Permute the g x g grid of tiles of each image ([B, C, H, W] or [C, H, W]) randomly.
+    """Move every tile of the g x g grid of each image ([B, C, H, W] or [C, H, W]) to another place.
 
-    Tiles are (H // g) x (W // g); the remainder rows/columns (H mod g, W mod g) stay in place.
-    One permutation per image, drawn in batch order from ``generator``. Pure: returns a new tensor.
+    The permutation is a uniformly drawn derangement (no tile stays where it was: a permutation that
+    left the image unchanged, or partly unchanged, would count as "scrambled"), one per image, drawn in
+    batch order from ``generator``. Tiles are (H // g) x (W // g); the remainder rows/columns
+    (H mod g, W mod g) stay in place. Pure: returns a new tensor.
     """
     single = images.dim() == 3
     x = images[None] if single else images
     b, c, h, w = x.shape
     th, tw = h // g, w // g
-    if g < 1 or th == 0 or tw == 0:
-        raise ConfigError(f"cannot cut a {h}x{w} image into a {g}x{g} grid")
+    if g < 2 or th == 0 or tw == 0:
+        raise ConfigError(f"cannot scramble a {h}x{w} image as a {g}x{g} grid (need g >= 2 and tiles >= 1 px)")
     out = x.clone()
     core = x[:, :, : g * th, : g * tw]
     # [B, C, g, th, g, tw] -> [B, g*g, C, th, tw]: tile t = (row t // g, col t % g)
     tiles = core.reshape(b, c, g, th, g, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c, th, tw)
-    perm = torch.stack([torch.randperm(g * g, generator=generator) for _ in range(b)]).to(x.device)
+    perm = torch.stack([derangement(g * g, generator) for _ in range(b)]).to(x.device)
     tiles = torch.gather(tiles, 1, perm.view(b, g * g, 1, 1, 1).expand_as(tiles))
     out[:, :, : g * th, : g * tw] = (tiles.reshape(b, g, g, c, th, tw).permute(0, 3, 1, 4, 2, 5)
                                      .reshape(b, c, g * th, g * tw))
@@ -152,7 +159,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     conds = _conditions(cfg)
-    hits = {(m, c, k): 0 for m in models for c, _ in conds for k in (1, 5)}
+    hits = {(m, c, k): [] for m in models for c, _ in conds for k in (1, 5)}   # per-image correctness
     examples: dict[str, torch.Tensor] = {}
     n_ex = min(cfg["num_examples"], len(indices))
     shape = None
@@ -165,18 +172,20 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             for m, model in models.items():
                 logits = forward(model, x, cfg["batch_size"])
                 for k in (1, 5):
-                    hits[m, name, k] += int(topk_correct(logits, labels, k).sum())
+                    hits[m, name, k].append(topk_correct(logits, labels, k).numpy())
     n = len(indices)
+    hits = {key: np.concatenate(v).astype(float) if v else np.zeros(0) for key, v in hits.items()}
     rows = []
     for m in models:
-        clean = {k: hits[m, "clean", k] / max(n, 1) for k in (1, 5)}
         for name, grid in conds:
-            acc = {k: hits[m, name, k] / max(n, 1) for k in (1, 5)}
             tile = _tile_label(name, grid, shape, cfg)
-            rows.append({"model": m, "condition": name, "grid": grid, "tile": tile,
-                         "top1": acc[1], "top5": acc[5],
-                         "top1_rel": acc[1] / clean[1] if clean[1] else float("nan"),
-                         "top5_rel": acc[5] / clean[5] if clean[5] else float("nan"), "n": n})
+            row = {"model": m, "condition": name, "grid": grid, "tile": tile}
+            for k in (1, 5):
+                acc = bootstrap_ci(hits[m, name, k], seed=cfg["seed"])
+                kept = ratio_ci(hits[m, name, k], hits[m, "clean", k], seed=cfg["seed"])
+                row.update({f"top{k}": acc.estimate, f"top{k}_lo": acc.lo, f"top{k}_hi": acc.hi,
+                            f"top{k}_rel": kept.estimate, f"top{k}_rel_lo": kept.lo, f"top{k}_rel_hi": kept.hi})
+            rows.append({**row, "n": n})
     table = pd.DataFrame(rows)
     raw = {"n_images": n, "image_size": list(shape or ()), "indices_head": indices[:20],
            "accuracy": {m: {r["condition"]: {"top1": r["top1"], "top5": r["top5"]}

@@ -59,10 +59,11 @@ from bagnet.heatmaps import heatmap
 from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.seeding import generator, seed_everything
+from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 from bagnet.utils import jsonable, unwrap
 
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
-                     typed_cfg)
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, models_task, occluder_fill,
+                     prepare_model, resolve_data, typed_cfg)
 
 METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
 
@@ -80,6 +81,9 @@ class Config(ExperimentConfig):
     heatmap_stride: int = 1
     num_images: Optional[int] = 32
     batch_size: int = 16
+    occluder: str = "zero"                # zero (the paper) | gray | dataset_mean | blur: see common.occluder_fill
+    blur_sigma: float = 4.0
+    bagnet_control: bool = True           # also score the heatmap BagNet as its own target (a control)
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_}
 
@@ -127,8 +131,10 @@ def rank_regions(maps: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(-s, dim=1, stable=True).indices
 
 
-def masked_images(images: torch.Tensor, order: torch.Tensor, k: int, n_max: int) -> torch.Tensor:
-    """[B, N, C, H, W]: image b with its first n + 1 regions of ``order`` set to 0, n = 0..N-1."""
+def masked_images(images: torch.Tensor, order: torch.Tensor, k: int, n_max: int,
+                  fill: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, N, C, H, W]: image b with its first n + 1 regions of ``order`` replaced by ``fill``
+    ([B, C, H, W]; None = 0, the normalisation mean colour), n = 0..N-1."""
     b, c, h, w = images.shape
     gh, gw = h // k, w // k
     n_max = min(n_max, gh * gw)
@@ -136,13 +142,26 @@ def masked_images(images: torch.Tensor, order: torch.Tensor, k: int, n_max: int)
     rank_of.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))          # [B, R]
     masked = rank_of[:, None, :] < torch.arange(1, n_max + 1)[None, :, None]             # [B, N, R]
     mask = masked.view(b, n_max, gh, gw).repeat_interleave(k, 2).repeat_interleave(k, 3)
-    mask = F.pad(mask, (0, w - gw * k, 0, h - gh * k))                                    # remainder unmasked
-    return images[:, None] * (~mask)[:, :, None].to(images.dtype)
+    mask = F.pad(mask, (0, w - gw * k, 0, h - gh * k))[:, :, None]                        # remainder unmasked
+    fill = torch.zeros_like(images) if fill is None else fill
+    return torch.where(mask, fill[:, None], images[:, None])
+
+
+def padded_region_mask(h: int, w: int, k: int, q: int) -> torch.Tensor:
+    """Bool [R]: regions all of whose pixels are scored by a heatmap patch that reaches into the zero
+    padding (within (q-1)//2 px of the border): their BagNet score rests on padded patches only."""
+    p = (q - 1) // 2
+    ys, xs = torch.arange(h // k * k), torch.arange(w // k * k)
+    pad_y, pad_x = (ys < p) | (ys > h - 1 - p), (xs < p) | (xs > w - 1 - p)
+    padded = pad_y[:, None] | pad_x[None, :]
+    return padded.view(h // k, k, w // k, k).permute(0, 2, 1, 3).reshape(-1, k * k).all(1)
 
 
 def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Mapping,
-                     bagnet: nn.Module | None = None, indices=None, stats: dict | None = None) -> torch.Tensor:
-    """Map [B, H, W] of ``method`` (see module doc); ``target`` is an :func:`attribution_copy`."""
+                     bagnet: nn.Module | None = None, indices=None, stats: dict | None = None,
+                     fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Map [B, H, W] of ``method`` (see module doc); ``target`` is an :func:`attribution_copy`;
+    ``fill`` is the occluder (occlusion's baseline; None = 0)."""
     from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Occlusion, Saliency
 
     b, c, h, w = images.shape
@@ -171,7 +190,8 @@ def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, label
         a, delta = DeepLift(target).attribute(x, baselines=0.0, target=y, return_convergence_delta=True)
         _record(stats, "deeplift_delta", delta)
     elif method == "occlusion":
-        a = Occlusion(target).attribute(x, sliding_window_shapes=(c, k, k), strides=(c, k, k), baselines=0.0,
+        baseline = 0.0 if fill is None else fill.to(p.device, p.dtype)
+        a = Occlusion(target).attribute(x, sliding_window_shapes=(c, k, k), strides=(c, k, k), baselines=baseline,
                                         target=y, perturbations_per_eval=cfg["batch_size"])
     else:
         raise ConfigError(f"unknown method '{method}'; known: {METHODS}")
@@ -206,12 +226,16 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     bag_name = cfg["bagnet"] or next((n for n, m in models.items() if is_bagnet(m)), None)
     methods = [m for m in cfg["methods"] if m != "bagnet" or bag_name is not None]
-    targets = cfg["targets"] or ([n for n, m in models.items() if not is_bagnet(m)] or list(models))
+    targets = list(cfg["targets"] or ([n for n, m in models.items() if not is_bagnet(m)] or list(models)))
+    if cfg["bagnet_control"] and bag_name and bag_name not in targets:
+        targets.append(bag_name)            # the control: a BagNet scored by its own heatmap
     for name in targets + ([bag_name] if bag_name else []):
         if name not in models:
             raise ConfigError(f"model '{name}' not given; models: {list(models)}")
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     k, n_max = cfg["region"], cfg["max_regions"]
+    colour = mean_colour(dataset, indices) if cfg["occluder"] == "dataset_mean" else None
+    padded_top: list[np.ndarray] = []                # per image: padded-only regions among the BagNet's top N
 
     drops = {(t, m): [] for t in targets for m in methods}        # lists of [B, N] arrays
     raw = {"attribution_copy_max_abs_diff": {}, "deeplift_mean_abs_delta": {}, "ig_mean_abs_delta": {}}
@@ -226,10 +250,16 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             raw["attribution_copy_max_abs_diff"][t] = max(raw["attribution_copy_max_abs_diff"].get(t, 0.0),
                                                           float((check - logits).abs().max()))
             f0 = logits.gather(1, labels[:, None]).double()                             # [B, 1]
+            fill = (None if cfg["occluder"] == "zero" else
+                    occluder_fill(images, cfg["occluder"], mean, std, cfg["blur_sigma"], colour))
             for method in methods:
                 maps = attribution_maps(method, attr_model, images, labels, cfg,
-                                        bagnet=models.get(bag_name), indices=idx, stats=stats)
-                x = masked_images(images, rank_regions(maps, k), k, n_max)            # [B, N, C, H, W]
+                                        bagnet=models.get(bag_name), indices=idx, stats=stats, fill=fill)
+                order = rank_regions(maps, k)
+                if method == "bagnet" and t == targets[0]:
+                    padded = padded_region_mask(*images.shape[-2:], k, unwrap(models[bag_name]).patch_size)
+                    padded_top.append(padded[order[:, :n_max]].sum(1).numpy())
+                x = masked_images(images, order, k, n_max, fill)                    # [B, N, C, H, W]
                 out = forward(model, x.flatten(0, 1), cfg["batch_size"]).view(len(idx), x.shape[1], -1)
                 f = out.gather(2, labels[:, None, None].expand(-1, x.shape[1], 1))[..., 0].double()
                 drops[t, method].append((f0 - f).numpy())
@@ -237,7 +267,8 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             if key in stats:
                 raw[name][t] = float(np.mean(stats[key]))
 
-    rows, curve_rows = [], []
+    rows, curve_rows, comparisons = [], [], []
+    per_image_auc = {key: np.concatenate(parts).mean(1) for key, parts in drops.items()}
     for (t, method), parts in drops.items():
         d = np.concatenate(parts)                                  # [n_images, N]
         mean_curve = d.mean(0)
@@ -247,19 +278,33 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         row = {"target": t, "method": method, "n_images": int(len(d))}
         row.update({f"drop_{n}": float(mean_curve[n - 1]) if n <= d.shape[1] else float("nan")
                     for n in cfg["report_n"]})
-        row["auc"] = float(mean_curve.mean())
+        auc = bootstrap_ci(per_image_auc[t, method], seed=cfg["seed"])
+        row.update(auc=auc.estimate, auc_lo=auc.lo, auc_hi=auc.hi, control=t == bag_name)
         rows.append(row)
+        if method != "bagnet" and (t, "bagnet") in per_image_auc:   # paired: the same images and target
+            diff = paired_bootstrap_ci(per_image_auc[t, "bagnet"], per_image_auc[t, method], seed=cfg["seed"])
+            comparisons.append({"target": t, "control": t == bag_name, "method": method,
+                                 "bagnet_minus_method_auc": diff.estimate, "lo": diff.lo, "hi": diff.hi,
+                                 "verdict": "BagNet heatmap " + ("better" if diff.lo > 0 else "worse" if diff.hi < 0
+                                                                 else "not distinguishable") +
+                                            " (95% CI " + ("excludes" if diff.lo > 0 or diff.hi < 0 else "includes")
+                                            + " 0)"})
     table = pd.DataFrame(rows)
     occl = table[table["method"] == "occlusion"].set_index("target")["auc"] if len(table) else pd.Series(dtype=float)
     table["auc_vs_occlusion"] = [r.auc / occl[r.target] if r.target in occl and occl[r.target] != 0 else float("nan")
                                  for r in table.itertuples()]
     curves = pd.DataFrame(curve_rows)
+    padded_counts = np.concatenate(padded_top) if padded_top else np.zeros(0)
     raw.update({"n_images": len(indices), "bagnet": bag_name, "targets": targets, "methods": methods,
-                "curves": curves.to_dict(orient="records")})
+                "occluder": cfg["occluder"], "curves": curves.to_dict(orient="records"),
+                "padded_regions_in_bagnet_top_n": {
+                    "mean": float(padded_counts.mean()) if len(padded_counts) else None,
+                    "max": int(padded_counts.max()) if len(padded_counts) else None, "of_top_n": n_max}})
     summary = "sensitivity (auc of logit drop): " + " | ".join(
         f"{t}: " + ", ".join(f"{r.method} {r.auc:.3g}" for r in table[table.target == t].itertuples())
         for t in targets)
-    return Result(tables={"logit_drop": table, "curves": curves}, figures={"logit_drop_vs_n": curve_figure(curves)},
+    return Result(tables={"logit_drop": table, "curves": curves, "comparisons": pd.DataFrame(comparisons)},
+                  figures={"logit_drop_vs_n": curve_figure(curves)},
                   raw=jsonable(raw), summary=summary)
 
 

@@ -36,11 +36,6 @@ def toy_dataset(n: int, size: int, seed: int = 0):
 
 
 # ------------------------------------------------------------------ scrambling
-def test_scramble_identity_for_one_tile():
-    x = torch.randn(2, 3, 20, 17)
-    assert torch.equal(scrambling.scramble(x, 1, torch.Generator().manual_seed(0)), x)
-
-
 def test_scramble_permutes_tiles_and_keeps_remainder():
     g, h, w = 4, 34, 30                                         # 2 remainder rows / cols
     x = torch.arange(3 * h * w, dtype=torch.float32).view(1, 3, h, w)   # every pixel unique
@@ -76,15 +71,65 @@ def test_bagnet_patch_logits_inside_tiles_are_a_multiset_invariant():
         assert not torch.allclose(m.patch_logits(x), m.patch_logits(y), atol=1e-6)
 
 
-def test_scrambling_run_table():
-    res = scrambling.run({"bag": tiny_bagnet(), "cnn": tiny_cnn()}, toy_dataset(6, 48),
-                         {"grids": [2, 4], "num_images": 4, "texture_patch": 16, "num_examples": 2, **NO_BAR})
-    t = res.tables["accuracy"]
-    assert list(t.columns) == ["model", "condition", "grid", "tile", "top1", "top5", "top1_rel", "top5_rel", "n"]
-    assert set(t["condition"]) == {"clean", "scrambled_2x2", "scrambled_4x4", "texture"}
-    assert (t["n"] == 4).all() and t[["top1", "top5"]].stack().between(0, 1).all()
-    assert (t["top5"] >= t["top1"]).all()
+class GapNet(nn.Module):
+    """Per-pixel linear map, then the spatial mean: invariant to any rearrangement of the pixels."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, classes, 1)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+class CornerNet(nn.Module):
+    """Reads only the top-left quarter's mean colour: class c <=> channel c is brightest there."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return self.scale * x[:, :, : h // 2, : w // 2].mean((2, 3))
+
+
+def corner_dataset(n=12, size=32):
+    out = []
+    for i in range(n):
+        x = torch.full((3, size, size), 0.05)
+        x[0] += 0.01                                        # a background tile reads as class 0
+        x[i % 3, : size // 2, : size // 2] += 1.0          # the class lives in the top-left tile only
+        out.append((x, i % 3))
+    return out
+
+
+def test_scrambling_known_answers():
+    ds = corner_dataset()
+    res = scrambling.run({"gap": GapNet(), "corner": CornerNet()}, ds,
+                         {"grids": [2], "texture": False, "num_images": None, **NO_BAR})
+    t = res.tables["accuracy"].set_index(["model", "condition"])
+    # a rearrangement-invariant model keeps exactly its clean accuracy (share kept 1, a zero-width interval)
+    assert t.loc[("gap", "scrambled_2x2"), "top1"] == t.loc[("gap", "clean"), "top1"]
+    assert t.loc[("gap", "scrambled_2x2"), ["top1_rel", "top1_rel_lo", "top1_rel_hi"]].tolist() == [1.0] * 3
+    # the corner reader is perfect on clean images; every 2x2 scramble moves the corner tile (a derangement),
+    # so it sees background and answers class 0: right for exactly the class-0 third of the images
+    assert t.loc[("corner", "clean"), "top1"] == 1.0
+    assert t.loc[("corner", "scrambled_2x2"), "top1"] == pytest.approx(1 / 3)
+    assert t.loc[("corner", "scrambled_2x2"), "top1_rel_hi"] < 1.0
+    lo, hi = t.loc[("gap", "clean"), ["top1_lo", "top1_hi"]]
+    assert lo <= t.loc[("gap", "clean"), "top1"] <= hi and t["n"].eq(12).all()
     assert set(res.figures) == {"accuracy_vs_grid", "examples"}
+
+
+def test_scramble_moves_every_tile():
+    g = 2
+    x = torch.arange(4.0).view(1, 1, 2, 2).repeat(50, 1, 1, 1)       # tile t has value t
+    y = scrambling.scramble(x, g, torch.Generator().manual_seed(0))
+    assert (y != x).all()                                             # no tile in its old place, in 50 images
+    assert sorted(y[0].flatten().tolist()) == [0.0, 1.0, 2.0, 3.0]    # a permutation of the tiles
+    with pytest.raises(ValueError, match="g >= 2"):
+        scrambling.scramble(x, 1)
 
 
 def test_texturise_uses_image_patches():
@@ -218,10 +263,11 @@ def test_sensitivity_finds_planted_region(monkeypatch):
     assert not (rnd == planted).all()
 
     res = sensitivity.run({"planted": Planted(), "bag": tiny_bagnet()}, ds,
-                          {"num_images": 8, "max_regions": 4, "report_n": [1, 4], "ig_steps": 8, **NO_BAR})
+                          {"num_images": 8, "max_regions": 4, "report_n": [1, 4], "ig_steps": 8,
+                           "bagnet_control": False, **NO_BAR})
     t = res.tables["logit_drop"].set_index("method")
     assert list(res.tables["logit_drop"].columns) == ["target", "method", "n_images", "drop_1", "drop_4", "auc",
-                                                      "auc_vs_occlusion"]
+                                                      "auc_lo", "auc_hi", "control", "auc_vs_occlusion"]
     assert set(t.index) == set(sensitivity.METHODS) and (t["target"] == "planted").all()
     full = Planted()(images)[:, 0].double().mean().item()      # masking the region removes the whole logit
     for method in ("occlusion", "bagnet", "integrated_gradients"):
@@ -230,6 +276,31 @@ def test_sensitivity_finds_planted_region(monkeypatch):
     assert list(res.tables["curves"].columns) == ["target", "method", "n", "mean_drop", "sem"]
     assert res.raw["deeplift_mean_abs_delta"]["planted"] < 1e-3
     assert set(res.figures) == {"logit_drop_vs_n"}
+
+
+def test_sensitivity_control_padding_count_and_occluders():
+    """The BagNet is scored as its own target (control rows), every method is compared with the BagNet
+    heatmap by a paired interval, the padded-only regions among its top regions are counted, and the
+    occluder is what the config says (the masked pixels hold it)."""
+    from experiments.sensitivity import masked_images, padded_region_mask
+    ds = toy_dataset(4, 32)
+    res = sensitivity.run({"cnn": tiny_cnn(), "bag": tiny_bagnet()}, ds,
+                          {"num_images": 4, "max_regions": 3, "report_n": [1, 3], "ig_steps": 4,
+                           "methods": ["bagnet", "saliency", "random"], "occluder": "dataset_mean", **NO_BAR})
+    t = res.tables["logit_drop"]
+    assert set(t["target"]) == {"cnn", "bag"} and t.groupby("target")["control"].first().to_dict() == {
+        "bag": True, "cnn": False}
+    assert (t["auc_lo"] <= t["auc"]).all() and (t["auc"] <= t["auc_hi"]).all()
+    comp = res.tables["comparisons"]
+    assert set(zip(comp["target"], comp["method"])) == {(a, b) for a in ("cnn", "bag") for b in ("saliency", "random")}
+    assert res.raw["occluder"] == "dataset_mean" and 0 <= res.raw["padded_regions_in_bagnet_top_n"]["mean"] <= 3
+    # 32 px, 8 px regions, q = 9: the 4 px border band never covers a whole region -> no padded-only region;
+    # with q = 17 (8 px band) the 12 border regions of the 4x4 grid are padded-only
+    assert padded_region_mask(32, 32, 8, 9).sum() == 0 and padded_region_mask(32, 32, 8, 17).sum() == 12
+    images = torch.randn(2, 3, 16, 16)
+    fill = torch.full_like(images, 7.0)
+    x = masked_images(images, torch.tensor([[3, 0, 1, 2], [0, 1, 2, 3]]), 8, 2, fill)
+    assert (x[0, 0, :, 8:, 8:] == 7).all() and torch.equal(x[0, 0, :, :8, :8], images[0, :, :8, :8])
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -81,11 +81,11 @@ def _check_arch(arch: str) -> None:
 # ---------------------------------------------------------------- key mapping (pure)
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _RESNET_RULES = [  # (pytorchcv pattern, our template); stage s -> layer s, unit u -> block u-1
-    (rf"features\.init_block\.conv\.conv\.weight", "conv1.weight"),
+    (r"features\.init_block\.conv\.conv\.weight", "conv1.weight"),
     (rf"features\.init_block\.conv\.bn\.{_BN}", "bn1.{0}"),
-    (rf"features\.stage(\d)\.unit(\d+)\.body\.conv(\d)\.conv\.weight", "layer{0}.{1-}.conv{2}.weight"),
+    (r"features\.stage(\d)\.unit(\d+)\.body\.conv(\d)\.conv\.weight", "layer{0}.{1-}.conv{2}.weight"),
     (rf"features\.stage(\d)\.unit(\d+)\.body\.conv(\d)\.bn\.{_BN}", "layer{0}.{1-}.bn{2}.{3}"),
-    (rf"features\.stage(\d)\.unit(\d+)\.identity_conv\.conv\.weight", "layer{0}.{1-}.downsample.0.weight"),
+    (r"features\.stage(\d)\.unit(\d+)\.identity_conv\.conv\.weight", "layer{0}.{1-}.downsample.0.weight"),
     (rf"features\.stage(\d)\.unit(\d+)\.identity_conv\.bn\.{_BN}", "layer{0}.{1-}.downsample.1.{2}"),
     (r"features\.stage(\d)\.unit(\d+)\.cbam\.ch_gate\.mlp\.fc(\d)\.(weight|bias)",
      "layer{0}.{1-}.cbam.channel.fc{2}.{3}"),
