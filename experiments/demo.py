@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from bagnet.checkpoint import load_run
 from bagnet.result import Result
+from bagnet.stats import CI, bootstrap_ci, fmt_ci, paired_bootstrap_ci
 
 from . import additivity, error_overlap, scrambling, sensitivity
 from .common import train_models
@@ -36,7 +38,8 @@ def task(ctx) -> Result:
                                         cfg.seed, ctx.device)
     parts["patches"] = patches_result(bagnets, test, data.classes, data.mean, data.std, k=d.patches_k,
                                       per_class_images=d.patches_images, device=ctx.device)
-    checks = demo_checks(acc, parts["scrambling"].tables["accuracy"], list(d.bagnets), d.cnn,
+    checks = demo_checks(preds, data.classes, data.info.get("class_kinds", {}), parts["scrambling"].tables["accuracy"],
+                         list(d.bagnets), d.cnn, seed=cfg.seed,
                          grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size,
                                                 max(models[b].patch_size for b in d.bagnets)))
     acc_part = parts["accuracy"]
@@ -71,31 +74,54 @@ def intact_patch_grid(grids, image_size: int, q: int) -> int:
     return max(ok) if ok else min(grids)
 
 
-def demo_checks(acc: pd.DataFrame, scrambling: pd.DataFrame, bagnets: list[str], cnn: str,
-                grid: int = 4) -> list[dict]:
-    """The effects the synthetic probe is built to show, each with its measured numbers."""
-    a = acc.set_index("model")
+def _correct(df: pd.DataFrame, ids: list[int] | None = None, within: bool = False) -> np.ndarray:
+    """Per-image top-1 correctness; ``ids``: only images of these classes; ``within``: only those
+    predicted as one of ``ids`` (accuracy inside a pair, chance 0.5)."""
+    if ids is not None:
+        df = df[df["label"].isin(ids)]
+        if within:
+            df = df[df["pred"].isin(ids)]
+    return (df.sort_values("index")["pred"] == df.sort_values("index")["label"]).to_numpy(float)
+
+
+def _boot(x: np.ndarray, seed: int) -> CI:
+    nan = float("nan")
+    return bootstrap_ci(x, seed=seed) if len(x) else CI(nan, nan, nan)
+
+
+def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[str, str], scrambling: pd.DataFrame,
+                bagnets: list[str], cnn: str, grid: int = 4, seed: int = 0) -> list[dict]:
+    """The effects the synthetic probe is built to show. Each states its margin; it holds only when the
+    95% bootstrap intervals (over test images) say so, not the point estimates alone."""
     checks = []
-    q_acc = [a.at[b, "all"] for b in bagnets]
-    checks.append({"effect": "test accuracy rises with patch size q (BagNet-9 < 17 <= 33, 2 pt tolerance)",
-                   "measured": ", ".join(f"{b} {v:.3f}" for b, v in zip(bagnets, q_acc)),
-                   "holds": bool(q_acc[0] < q_acc[1] and q_acc[1] <= q_acc[2] + 0.02)})
-    if "global_within_pair" in a.columns:
-        g = {m: a.at[m, "global_within_pair"] for m in bagnets + [cnn]}
-        checks.append({"effect": "global-arrangement pair at chance for every BagNet (within-pair accuracy "
-                                 "0.5 +- 0.15), above it for the CNN (> 0.7)",
-                       "measured": ", ".join(f"{m} {v:.3f}" for m, v in g.items()),
-                       "holds": bool(all(abs(g[b] - 0.5) <= 0.15 for b in bagnets) and g[cnn] > 0.7)})
-    if "mid_within_pair" in a.columns:
-        m9, m33 = a.at[bagnets[0], "mid_within_pair"], a.at[bagnets[-1], "mid_within_pair"]
-        checks.append({"effect": "mid-size pair: BagNet-9 near chance, BagNet-33 solves it (> 0.8)",
-                       "measured": f"{bagnets[0]} {m9:.3f}, {bagnets[-1]} {m33:.3f}",
-                       "holds": bool(abs(m9 - 0.5) <= 0.15 and m33 > 0.8)})
-    s = scrambling[scrambling["condition"] == f"scrambled_{grid}x{grid}"].set_index("model")["top1_rel"]
+    pair = {k: [i for i, c in enumerate(classes) if kinds.get(c) == k] for k in ("mid", "global")}
+    # 1. accuracy rises with q: paired differences on the same test images
+    d1 = paired_bootstrap_ci(_correct(preds[bagnets[1]]), _correct(preds[bagnets[0]]), seed=seed)
+    d2 = paired_bootstrap_ci(_correct(preds[bagnets[2]]), _correct(preds[bagnets[1]]), seed=seed)
+    checks.append({"effect": f"test accuracy rises with q: {bagnets[1]} - {bagnets[0]} > 0, and {bagnets[2]} - "
+                             f"{bagnets[1]} > -0.05 (both by their 95% CI: the second allows a 5 pt margin, as 17 and 33 should tie)",
+                   "measured": f"{bagnets[1]} - {bagnets[0]} {fmt_ci(*d1)}; {bagnets[2]} - {bagnets[1]} {fmt_ci(*d2)}",
+                   "holds": bool(d1.lo > 0 and d2.lo > -0.05)})
+    if len(pair["global"]) >= 2:
+        g = {m: _boot(_correct(preds[m], pair["global"], within=True), seed) for m in bagnets + [cnn]}
+        checks.append({"effect": "global-arrangement pair at chance for every BagNet (95% CI of the within-pair "
+                                 "accuracy inside [0.35, 0.65]), solved by the CNN (CI above 0.7)",
+                       "measured": ", ".join(f"{m} {fmt_ci(*c)}" for m, c in g.items()),
+                       "holds": bool(all(g[b].lo >= 0.35 and g[b].hi <= 0.65 for b in bagnets) and g[cnn].lo > 0.7)})
+    if len(pair["mid"]) >= 2:
+        m9 = _boot(_correct(preds[bagnets[0]], pair["mid"], within=True), seed)
+        m33 = _boot(_correct(preds[bagnets[-1]], pair["mid"], within=True), seed)
+        checks.append({"effect": f"mid-size pair: {bagnets[0]} at chance (CI inside [0.35, 0.65]), {bagnets[-1]} "
+                                 "solves it (CI above 0.8)",
+                       "measured": f"{bagnets[0]} {fmt_ci(*m9)}, {bagnets[-1]} {fmt_ci(*m33)}",
+                       "holds": bool(m9.lo >= 0.35 and m9.hi <= 0.65 and m33.lo > 0.8)})
+    s = scrambling[scrambling["condition"] == f"scrambled_{grid}x{grid}"].set_index("model")
     checks.append({"effect": f"{grid}x{grid} scrambling (tiles no smaller than the largest patch) hurts the CNN "
-                             "more than every BagNet (top-1 relative to clean)",
-                   "measured": ", ".join(f"{m} {s[m]:.3f}" for m in bagnets + [cnn] if m in s),
-                   "holds": bool(cnn in s and all(s[cnn] < s[b] for b in bagnets if b in s))})
+                             "more than every BagNet (share of clean top-1 kept; the CNN's CI below every BagNet's)",
+                   "measured": ", ".join(f"{m} {fmt_ci(s.at[m, 'top1_rel'], s.at[m, 'top1_rel_lo'], s.at[m, 'top1_rel_hi'])}"
+                                         for m in bagnets + [cnn] if m in s.index),
+                   "holds": bool(cnn in s.index and all(s.at[cnn, "top1_rel_hi"] < s.at[b, "top1_rel_lo"]
+                                                        for b in bagnets if b in s.index))})
     return checks
 
 
@@ -138,18 +164,16 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
         line += f" (the {cnn} errs on {cnn_err:.1%} of the test images)."
         lines.append(line)
     sens = results["sensitivity"].tables["logit_drop"]
+    comp = results["sensitivity"].tables.get("comparisons", pd.DataFrame())
     if len(sens):
         for target, sub in sens.groupby("target", sort=False):
             rel = sub.set_index("method")["auc_vs_occlusion"]
-            attributions = rel.drop([m for m in ("bagnet", "occlusion", "random") if m in rel.index])
-            lines.append(f"Sensitivity ({target}): area under the logit-drop curve relative to occlusion: BagNet "
-                         f"heatmap {rel.get('bagnet', float('nan')):.2f}, attributions of the {target} itself "
-                         f"{attributions.min():.2f}-{attributions.max():.2f}, random {rel.get('random', float('nan')):.2f}. "
-                         "Here the BagNet heatmap predicts the CNN's sensitivity "
-                         + ("better than" if rel.get("bagnet", 0) > attributions.max() else "worse than")
-                         + " the attribution methods (the paper found it better for DenseNet-169 on ImageNet; "
-                           "one likely reason here: the CNN also uses the global arrangement, which no BagNet "
-                           "heatmap encodes).")
+            role = "control: the BagNet scored by its own heatmap" if sub["control"].any() else "target"
+            verdicts = comp[comp["target"] == target] if len(comp) else comp
+            said = "; ".join(f"vs {r.method}: {r.verdict}, AUC difference {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi)}"
+                             for r in verdicts.itertuples()) if len(verdicts) else "no paired comparison"
+            lines.append(f"Sensitivity ({target}, {role}): area under the logit-drop curve relative to occlusion: "
+                         + ", ".join(f"{m} {v:.2f}" for m, v in rel.items()) + f". BagNet heatmap {said}.")
     return lines
 
 
