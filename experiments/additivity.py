@@ -33,7 +33,9 @@ interaction per distance bin rather than the paper's exact plotting; distances i
 
 Returns Result with
   tables: ``interaction`` — model, patch_size, bin, bin_lo, bin_hi, n_pairs, pearson_r, mean_abs_interaction,
-          mean_abs_joint, normalized_interaction, max_abs_interaction, exact_zero_from
+          mean_abs_joint, normalized_interaction (with a 95% bootstrap interval over the pairs of the bin:
+          _lo, _hi; pairs from one image are not independent, so the interval is optimistic), max_abs_interaction,
+          exact_zero_from
   figures: ``interaction_vs_distance``, ``joint_vs_sum``
   raw: per-pair arrays (distance, joint, summed) per model and patch size
 """
@@ -51,6 +53,7 @@ import torch.nn as nn
 from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.seeding import generator
+from bagnet.stats import ratio_ci
 from bagnet.utils import jsonable, pearson, unwrap
 
 from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, models_task, occluder_fill,
@@ -149,14 +152,19 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             joint, summed = arr["joint"][sel], arr["summed"][sel]
             inter = np.abs(joint - summed)
             mean_joint = float(np.abs(joint).mean())
+            nan = float("nan")
+            ni = (ratio_ci(inter, np.abs(joint), seed=cfg["seed"]) if mean_joint > 0 and len(inter) > 1
+                  else (nan, nan, nan))
             rows.append({"model": m, "patch_size": size, "bin": f"[{lo}, {hi})", "bin_lo": lo, "bin_hi": hi,
                          "n_pairs": int(sel.sum()), "pearson_r": pearson(joint, summed),
                          "mean_abs_interaction": float(inter.mean()), "mean_abs_joint": mean_joint,
-                         "normalized_interaction": float(inter.mean()) / mean_joint if mean_joint > 0 else float("nan"),
+                         "normalized_interaction": float(inter.mean()) / mean_joint if mean_joint > 0 else nan,
+                         "normalized_interaction_lo": ni[1], "normalized_interaction_hi": ni[2],
                          "max_abs_interaction": float(inter.max()),
                          "exact_zero_from": float(q - 1) if is_bagnet(models[m]) else float("nan")})
     table = pd.DataFrame(rows, columns=["model", "patch_size", "bin", "bin_lo", "bin_hi", "n_pairs", "pearson_r",
                                         "mean_abs_interaction", "mean_abs_joint", "normalized_interaction",
+                                        "normalized_interaction_lo", "normalized_interaction_hi",
                                         "max_abs_interaction", "exact_zero_from"])
     far = table.groupby("model")["normalized_interaction"].apply(lambda s: s.iloc[-1] if len(s) else float("nan"))
     summary = "additivity (normalised interaction, farthest bin): " + " | ".join(
