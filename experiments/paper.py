@@ -439,7 +439,7 @@ class Paper:
         return Result(tables={"interaction": table},
                       figures={"interaction_vs_distance": additivity.interaction_figure(table),
                                "joint_vs_sum": additivity.scatter_figure(pairs, c["distance_bins"])},
-                      raw={"pairs": pairs, "occluder": c["occluder"]},
+                      raw={"pairs": pairs, "occluder": c["occluder"], "n_images": r.raw.get("n_images")},
                       header="Masking two s x s parts A, B (occluder: 0 in normalised space = the mean colour): "
                              "interaction = Delta(A u B) - Delta(A) - Delta(B) of the true-class logit, per "
                              "edge-to-edge gap bin. BagNet-q: exactly 0 from a gap of q-1 px (column exact_zero_from).")
@@ -491,7 +491,8 @@ class Paper:
         curves = curves.sort_values("target", key=lambda s: s.map({t: i for i, t in enumerate(order)}), kind="stable")
         return Result(tables={"logit_drop": table, "curves": curves},
                       figures={"logit_drop_vs_n": sensitivity.curve_figure(curves)},
-                      raw={"lrp_support": support, "bagnet": self.bagnet, "targets": targets},
+                      raw={"lrp_support": support, "bagnet": self.bagnet, "targets": targets,
+                           "n_images": int(table["n_images"].max()) if len(table) else 0},
                       header=f"Drop of the target's true-class logit when the top-n {c['region']} x {c['region']} "
                              f"regions are set to 0 (normalised = mean colour), regions ranked by the {self.bagnet} "
                              "heatmap (computed without the target), by captum attributions of the target itself, "
@@ -522,7 +523,7 @@ class Paper:
                                          per_class_images=None, device=self.device, class_ids=class_ids)
             return Result(tables={**heat.tables, **pat.tables}, figures={**heat.figures, **pat.figures},
                           raw={"heatmap_padding": "zero in normalised space (mean colour), (q-1)/2 px per side",
-                               "classes": c["classes"], "n_images_searched": len(subset)})
+                               "classes": c["classes"], "n_images": len(subset)})
         return self.store.unit("patches", self.bagnet, self.key("patches", self.bagnet), compute)
 
 
