@@ -30,21 +30,13 @@ saved in chunks. ``raw['resume']`` lists what was computed and what was reused.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import re
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
@@ -53,237 +45,37 @@ from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
 from bagnet.engine import Precision, accuracy_from_predictions, predict
 from bagnet.errors import ConfigError
-from bagnet.models import create_model, default_cfg, is_bagnet
+from bagnet.models import default_cfg
 from bagnet.result import Result
-from bagnet.utils import jsonable
 
 from . import additivity, error_overlap, explain, sensitivity
+from . import paper_setup as setup
 from .common import eval_indices, forward, load_batch, topk_correct, typed_cfg
-from .eval_imagenet import PAPER_IMAGENET, local_weights
+from .eval_imagenet import local_weights
 from .paper_lrp import lrp_logit_drops, lrp_support
+from .paper_report import (
+    accuracy_figure,
+    close_figures,
+    headline_table,
+    loss_figure,
+    readme,
+    summarise_drops,
+    texture_figure,
+)
+from .paper_setup import (
+    PARTS,
+    PUBLISHED_ACCURACY,
+    PUBLISHED_TEXTURE,
+    Models,
+    PaperConfig,
+    Store,
+    Tf32Guard,
+    _digest,
+    numerics_state,
+    tf32_off,
+)
 from .scrambling import examples_figure, scramble_batch
-from .texture_synthesis import GATYS_LAYERS, TextureConfig
-
-PARTS = ["accuracy", "texture", "interactions", "errors", "sensitivity", "patches"]
-
-# Published numbers (fractions) and where they come from. "abstract": verified in the paper's abstract
-# (arXiv 1904.00760 / OpenReview SkfMWhAqYQ); "torchvision": the weights' own documented accuracy
-# (torchvision.models.*_Weights.meta); "unverified": quoted in this project's issues, the paper's body
-# text could not be read here.
-PUBLISHED_ACCURACY = {  # model -> (top1, top5, source)
-    "BagNet-9": (None, None, ""),
-    "BagNet-17": (None, PAPER_IMAGENET["BagNet-17"][1], "unverified (abstract: 'AlexNet performance')"),
-    "BagNet-33": (None, PAPER_IMAGENET["BagNet-33"][1], "abstract"),
-    "AlexNet": (0.56522, 0.79066, "torchvision"),
-    "VGG-16": (*PAPER_IMAGENET["VGG-16"], "torchvision"),
-    "ResNet-50": (*PAPER_IMAGENET["ResNet-50"], "torchvision"),
-    "ResNet-152": (0.78312, 0.94046, "torchvision"),
-    "DenseNet-169": (*PAPER_IMAGENET["DenseNet-169"], "torchvision"),
-}
-PUBLISHED_TEXTURE = {"VGG-16": (0.901, 0.794, "unverified")}  # top-5 clean -> texturised
-
-
-# ---------------------------------------------------------------- config (schema of `paper:`)
-@dataclass
-class AccuracyConfig:
-    num_images: Optional[int] = None      # None = the whole split
-    batch_size: int = 64
-
-
-@dataclass
-class TextureCfg:
-    num_images: int = 100
-    steps: int = 2000                     # Gatys et al.: L-BFGS maxiter 2000
-    layers: list[str] = field(default_factory=lambda: list(GATYS_LAYERS))
-    history_size: int = 20
-    lr: float = 1.0
-    chunk: int = 8                        # textures saved every `chunk` images (resume granularity)
-    scramble_grid: int = 4                # the tile-permutation variant: g x g tiles
-    num_examples: int = 4
-
-
-@dataclass
-class InteractionsConfig:
-    patch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    distance_bins: list[int] = field(default_factory=lambda: [0, 4, 8, 16, 32, 64, 128, 224])
-    pairs_per_bin: int = 4
-    num_images: Optional[int] = 100
-    occluder: str = "zero"
-
-
-@dataclass
-class ErrorsConfig:
-    pairs: Optional[list[list[str]]] = None   # scatter panels; None = the BagNet vs each CNN
-    scatter_metric: str = "top5"
-
-
-@dataclass
-class SensitivityConfig:
-    targets: Optional[list[str]] = None       # None = every CNN (non-BagNet model)
-    methods: list[str] = field(default_factory=lambda: sensitivity.METHODS[:-2] + ["lrp", "occlusion", "random"])
-    region: int = 8
-    max_regions: int = 10
-    report_n: list[int] = field(default_factory=lambda: [1, 5, 10])
-    ig_steps: int = 32
-    internal_batch_size: int = 64
-    heatmap_stride: int = 1
-    num_images: Optional[int] = 100
-    batch_size: int = 16
-
-
-@dataclass
-class PatchesConfig:
-    classes: list[str] = field(default_factory=lambda: ["n01440764", "n02102040", "n03394916", "n03417042",
-                                                        "n03888257"])
-    k: int = 8
-    per_class_images: int = 50
-    distractor_images: int = 1000             # images of other classes searched for distractors
-    heatmap_images: int = 8
-    heatmap_stride: int = 1
-
-
-@dataclass
-class PaperConfig:
-    weights_dir: Optional[str] = None
-    models: dict[str, Any] = field(default_factory=dict)   # label -> model config (pretrained)
-    texture_model: dict[str, Any] = field(default_factory=lambda: {"name": "vgg19"})
-    bagnet: str = "BagNet-33"
-    parts: list[str] = field(default_factory=lambda: list(PARTS))
-    progress: bool = True
-    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
-    texture: TextureCfg = field(default_factory=TextureCfg)
-    interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
-    errors: ErrorsConfig = field(default_factory=ErrorsConfig)
-    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
-    patches: PatchesConfig = field(default_factory=PatchesConfig)
-
-    def __post_init__(self):
-        unknown = [p for p in self.parts if p not in PARTS]
-        if unknown:
-            raise ValueError(f"unknown parts {unknown}; valid: {PARTS}")
-
-
-# ---------------------------------------------------------------- numerics: TF32 off
-def numerics_state() -> dict:
-    """The TF32 switches (legacy flags, which the run sets) and, where this torch has them, the newer
-    per-backend fp32 precision settings they map to."""
-    state = {"cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
-    for name, obj in (("cuda_matmul_fp32_precision", torch.backends.cuda.matmul),
-                      ("cudnn_conv_fp32_precision", getattr(torch.backends.cudnn, "conv", None))):
-        try:
-            state[name] = str(getattr(obj, "fp32_precision"))
-        except (AttributeError, RuntimeError):
-            pass
-    return state
-
-
-@contextmanager
-def tf32_off():
-    """TF32 off for matmuls and cuDNN convolutions inside the block; the caller's setting restored after."""
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-class Tf32Guard:
-    """Forward pre-hook: refuses a forward with TF32 on, counts the forwards it saw. Copies of a hooked
-    model (deepcopy for attribution) share the guard."""
-
-    def __init__(self):
-        self.forwards = 0
-
-    def __call__(self, module, args):
-        s = numerics_state()
-        if s["cuda_matmul_allow_tf32"] or s["cudnn_allow_tf32"]:
-            raise RuntimeError(f"TF32 is on during a forward of {type(module).__name__}: {s}")
-        self.forwards += 1
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-# ---------------------------------------------------------------- models
-def load_model(spec: dict, weights_dir: str | None, mean, std, label: str) -> nn.Module:
-    """A pretrained 1000-way model from its config, weights from ``weights_dir`` (release file names,
-    as ``make eval-imagenet``) or the hash-checked download; refuses data normalised otherwise."""
-    spec = dict(spec)
-    release = default_cfg(spec["name"], **model_kwargs(spec))
-    if release is None:
-        raise ConfigError(f"paper.models.{label}: model '{spec['name']}' has no pretrained release")
-    if tuple(release["mean"]) != tuple(mean) or tuple(release["std"]) != tuple(std):
-        raise ConfigError(f"{label}'s weights expect mean {release['mean']} / std {release['std']}, "
-                          f"the data normalises with {mean} / {std}")
-    spec["weights"] = spec.get("weights") or local_weights(release["file"], weights_dir)
-    return create_model(**spec, pretrained=True, num_classes=1000)
-
-
-class Models:
-    """Label -> pretrained model, loaded on first use, on the device, eval mode, TF32-guarded."""
-
-    def __init__(self, specs: dict, weights_dir, device, mean, std, guard: Tf32Guard):
-        self.specs, self.weights_dir, self.device = specs, weights_dir, device
-        self.mean, self.std, self.guard = mean, std, guard
-        self._cache: dict[str, nn.Module] = {}
-        self.weights: dict[str, str] = {}
-
-    def __getitem__(self, label: str) -> nn.Module:
-        if label not in self._cache:
-            model = load_model(self.specs[label], self.weights_dir, self.mean, self.std, label)
-            model.register_forward_pre_hook(self.guard)
-            self._cache[label] = model.to(self.device).eval()
-        return self._cache[label]
-
-    def key(self, label: str) -> dict:
-        spec = dict(self.specs[label])
-        release = default_cfg(spec["name"], **model_kwargs(spec))
-        spec["weights"] = spec.get("weights") or local_weights(release["file"], self.weights_dir) or "download"
-        return spec
-
-
-# ---------------------------------------------------------------- resumable units
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()[:12]
-
-
-class Store:
-    """Saved (part, unit) Results under ``root``; a unit is reused only if its key is unchanged."""
-
-    def __init__(self, root: Path, progress: bool = True):
-        self.root, self.progress = Path(root), progress
-        self.computed: list[str] = []
-        self.reused: list[str] = []
-        self.seconds: dict[str, float] = {}
-
-    def unit(self, part: str, name: str, key: dict, compute: Callable[[], Result]) -> Result:
-        d = self.root / part / _slug(name)
-        marker = d / "unit.pt"
-        key = jsonable(key)
-        if marker.is_file():
-            saved = torch.load(marker, map_location="cpu", weights_only=False)
-            if saved.get("key") == key:
-                self.reused.append(f"{part}/{name}")
-                return saved["result"]
-        started = time.perf_counter()
-        result = compute()
-        self.seconds[f"{part}/{name}"] = time.perf_counter() - started
-        for tname, df in result.tables.items():   # readable copies; unit.pt (last) marks the unit done
-            if len(df) > 500:
-                io.write_predictions(df, d / f"{tname}.csv.gz")
-            else:
-                io.write_table(df, d / tname)
-        io.write_json({"key": key, "raw": result.raw, "wall_s": self.seconds[f"{part}/{name}"]}, d / "unit.json")
-        io.save_checkpoint({"key": key, "result": result}, marker)
-        self.computed.append(f"{part}/{name}")
-        return result
+from .texture_synthesis import TextureConfig
 
 
 # ---------------------------------------------------------------- the parts
@@ -336,7 +128,7 @@ class Paper:
             rows.append({"model": m, "top1": met["top1"], "top5": met["top5"], "n": met["n"],
                          "published top1": pub[0], "published top5": pub[1], "source": pub[2]})
         table = pd.DataFrame(rows)
-        return Result(tables={"accuracy": table}, figures={"accuracy": _accuracy_figure(table)},
+        return Result(tables={"accuracy": table}, figures={"accuracy": accuracy_figure(table)},
                       raw={"n_images": len(indices)},
                       header="Top-1/top-5 on the ImageNet validation images; published: BagNets from Brendel & "
                              "Bethge (2019), CNNs from torchvision's weight documentation (source column)."), preds
@@ -360,7 +152,7 @@ class Paper:
             saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
             if saved is None or saved["indices"] != idx:
                 if extractor is None:
-                    vgg = load_model(self.cfg["texture_model"], self.cfg["weights_dir"], self.mean, self.std,
+                    vgg = setup.load_model(self.cfg["texture_model"], self.cfg["weights_dir"], self.mean, self.std,
                                      "texture_model")
                     vgg.register_forward_pre_hook(self.guard)
                     extractor = tc.extractor(vgg.features.to(self.device))
@@ -413,8 +205,8 @@ class Paper:
                     f"tiles {g}x{g}": scramble_batch(t["images"][:n_ex], g, self.seed, t["indices"][:n_ex])}
         loss = t["loss"].numpy() if len(t["loss"]) else np.zeros((0, c["steps"] + 1))
         return Result(tables={"accuracy": table},
-                      figures={"accuracy": _texture_figure(table), "examples": examples_figure(examples, self.mean, self.std),
-                               "synthesis_loss": _loss_figure(loss)},
+                      figures={"accuracy": texture_figure(table), "examples": examples_figure(examples, self.mean, self.std),
+                               "synthesis_loss": loss_figure(loss)},
                       raw={"n_images": len(t["indices"]), "final_loss": loss[:, -1].tolist() if len(loss) else [],
                            "texture_model": self.cfg["texture_model"]},
                       header="Accuracy on the same images: clean, texturised with Gatys et al. (2015) neural texture "
@@ -430,7 +222,7 @@ class Paper:
             def compute(m=m):
                 r = additivity.run({m: self.models[m]}, self.dataset, self.sig_cfg("interactions"),
                                    classes=self.classes, mean=self.mean, std=self.std)
-                _close(r)
+                close_figures(r)
                 return Result(tables=r.tables, raw=r.raw, summary=r.summary)
             r = self.store.unit("interactions", m, self.key("interactions", m), compute)
             tables.append(r.tables["interaction"])
@@ -469,7 +261,7 @@ class Paper:
                 cfg = self.sig_cfg("sensitivity", targets=[t], bagnet=self.bagnet, methods=methods)
                 r = sensitivity.run({t: self.models[t], self.bagnet: self.models[self.bagnet]}, self.dataset, cfg,
                                     classes=self.classes, mean=self.mean, std=self.std)
-                _close(r)
+                close_figures(r)
                 table, curve = r.tables["logit_drop"], r.tables["curves"]
                 reason = lrp_support(self.models[t]) if "lrp" in c["methods"] else "not requested"
                 if reason is None:
@@ -484,7 +276,7 @@ class Paper:
             drops.append(r.tables["logit_drop"]); curves.append(r.tables["curves"]); support[t] = r.raw["lrp"]
         table = pd.concat(drops, ignore_index=True)
         occl = table[table.method == "occlusion"].set_index("target")["auc"]
-        table["auc_vs_occlusion"] = [r.auc / occl[r.target] if r.target in occl and occl[r.target] else float("nan")
+        table["auc_vs_occlusion"] = [r.auc / occl[r.target] if occl.get(r.target) else float("nan")
                                      for r in table.itertuples()]
         curves = pd.concat(curves, ignore_index=True)
         order = list(dict.fromkeys(["DenseNet-169", *targets]))        # the paper's headline target first
@@ -507,7 +299,7 @@ class Paper:
         if missing:
             raise ConfigError(f"paper.patches.classes: {missing} are not classes of data={self.data_key['name']}")
         class_ids = [wnid_index[w] for w in c["classes"]]
-        labels = [int(y) for _, y in getattr(self.dataset, "samples")]
+        labels = [int(y) for _, y in self.dataset.samples]
         own = [i for cid in class_ids for i in [j for j, y in enumerate(labels) if y == cid][: c["per_class_images"]]]
         others = [i for i in eval_indices(len(labels), None, self.seed) if labels[i] not in class_ids]
         others = [others[int(j)] for j in torch.randperm(len(others), generator=torch.Generator().manual_seed(self.seed))
@@ -525,64 +317,6 @@ class Paper:
                           raw={"heatmap_padding": "zero in normalised space (mean colour), (q-1)/2 px per side",
                                "classes": c["classes"], "n_images": len(subset)})
         return self.store.unit("patches", self.bagnet, self.key("patches", self.bagnet), compute)
-
-
-def summarise_drops(target: str, method: str, d: np.ndarray, report_n) -> tuple[dict, list[dict]]:
-    """The rows :func:`experiments.sensitivity.run` reports, for one method's drop curves d [n_images, N]."""
-    mean = d.mean(0)
-    sem = d.std(0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.full(d.shape[1], np.nan)
-    row = {"target": target, "method": method, "n_images": int(len(d)),
-           **{f"drop_{n}": float(mean[n - 1]) if n <= d.shape[1] else float("nan") for n in report_n},
-           "auc": float(mean.mean())}
-    return row, [{"target": target, "method": method, "n": n + 1, "mean_drop": float(mean[n]), "sem": float(sem[n])}
-                 for n in range(d.shape[1])]
-
-
-# ---------------------------------------------------------------- figures
-def _close(result: Result) -> None:
-    """Close the figures of a per-model sub-result: the part redraws them for all models together."""
-    for fig in result.figures.values():
-        plt.close(fig)
-
-
-def _accuracy_figure(table: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(table), 3.6), constrained_layout=True)
-    x = np.arange(len(table))
-    ax.bar(x - 0.2, table["top5"], 0.4, label="ours top-5")
-    pub = pd.to_numeric(table["published top5"], errors="coerce")
-    ax.bar(x + 0.2, pub, 0.4, label="published top-5", color="0.6")
-    ax.set_xticks(x, table["model"], rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("top-5 accuracy")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _texture_figure(table: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * table["model"].nunique(), 3.6), constrained_layout=True)
-    conds = list(dict.fromkeys(table["condition"]))
-    models = list(dict.fromkeys(table["model"]))
-    x = np.arange(len(models))
-    w = 0.8 / max(len(conds), 1)
-    for i, cond in enumerate(conds):
-        d = table[table.condition == cond].set_index("model").reindex(models)
-        ax.bar(x + (i - (len(conds) - 1) / 2) * w, d["top5"], w, label=cond)
-    ax.set_xticks(x, models, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("top-5 accuracy")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _loss_figure(loss: np.ndarray):
-    fig, ax = plt.subplots(figsize=(4, 3), constrained_layout=True)
-    if len(loss):
-        ax.semilogy(np.median(loss, 0), label="median")
-        ax.fill_between(np.arange(loss.shape[1]), loss.min(0), loss.max(0), alpha=0.2, label="min-max")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("L-BFGS iteration")
-    ax.set_ylabel("normalised Gram loss")
-    return fig
 
 
 # ---------------------------------------------------------------- the task
@@ -628,55 +362,3 @@ def task(ctx) -> Result:
                   readme=lambda prov: readme(prov, parts, summary_table, raw, ctx.cfg),
                   summary=f"paper: {', '.join(parts)}; computed {len(store.computed)} units, "
                           f"reused {len(store.reused)}")
-
-
-def headline_table(parts: dict, cfg: dict) -> pd.DataFrame:
-    """One row per number the paper (or the weights' documentation) states, ours beside it."""
-    rows = []
-    if "accuracy" in parts:
-        for r in parts["accuracy"].tables["accuracy"].to_dict("records"):
-            if r["published top5"] is not None and not pd.isna(r["published top5"]):
-                rows.append({"experiment": "accuracy", "quantity": f"{r['model']} top-5", "ours": r["top5"],
-                             "paper": r["published top5"], "source": r["source"]})
-    if "texture" in parts:
-        for r in parts["texture"].tables["accuracy"].to_dict("records"):
-            if r["published top5"] is not None and not pd.isna(r["published top5"]):
-                rows.append({"experiment": "texture", "quantity": f"{r['model']} top-5, {r['condition']}",
-                             "ours": r["top5"], "paper": r["published top5"], "source": "unverified"})
-    if "sensitivity" in parts:
-        s = parts["sensitivity"].tables["logit_drop"]
-        for tgt in s.target.unique():
-            d = s[s.target == tgt].set_index("method")["auc"]
-            others = d.drop([m for m in ("bagnet", "occlusion", "random") if m in d.index])
-            if "bagnet" in d.index and len(others):
-                best = others.idxmax()
-                rows.append({"experiment": "sensitivity",
-                             "quantity": f"{tgt}: AUC of BagNet heatmap / best attribution ({best})",
-                             "ours": float(d["bagnet"] / others.max()) if others.max() else float("nan"),
-                             "paper": None, "source": "paper Fig. 8: > 1 for DenseNet-169 (qualitative, unverified)"})
-    return pd.DataFrame(rows, columns=["experiment", "quantity", "ours", "paper", "source"])
-
-
-def readme(prov: dict, parts: dict, summary: pd.DataFrame, raw: dict, cfg) -> str:
-    n = {p: (r.raw.get("n_images") if r.raw else None) for p, r in parts.items()}
-    lines = [
-        "# Brendel & Bethge (ICLR 2019) on ImageNet: `make reproduce-paper`", "",
-        f"Run of {prov.get('time', '?')} on {prov.get('device', '?')}, commit `{prov.get('git_commit', '?')}`, "
-        f"{raw['wall_s'] / 60:.1f} min; data `{cfg.data.name}` ({cfg.split} split, root `{cfg.data.root}`, "
-        f"{cfg.data.image_size} px). TF32 during the run: matmul {raw['numerics']['cuda_matmul_allow_tf32']}, "
-        f"cuDNN {raw['numerics']['cudnn_allow_tf32']} ({raw['numerics']['guarded_forwards']} guarded forwards). "
-        f"Units computed: {len(raw['resume']['computed'])}, reused from `{raw['run_dir']}`: "
-        f"{len(raw['resume']['reused'])}.", "",
-        "## The paper's numbers beside ours", "", io.to_markdown(summary), "",
-        "## Parts", "",
-        "| folder | what | images |", "|---|---|---|"]
-    what = {"accuracy": "top-1/top-5 per model, published numbers beside them",
-            "texture": "accuracy on Gatys-texturised and on tile-scrambled images",
-            "interactions": "masking two parts: joint effect vs sum of single effects, vs distance",
-            "errors": "class-conditional top-5 accuracy, BagNet vs each CNN; kappa, shared errors",
-            "sensitivity": "logit drop vs occluded regions: BagNet heatmap vs captum attributions vs random",
-            "patches": "BagNet heatmaps and most predictive patches of fixed classes"}
-    lines += [f"| `{p}/` | {what[p]} | {n.get(p) if n.get(p) is not None else '–'} |" for p in parts]
-    lines += ["", "Deviations and what each number means: see the committed description of this folder in the "
-              "repository (results/paper/README.md at the commit above) and `experiments/paper.py`.", ""]
-    return "\n".join(lines)

@@ -17,9 +17,8 @@ import warnings
 
 import numpy as np
 import torch
-import torch.fx as fx
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import fx, nn
 
 from bagnet.utils import unwrap
 
@@ -34,7 +33,10 @@ _UNSUPPORTED_METHODS = {"add", "add_", "relu", "relu_", "mul", "mul_"}
 
 def lrp_support(model: nn.Module) -> str | None:
     """None if captum's LRP covers every operation of ``model``; else the reason it does not."""
-    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+    from captum.attr._core.lrp import (
+        SUPPORTED_LAYERS_WITH_RULES,
+        SUPPORTED_NON_LINEAR_LAYERS,
+    )
 
     net = unwrap(model)
     known = tuple(SUPPORTED_LAYERS_WITH_RULES) + tuple(SUPPORTED_NON_LINEAR_LAYERS)

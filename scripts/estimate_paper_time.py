@@ -97,7 +97,7 @@ def main() -> None:
           f"{sec['__bagnet_heatmaps']:.1f} s", flush=True)
     cpu_flops = 2 * 4.1e9 / sec["ResNet-50"] if "ResNet-50" in sec else 50e9
     total_cpu = total_gpu = 0.0
-    print(f"\n| part | CPU hours (measured rates x work) | GPU minutes (estimate) |\n|---|---|---|")
+    print("\n| part | CPU hours (measured rates x work) | GPU minutes (estimate) |\n|---|---|---|")
     for part, items in w.items():
         cpu = sum(n * sec[k] for k, n in items.items())
         gpu = cpu * cpu_flops / ASSUMED_GPU_FLOPS

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
+from torch import nn
 
 from bagnet.config import compose
 from bagnet.run import run_task
@@ -77,7 +77,7 @@ def paper_run(tmp_path_factory, weights_dir):
     """The whole pipeline once, with TF32 switched on beforehand and every model's forwards watched."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.fail(f"CI=true but imagenette-mini is missing at {IMAGENETTE}")
-    import experiments.paper as paper
+    from experiments import paper_setup as paper   # where the pipeline loads every model
     root = tmp_path_factory.mktemp("paper")
     seen, loaded = [], []
     original = paper.load_model
@@ -225,8 +225,8 @@ def test_bagnet_heatmap_ranking_is_optimal_where_it_provably_must_be():
     equals the analytic optimum (sum of the n largest region drops) for every n, as does Occlusion; methods
     exact for linear models (input x gradient, integrated gradients, DeepLift) tie with it; saliency
     (|gradient| is the same 1/49 in every region) and random do strictly worse."""
-    from experiments import sensitivity
     from bagnet.heatmaps import heatmap
+    from experiments import sensitivity
 
     net = centre_pixel_bagnet()
     gen = torch.Generator().manual_seed(0)
