@@ -12,7 +12,7 @@ DATA ?= synthetic
 ARGS ?=
 
 .PHONY: setup test test-full test-slow demo train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
-        eval-imagenet bench render-results
+        eval-imagenet reproduce-paper bench render-results
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -58,6 +58,11 @@ heatmaps: setup
 
 eval-imagenet: setup
 	$(RUN) task=eval_imagenet experiment=eval_imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)
+
+# the paper's ImageNet experiments (results/paper/README.md); resumable: re-run after an interruption
+reproduce-paper: setup
+	$(RUN) task=paper experiment=paper $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) \
+	  $(if $(BAGNET_WEIGHTS_DIR),paper.weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
 
 bench: setup
 	$(PY) scripts/bench_train.py

@@ -20,6 +20,9 @@ _TV = {
     "vgg11": (tvm.vgg11, tvm.VGG11_Weights.IMAGENET1K_V1, "classifier.6"),
     "vgg16": (tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, "classifier.6"),
     "vgg16_bn": (tvm.vgg16_bn, tvm.VGG16_BN_Weights.IMAGENET1K_V1, "classifier.6"),
+    "vgg19": (tvm.vgg19, tvm.VGG19_Weights.IMAGENET1K_V1, "classifier.6"),   # texture synthesis (Gatys et al.)
+    "alexnet": (tvm.alexnet, tvm.AlexNet_Weights.IMAGENET1K_V1, "classifier.6"),
+    "resnet152": (tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1, "fc"),
 }
 DEFAULT_CFGS = {name: dict(url=w.url, file=w.url.rsplit("/", 1)[-1], input_size=(3, 224, 224),
                            num_classes=1000, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -1,0 +1,263 @@
+"""make reproduce-paper (experiments/paper.py), end to end on CPU at a shrunken size, and a known-answer
+test of the feature-sensitivity protocol.
+
+The end-to-end run uses real ImageNet photos (imagenette-mini, 1000-way labels) and weights files written
+here in each source's release format under their own sha256 (the authors' ``bagnet8-<hex>.pth.tar``
+holding ``{'state_dict': {'module.' + key: ...}}``, torchvision's ``<stem>-<hex>.pth`` holding a bare
+state dict), found by release name in ``paper.weights_dir`` and loaded by the user's code path. Random
+weights: the numbers are meaningless, the plumbing is not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from bagnet.config import compose
+from bagnet.run import run_task
+
+IMAGENETTE = Path(os.environ.get("IMAGENETTE_ROOT",
+                                 Path(__file__).resolve().parents[2] / "shared/data/imagenette-mini"))
+needs_imagenette = pytest.mark.skipif(not (IMAGENETTE / "val").is_dir() and os.environ.get("CI") != "true",
+                                      reason="imagenette-mini not found (set IMAGENETTE_ROOT)")
+
+MODELS = {"BagNet-9": {"name": "bagnet", "patch_size": 9}, "BagNet-17": {"name": "bagnet", "patch_size": 17},
+          "BagNet-33": {"name": "bagnet", "patch_size": 33}, "AlexNet": {"name": "alexnet"},
+          "VGG-16": {"name": "vgg16"}, "ResNet-50": {"name": "resnet50"}, "ResNet-152": {"name": "resnet152"},
+          "DenseNet-169": {"name": "densenet169"}}
+
+SHRUNK = ["paper.progress=false", "data.image_size=64", "data.workers=0",
+          "paper.accuracy.num_images=24", "paper.accuracy.batch_size=12",
+          "paper.texture.num_images=2", "paper.texture.steps=3", "paper.texture.chunk=1",
+          "paper.texture.num_examples=2",
+          "paper.interactions.patch_sizes=[16]", "paper.interactions.distance_bins=[0,16,48]",
+          "paper.interactions.pairs_per_bin=1", "paper.interactions.num_images=2",
+          "paper.sensitivity.num_images=2", "paper.sensitivity.region=16", "paper.sensitivity.max_regions=3",
+          "paper.sensitivity.report_n=[1,3]", "paper.sensitivity.ig_steps=2", "paper.sensitivity.batch_size=2",
+          "paper.sensitivity.internal_batch_size=4", "paper.sensitivity.heatmap_stride=4",
+          "paper.patches.classes=[n01440764,n03888257]", "paper.patches.k=2", "paper.patches.per_class_images=2",
+          "paper.patches.distractor_images=4", "paper.patches.heatmap_images=2", "paper.patches.heatmap_stride=8"]
+
+
+def _save_release(obj, folder: Path, release_file: str) -> Path:
+    """Save ``obj`` as ``release_file`` would be named under its own hash (torch.hub naming)."""
+    from bagnet.models.weights import HASH_RE
+    tmp = folder / "tmp.bin"
+    torch.save(obj, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    m = HASH_RE.search(release_file)
+    path = folder / f"{release_file[:m.start()]}-{digest}{release_file[m.end() - 1:]}"
+    tmp.rename(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    from bagnet.models import create_model, default_cfg
+    folder = tmp_path_factory.mktemp("weights")
+    for spec in [*MODELS.values(), {"name": "vgg19"}]:
+        kw = {k: v for k, v in spec.items() if k != "name"}
+        sd = create_model(spec["name"], **kw).state_dict()
+        if spec["name"] == "bagnet":   # the authors' checkpoints: DataParallel keys in a 'state_dict' entry
+            sd = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}
+        _save_release(sd, folder, default_cfg(spec["name"], **kw)["file"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory, weights_dir):
+    """The whole pipeline once, with TF32 switched on beforehand and every model's forwards watched."""
+    if not (IMAGENETTE / "val").is_dir():
+        pytest.fail(f"CI=true but imagenette-mini is missing at {IMAGENETTE}")
+    from experiments import paper_setup as paper   # where the pipeline loads every model
+    root = tmp_path_factory.mktemp("paper")
+    seen, loaded = [], []
+    original = paper.load_model
+
+    def watched(spec, *a, **k):
+        model = original(spec, *a, **k)
+        loaded.append(spec["name"])
+        model.register_forward_pre_hook(lambda mod, args: seen.append(
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+        return model
+
+    overrides = ["task=paper", "experiment=paper", "data=imagenette", f"data.root={IMAGENETTE}",
+                 "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
+                 f"paper.weights_dir={weights_dir}", *SHRUNK]
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    paper.load_model = watched
+    try:
+        cfg = compose(overrides)
+        result = run_task(cfg, overrides)
+        after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    finally:
+        paper.load_model = original
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    return {"cfg": cfg, "overrides": overrides, "result": result, "seen": seen, "loaded": loaded, "after": after}
+
+
+@needs_imagenette
+def test_paper_writes_every_table_and_figure(paper_run):
+    cfg, result = paper_run["cfg"], paper_run["result"]
+    out = Path(cfg.out_dir)
+    promised = {"accuracy": (["accuracy"], ["accuracy"]),
+                "texture": (["accuracy"], ["accuracy", "examples", "synthesis_loss"]),
+                "interactions": (["interaction"], ["interaction_vs_distance", "joint_vs_sum"]),
+                "errors": (["per_class", "pairs", "bagnet_vs_cnns"], ["class_accuracy_scatter", "kappa_matrix"]),
+                "sensitivity": (["logit_drop", "curves"], ["logit_drop_vs_n"]),
+                "patches": (["heatmaps", "patches"], ["heatmaps", "patches_n01440764", "patches_n03888257"])}
+    assert set(result.parts) == set(promised)
+    for part, (tables, figures) in promised.items():
+        for t in tables:
+            assert (out / part / f"{t}.csv").is_file() and (out / part / f"{t}.md").is_file(), (part, t)
+        for f in figures:
+            assert Image.open(out / part / f"{f}.png").size[0] > 50, (part, f)
+            assert (out / part / f"{f}.pdf").stat().st_size > 0, (part, f)
+    assert (out / "summary.csv").is_file() and "paper's numbers beside ours" in (out / "README.md").read_text()
+
+    acc = result.parts["accuracy"].tables["accuracy"].set_index("model")
+    assert list(acc.index) == list(MODELS) and (acc["n"] == 24).all()
+    assert acc.loc["BagNet-33", "published top5"] == 0.876 and acc.loc["ResNet-152", "published top5"] == 0.94046
+    assert acc["top5"].between(0, 1).all()
+    tex = result.parts["texture"].tables["accuracy"]
+    assert set(tex["condition"]) == {"clean", "texture (Gatys)", "tiles 4x4"} and len(tex) == 3 * len(MODELS)
+    inter = result.parts["interactions"].tables["interaction"]
+    assert set(inter["model"]) == set(MODELS)
+    pairs = result.parts["errors"].tables["bagnet_vs_cnns"]
+    assert len(pairs) == 7 and (pairs["n"] == 24).all()   # BagNet-33 vs the 2 other BagNets and 5 CNNs
+    drops = result.parts["sensitivity"].tables["logit_drop"]
+    cnns = ["AlexNet", "VGG-16", "ResNet-50", "ResNet-152", "DenseNet-169"]
+    assert set(drops["target"]) == set(cnns)
+    lrp = set(drops[drops.method == "lrp"]["target"])
+    assert lrp == {"AlexNet", "VGG-16"}        # captum's LRP has no rule for skip connections / concatenation
+    support = result.parts["sensitivity"].raw["lrp_support"]
+    assert "skip connections" in support["DenseNet-169"] and support["VGG-16"] == "computed"
+    for t in cnns:
+        assert {"bagnet", "saliency", "deeplift", "integrated_gradients", "occlusion", "random"} <= set(
+            drops[drops.target == t]["method"]), t
+    # every model came from the weights folder through the release-name lookup
+    raw = json.loads((out / "raw.json").read_text())
+    for label, spec in raw["raw"]["models"].items():
+        assert Path(spec["weights"]).parent == Path(cfg.paper.weights_dir), label
+    assert sorted(paper_run["loaded"]) == sorted([s["name"] for s in MODELS.values()] + ["vgg19"])
+
+
+@needs_imagenette
+def test_tf32_is_off_while_the_pipeline_runs_and_restored_after(paper_run):
+    seen = paper_run["seen"]
+    assert len(seen) > 100 and not any(a or b for a, b in seen)    # every forward of every model: TF32 off
+    assert paper_run["after"] == (True, True)                      # the caller's setting is restored
+    numerics = paper_run["result"].raw["numerics"]
+    assert numerics["cuda_matmul_allow_tf32"] is False and numerics["cudnn_allow_tf32"] is False
+    assert numerics["guarded_forwards"] > 100
+    written = json.loads((Path(paper_run["cfg"].out_dir) / "raw.json").read_text())["raw"]["numerics"]
+    assert written["cudnn_allow_tf32"] is False
+
+
+@needs_imagenette
+def test_a_killed_run_recomputes_only_what_is_missing(paper_run):
+    cfg, first = paper_run["cfg"], paper_run["result"]
+    run_dir = Path(cfg.run_dir)
+    assert len(first.raw["resume"]["computed"]) >= 8 * 3 + 5 + 1 and not first.raw["resume"]["reused"]
+    markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob("unit.pt")}
+    shutil.rmtree(run_dir / "interactions" / "AlexNet")         # as if killed before this unit was saved
+    (run_dir / "sensitivity" / "VGG-16" / "unit.pt").unlink()   # ... or while it was being written
+    second = run_task(compose(paper_run["overrides"]), paper_run["overrides"])
+    assert sorted(second.raw["resume"]["computed"]) == ["interactions/AlexNet", "sensitivity/VGG-16"]
+    assert len(second.raw["resume"]["reused"]) == len(first.raw["resume"]["computed"]) - 2
+    for p, t in markers.items():
+        if "AlexNet" not in str(p.parent) and "VGG-16" not in str(p.parent):
+            assert p.stat().st_mtime_ns == t, p
+    a = first.parts["interactions"].tables["interaction"]
+    b = second.parts["interactions"].tables["interaction"]
+    assert np.allclose(a["mean_abs_interaction"], b["mean_abs_interaction"], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ known answer: sensitivity
+def centre_pixel_bagnet(k_offset: float = 10.0) -> nn.Module:
+    """A BagNet-9 (the real architecture, width 4) whose every patch logit is ``red(centre pixel) + K``,
+    for every class: stem and each stage's first block pass channel 0 through the middle tap of their
+    convolutions (offsets 1 + 1 + 2 = 4 = the centre of a 9 px patch), downsampling shortcuts are zero,
+    the other blocks' residual branches are zero, K keeps every ReLU in its linear range."""
+    from bagnet.models import create_model
+    net = create_model("bagnet", patch_size=9, width=4, num_classes=3).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.eps = 0.0
+                m.running_mean.zero_(); m.running_var.fill_(1.0); m.weight.fill_(1.0); m.bias.zero_()
+        net.conv1.weight[0, 0] = 1.0
+        net.conv2.weight[0, 0, 1, 1] = 1.0
+        net.bn1.bias[0] = k_offset
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            first = layer[0]
+            c = first.conv2.kernel_size[0] // 2
+            first.conv1.weight[0, 0] = 1.0
+            first.conv2.weight[0, 0, c, c] = 1.0
+            first.conv3.weight[0, 0] = 1.0
+            for block in layer[1:]:
+                block.bn3.weight.zero_()
+        net.fc.weight[:, 0] = 1.0
+    return net
+
+
+def test_bagnet_heatmap_ranking_is_optimal_where_it_provably_must_be():
+    """In general a BagNet's own heatmap need not maximise its own logit drop under zero-occlusion: the
+    drop of a region depends on every patch that overlaps it (partly occluded patches are not zero-logit
+    patches) while the heatmap scores a region by the patches centred in it. Here it provably does:
+    the logit is f(x) = K + mean over units of red(centre of unit), linear, so occluding regions removes
+    exactly the sum of their centre pixels / 49 (additive); the dense heatmap at (a, b) is red(a, b) + K;
+    on an image constant on each 8 x 8 region (blocks 0-6 each hold one centre, block 7 none and is 0),
+    ranking by heatmap sum = ranking by red value = ranking by single-region drop. So the BagNet's curve
+    equals the analytic optimum (sum of the n largest region drops) for every n, as does Occlusion; methods
+    exact for linear models (input x gradient, integrated gradients, DeepLift) tie with it; saliency
+    (|gradient| is the same 1/49 in every region) and random do strictly worse."""
+    from bagnet.heatmaps import heatmap
+    from experiments import sensitivity
+
+    net = centre_pixel_bagnet()
+    gen = torch.Generator().manual_seed(0)
+    images, optimum = [], []
+    for _ in range(3):
+        red = torch.zeros(8, 8)
+        red[:7, :7] = (torch.rand(7, 7, generator=gen) * 4 - 2)          # distinct values in [-2, 2]
+        x = torch.randn(3, 64, 64, generator=gen)                        # green/blue: ignored by the model
+        x[0] = red.repeat_interleave(8, 0).repeat_interleave(8, 1)
+        images.append(x)
+        d = torch.sort(red.flatten() / 49, descending=True).values.double()
+        optimum.append(torch.cumsum(d, 0)[:10].numpy())
+    images = torch.stack(images)
+    # the premises, checked on the model itself
+    f = net(images)[:, 1]
+    assert torch.allclose(f, 10 + images[:, 0, 4:56:8, 4:56:8].mean((1, 2)), atol=1e-5)
+    assert torch.allclose(heatmap(net, images, target=1, stride=1), images[:, 0] + 10, atol=1e-5)
+
+    dataset = [(im, 1) for im in images]
+    cfg = {"targets": ["lin"], "bagnet": "lin", "region": 8, "max_regions": 10, "report_n": [1, 5, 10],
+           "ig_steps": 16, "num_images": None, "batch_size": 3, "heatmap_stride": 1, "progress": False,
+           "methods": ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion",
+                       "random"]}
+    result = sensitivity.run({"lin": net}, dataset, cfg)
+    curves = result.tables["curves"]
+    best = np.mean(optimum, 0)
+    curve = {m: d.sort_values("n")["mean_drop"].to_numpy() for m, d in curves.groupby("method")}
+    assert np.allclose(curve["bagnet"], best, atol=1e-5)
+    assert np.allclose(curve["occlusion"], best, atol=1e-5)
+    auc = result.tables["logit_drop"].set_index("method")["auc"]
+    assert (auc["bagnet"] >= auc - 1e-6).all()
+    for exact in ("input_x_gradient", "integrated_gradients", "deeplift"):
+        assert abs(auc[exact] - auc["bagnet"]) < 1e-4, exact
+    assert auc["bagnet"] > 2 * max(auc["saliency"], auc["random"], 1e-3)
