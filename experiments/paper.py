@@ -256,9 +256,12 @@ class Paper:
         targets = c["targets"] or self.cnns
         methods = [m for m in c["methods"] if m != "lrp"]
         drops, curves, support = [], [], {}
-        for t in tqdm(targets, desc="sensitivity", disable=not self.cfg["progress"], leave=False):
+        # each CNN, then the BagNet scored by its own heatmap (the control for a negative result)
+        units = list(dict.fromkeys([*targets, self.bagnet]))
+        for t in tqdm(units, desc="sensitivity", disable=not self.cfg["progress"], leave=False):
             def compute(t=t):
-                cfg = self.sig_cfg("sensitivity", targets=[t], bagnet=self.bagnet, methods=methods)
+                cfg = self.sig_cfg("sensitivity", targets=[t], bagnet=self.bagnet, methods=methods,
+                                   bagnet_control=False)
                 r = sensitivity.run({t: self.models[t], self.bagnet: self.models[self.bagnet]}, self.dataset, cfg,
                                     classes=self.classes, mean=self.mean, std=self.std)
                 close_figures(r)
@@ -267,6 +270,7 @@ class Paper:
                 if reason is None:
                     d = lrp_logit_drops(self.models[t], self.dataset, cfg)
                     row, crow = summarise_drops(t, "lrp", d, c["report_n"])
+                    row["control"] = t == self.bagnet
                     table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
                     curve = pd.concat([curve, pd.DataFrame(crow)], ignore_index=True)
                 return Result(tables={"logit_drop": table, "curves": curve},

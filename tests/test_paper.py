@@ -136,7 +136,8 @@ def test_paper_writes_every_table_and_figure(paper_run):
     assert len(pairs) == 7 and (pairs["n"] == 24).all()   # BagNet-33 vs the 2 other BagNets and 5 CNNs
     drops = result.parts["sensitivity"].tables["logit_drop"]
     cnns = ["AlexNet", "VGG-16", "ResNet-50", "ResNet-152", "DenseNet-169"]
-    assert set(drops["target"]) == set(cnns)
+    assert set(drops["target"]) == set(cnns) | {"BagNet-33"}              # + the BagNet as its own target
+    assert set(drops[drops["control"]]["target"]) == {"BagNet-33"}
     lrp = set(drops[drops.method == "lrp"]["target"])
     assert lrp == {"AlexNet", "VGG-16"}        # captum's LRP has no rule for skip connections / concatenation
     support = result.parts["sensitivity"].raw["lrp_support"]
