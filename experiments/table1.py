@@ -25,7 +25,7 @@ from bagnet import io
 from bagnet.checkpoint import load_run, model_kwargs
 from bagnet.config import as_dict
 from bagnet.errors import ConfigError, WeightsError
-from bagnet.models.weights import check_weights, locate_weights
+from bagnet.models.releases import check_weights, locate_weights
 from bagnet.result import Result
 from bagnet.train import evaluate_model
 
