@@ -42,8 +42,12 @@ sweep-patch: setup
 	$(RUN) -m task=train model=bagnet model.patch_size=9,17,33 data=$(DATA) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	$(PY) scripts/collect_sweep.py runs/train/$(DATA) --out results/sweep_patch/$(DATA)
 
+# Table 1 by the report's protocol (configs/experiment/table1.yaml). INIT=imagenet (the report's: authors'
+# BagNet release + pytorchcv ImageNet weights, checked before training; offline: put the files in
+# BAGNET_WEIGHTS_DIR) or INIT=scratch (random init). -> results/table1/<profile>-<init>/
+INIT ?= imagenet
 reproduce-table1: setup
-	$(RUN) task=table1 experiment=table1 data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+	$(RUN) task=table1 experiment=table1 init=$(INIT) data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	$(PY) scripts/render_results.py results/table1   # + results/table1/table1.{csv,md}: every profile side by side
 
 # the four signatures + heatmaps + patches on the Table 1 runs -> results/signatures/scene15/<profile>/

@@ -64,15 +64,19 @@ class TrainerConfig:
     epochs: int = 30
     batch_size: int = 64
     eval_batch_size: int = 128
-    optimizer: str = "sgd"               # sgd | adamw
+    optimizer: str = "sgd"               # sgd | adamw | adam (one group, the COMP6248 notebooks')
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5.0e-5
-    schedule: str = "cosine"             # cosine | step | constant
+    schedule: str = "cosine"             # cosine | step | constant | plateau_halving
     warmup_epochs: float = 1.0
     step_size: int = 30
     gamma: float = 0.1
+    patience: int = 3                    # plateau_halving: epochs without a new best (since the last decay) per decay
+    early_stop: int = 16                 # plateau_halving: stop after this many consecutive epochs without a new best
+    factor: float = 0.5                  # plateau_halving: lr multiplier per decay
+    restart_optimizer: bool = True       # plateau_halving: a decay clears the optimizer's state (a new Adam)
     label_smoothing: float = 0.1
     accum_steps: int = 1
     precision: str = "auto"              # auto | fp32 | bf16 | fp16
@@ -91,9 +95,14 @@ class TrainerConfig:
             _check(getattr(self, name) >= 1, f"{k}.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.lr > 0, f"{k}.lr", f"must be > 0, got {self.lr}")
         _check(self.workers >= 0, f"{k}.workers", f"must be >= 0, got {self.workers}")
-        _check(self.optimizer in ("sgd", "adamw"), f"{k}.optimizer", f"'{self.optimizer}'; valid: sgd, adamw")
-        _check(self.schedule in ("cosine", "step", "constant"), f"{k}.schedule",
-               f"'{self.schedule}'; valid: cosine, step, constant")
+        _check(self.optimizer in ("sgd", "adamw", "adam"), f"{k}.optimizer",
+               f"'{self.optimizer}'; valid: sgd, adamw, adam")
+        _check(self.schedule in ("cosine", "step", "constant", "plateau_halving"), f"{k}.schedule",
+               f"'{self.schedule}'; valid: cosine, step, constant, plateau_halving")
+        if self.schedule == "plateau_halving":
+            _check(self.warmup_epochs == 0, f"{k}.warmup_epochs", "plateau_halving has no warmup; set 0")
+            _check(self.patience >= 1 and self.early_stop >= 1, f"{k}.patience/early_stop", "must be >= 1")
+            _check(0 < self.factor < 1, f"{k}.factor", f"must be in (0, 1), got {self.factor}")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"), f"{k}.precision",
                f"'{self.precision}'; valid: auto, fp32, bf16, fp16")
         _check(self.channels_last in ("auto", True, False), f"{k}.channels_last", "valid: auto, true, false")
@@ -110,8 +119,12 @@ class DataConfig:
     workers: int = 0
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # Photo datasets (synthetic images are generated at image_size, never cropped or augmented):
+    resize: str = "crop"                 # crop: Resize(S*256/224) + CenterCrop(S) | squash: Resize((S, S)), no crop
+    train_augment: bool = True           # false: training images get the eval transform (the report's notebooks)
 
     def __post_init__(self):
+        _check(self.resize in ("crop", "squash"), "data.resize", f"'{self.resize}'; valid: crop, squash")
         _check(self.image_size >= 8, "data.image_size", f"must be >= 8, got {self.image_size}")
         _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
 

@@ -30,7 +30,12 @@ from .utils import has_narrow_convs_on_cpu
 
 # ---------------------------------------------------------------- optimisation
 def build_optimizer(model: nn.Module, t: Mapping) -> torch.optim.Optimizer:
-    # No weight decay on BN and biases (standard for ResNets).
+    """sgd / adamw: no weight decay on BN and biases (standard for ResNets). adam: the COMP6248 notebooks'
+    ``optim.Adam(model.parameters(), lr=...)``: one group of all parameters, torch's defaults otherwise
+    (``trainer.weight_decay`` is passed as Adam's coupled L2 term; the report's protocol sets 0)."""
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
+                                weight_decay=t["weight_decay"])
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -40,11 +45,75 @@ def build_optimizer(model: nn.Module, t: Mapping) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], nesterov=t["nesterov"])
     if t["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=t["lr"])
-    raise ConfigError(f"unknown trainer.optimizer '{t['optimizer']}'; valid: sgd, adamw")
+    raise ConfigError(f"unknown trainer.optimizer '{t['optimizer']}'; valid: sgd, adamw, adam")
+
+
+class PlateauHalving:
+    """The COMP6248 notebooks' per-epoch schedule, driven by validation accuracy (docs/report_protocol.md)::
+
+        if val_acc >= best: best = val_acc; save best; patiance = 0
+        else:               tolerate += 1; patiance += 1
+        if tolerate >= 3:   lr /= 2; optimizer = Adam(params, lr); tolerate = 0
+        if patiance > 15:   break
+
+    i.e. ties are a new best; the lr is multiplied by ``factor`` after every ``patience``-th epoch without a
+    new best *counted since the last decay* (a new best does not reset that count); with
+    ``restart_optimizer`` a decay also clears the optimizer's state (the notebook builds a new Adam:
+    moments and step count start again); training stops after ``early_stop`` consecutive epochs without
+    a new best. torch's ReduceLROnPlateau cannot express this (it resets its count on a new best and
+    needs a strict improvement), hence this class. Its ``state_dict`` holds plain numbers (checkpoints
+    load with ``weights_only=True``); the lr itself lives in the optimizer's state dict.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, patience: int = 3, early_stop: int = 16,
+                 factor: float = 0.5, restart_optimizer: bool = True):
+        self.optimizer, self.patience, self.early_stop = optimizer, patience, early_stop
+        self.factor, self.restart_optimizer = factor, restart_optimizer
+        self.best, self.tolerate, self.since_best, self.epochs, self.decays = float("-inf"), 0, 0, 0, 0
+        self.stop_epoch: int | None = None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_epoch is not None
+
+    def step(self, metric: float) -> bool:
+        """Record one epoch's validation accuracy; returns whether it is a new best (``>=``). Decays the lr
+        of every param group for the next epoch when due, and sets ``stop_epoch`` when training must stop."""
+        self.epochs += 1
+        is_best = metric >= self.best
+        if is_best:
+            self.best, self.since_best = metric, 0
+        else:
+            self.tolerate += 1
+            self.since_best += 1
+        if self.tolerate >= self.patience:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.factor
+            if self.restart_optimizer:
+                self.optimizer.state.clear()
+            self.tolerate, self.decays = 0, self.decays + 1
+        if self.since_best >= self.early_stop:
+            self.stop_epoch = self.epochs
+        return is_best
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "tolerate": self.tolerate, "since_best": self.since_best, "epochs": self.epochs,
+                "decays": self.decays, "stop_epoch": self.stop_epoch, "patience": self.patience,
+                "early_stop": self.early_stop, "factor": self.factor, "restart_optimizer": self.restart_optimizer}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for key in ("best", "tolerate", "since_best", "epochs", "decays", "stop_epoch"):
+            setattr(self, key, state[key])
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t: Mapping, steps_per_epoch: int):
-    """Per-step schedule: linear warmup over ``warmup_epochs``, then cosine to zero, step decay or constant."""
+    """Per-step schedule: linear warmup over ``warmup_epochs``, then cosine to zero, step decay or constant.
+    ``plateau_halving``: the per-epoch :class:`PlateauHalving` (no warmup)."""
+    if t["schedule"] == "plateau_halving":
+        return PlateauHalving(optimizer, t["patience"], t["early_stop"], t["factor"], t["restart_optimizer"])
     total = max(1, t["epochs"] * steps_per_epoch)
     warmup = int(t["warmup_epochs"] * steps_per_epoch)
     if t["schedule"] == "cosine":
@@ -56,7 +125,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: Mapping, steps_per_epoc
     elif t["schedule"] == "constant":
         main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:
-        raise ConfigError(f"unknown trainer.schedule '{t['schedule']}'; valid: cosine, step, constant")
+        raise ConfigError(f"unknown trainer.schedule '{t['schedule']}'; valid: cosine, step, constant, "
+                          "plateau_halving")
     if warmup == 0:
         return main
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
@@ -72,11 +142,22 @@ RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "max_steps_
                         "data": ("root", "workers", "cache")}
 
 
+PLATEAU_KEYS = ("patience", "early_stop", "factor", "restart_optimizer")
+NEW_DATA_DEFAULTS = {"resize": "crop", "train_augment": True}
+
+
 def run_identity(cfg: Mapping) -> dict:
     """The parts of a config that define a training run; a resumed or reused run must match them."""
     ignored = RUN_IDENTITY_IGNORED
     t = {k: v for k, v in dict(cfg["trainer"]).items() if k not in ignored["trainer"]}
     d = {k: v for k, v in dict(cfg["data"]).items() if k not in ignored["data"]}
+    # Keys added later enter the identity only when they matter, so runs made before them stay reusable.
+    if t.get("schedule") != "plateau_halving":
+        for k in PLATEAU_KEYS:
+            t.pop(k, None)
+    for k, default in NEW_DATA_DEFAULTS.items():
+        if d.get(k, default) == default:
+            d.pop(k, None)
     return {"model": dict(cfg["model"]), "data": d, "trainer": t, "seed": cfg["seed"]}
 
 
@@ -121,6 +202,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     criterion = build_criterion(t)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch)
+    per_epoch = isinstance(scheduler, PlateauHalving)   # steps on val accuracy after each epoch, not per step
     scaler = torch.amp.GradScaler("cuda") if precision.dtype == torch.float16 else None
 
     start_epoch, best_acc, history = 0, -1.0, []
@@ -150,17 +232,22 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     progress = t["progress"] and dist_info.is_main
     started = time.perf_counter()
     for epoch in range(start_epoch, t["epochs"]):
+        if per_epoch and scheduler.should_stop:   # a resumed run that had already stopped early
+            break
         t0 = time.perf_counter()
-        metrics = train_one_epoch(train_model, criterion, train_loader, optimizer, scheduler, scaler, precision,
+        lr = optimizer.param_groups[0]["lr"]
+        metrics = train_one_epoch(train_model, criterion, train_loader, optimizer, None if per_epoch else scheduler,
+                                  scaler, precision,
                                   device, epoch, t["accum_steps"], channels_last, progress,
                                   t.get("max_steps_per_epoch"))
         recalibrate_slow_bn(model, train_loader, precision, device, epoch, t["bn_recalibrate_batches"],
                             channels_last)
         val, _ = evaluate(model, val_loader, precision, device, channels_last, progress, desc="val")
         metrics.update(epoch=epoch + 1, val_top1=val["top1"], val_top5=val["top5"],
-                       lr=optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0)
+                       lr=lr if per_epoch else optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0)
         history.append(metrics)
-        is_best = val["top1"] > best_acc
+        # plateau_halving: ties are a new best (the notebook's >=, the last epoch reaching the best is kept)
+        is_best = scheduler.step(val["top1"]) if per_epoch else val["top1"] > best_acc
         best_acc = max(best_acc, val["top1"])
         if dist_info.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -177,8 +264,16 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                   f"train {metrics['train_acc']:.3f} val {val['top1']:.3f} "
                   f"({metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_s']:.0f}s)", flush=True)
         barrier()
+        if per_epoch and scheduler.should_stop:
+            if dist_info.is_main:
+                print(f"early stop after epoch {epoch + 1}: {t['early_stop']} epochs without a new best val "
+                      f"top-1 ({best_acc:.3f})", flush=True)
+            break
 
-    return {"epochs": t["epochs"], "best_val_top1": best_acc, "train_wall_s": time.perf_counter() - started,
+    stop = scheduler.stop_epoch if per_epoch else None
+    return {"epochs": len(history), "max_epochs": t["epochs"], "stopped_early": stop is not None,
+            "stop_epoch": stop, "lr_decays": scheduler.decays if per_epoch else None, "best_val_top1": best_acc,
+            "train_wall_s": time.perf_counter() - started,
             "precision": precision.name, "channels_last": channels_last,
             "final": history[-1] if history else {}}
 

@@ -32,7 +32,7 @@ def run(tmp_path: Path, *overrides: str, edit=None):
 
 
 def test_table1_pipeline_tiny(tmp_path):
-    cfg, result = run(tmp_path, "task=table1", "experiment=table1", *TINY)
+    cfg, result = run(tmp_path, "task=table1", "experiment=table1", "init=scratch", *TINY)
     table = result.tables["table1"]
     assert list(table["model"]) == ["ResNet-50", "DenseNet-121", "DenseNet-169", "CBAM-ResNet-50",
                                     "BagNet-9", "BagNet-17", "BagNet-33"]
@@ -54,7 +54,7 @@ def test_table1_pipeline_tiny(tmp_path):
 
     # a second call reuses the finished runs instead of retraining them
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
-    run(tmp_path, "task=table1", "experiment=table1", *TINY)
+    run(tmp_path, "task=table1", "experiment=table1", "init=scratch", *TINY)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
     # make signatures: experiment=signatures finds exactly these seven runs

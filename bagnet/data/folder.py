@@ -212,10 +212,12 @@ def make_bundle(cfg: dict, train, val, test, classes, mean, std, info: dict):
     size = int(cfg.get("image_size", 224))
     bad = cfg.get("on_bad_image", "skip")
     cache = resize_size(size) if cfg.get("cache") else None
-    ttf = train_transform(size, mean, std, cfg.get("crop_scale") or DEFAULT_CROP_SCALE, bool(cfg.get("flip", True)))
-    etf = eval_transform(size, mean, std)
+    resize = cfg.get("resize", "crop")
+    ttf = train_transform(size, mean, std, cfg.get("crop_scale") or DEFAULT_CROP_SCALE, bool(cfg.get("flip", True)),
+                          bool(cfg.get("train_augment", True)), resize)
+    etf = eval_transform(size, mean, std, resize)
     sets = {"train": ImageListDataset(train, classes, ttf, True, bad, cache, mean),
             "val": ImageListDataset(val, classes, etf, False, bad, cache, mean),
             "test": ImageListDataset(test, classes, etf, False, bad, cache, mean)}
-    info = {"image_size": size, "sizes": {k: len(v) for k, v in sets.items()}, **info}
+    info = {"image_size": size, "resize": resize, "train_augment": bool(cfg.get("train_augment", True)), "sizes": {k: len(v) for k, v in sets.items()}, **info}
     return DataBundle(sets["train"], sets["val"], sets["test"], list(classes), tuple(mean), tuple(std), size, info)

@@ -5,6 +5,8 @@ train: RandomResizedCrop(S, scale=(0.35, 1)) + horizontal flip. The standard (0.
   scene layout matters) crops that keep >= 35% of the image keep the scene recognisable.
   Set ``crop_scale: [0.08, 1.0]`` in the data config for the ImageNet recipe.
 eval:  Resize(int(S * 256 / 224)) + CenterCrop(S), the standard ratio.
+``resize: squash`` (the COMP6248 notebooks' ``Resize((S, S))``): eval images are squashed to S x S, no crop;
+``train_augment: false``: training images get the eval transform (the notebooks used one transform for all).
 Both: ImageNet mean/std (so pretrained torchvision and BagNet weights see what they were trained on).
 """
 from __future__ import annotations
@@ -47,13 +49,19 @@ def resize_size(image_size: int) -> int:
 
 
 def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_scale=DEFAULT_CROP_SCALE,
-                    flip: bool = True):
+                    flip: bool = True, augment: bool = True, resize: str = "crop"):
+    if not augment:
+        return eval_transform(image_size, mean, std, resize)
     ops = [T.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True)]
     if flip:
         ops.append(T.RandomHorizontalFlip())
     return T.Compose(ops + [ToNormalizedTensor(mean, std)])
 
 
-def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize: str = "crop"):
+    if resize == "squash":   # torchvision's Resize((S, S)) on a PIL image: PIL bilinear, as the notebooks ran it
+        return T.Compose([T.Resize((image_size, image_size), antialias=True), ToNormalizedTensor(mean, std)])
+    if resize != "crop":
+        raise ValueError(f"resize must be crop or squash, not {resize!r}")
     return T.Compose([T.Resize(resize_size(image_size), antialias=True), T.CenterCrop(image_size),
                       ToNormalizedTensor(mean, std)])

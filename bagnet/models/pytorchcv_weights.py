@@ -32,7 +32,7 @@ import torch.nn as nn
 from .registry import create_model, register_model
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import WeightsError
-from .weights import _unwrap, hub_checkpoint_dir
+from .weights import _unwrap, find_local, hub_checkpoint_dir, missing_message, weights_dir
 
 __all__ = ["ARCHS", "PYTORCHCV_CFGS", "PYTORCHCV_LATEST_CFGS", "pytorchcv_to_ours", "pytorchcv_variant",
            "fetch_pytorchcv_state_dict", "load_pytorchcv_weights", "pytorchcv_model"]
@@ -196,6 +196,9 @@ def fetch_pytorchcv_state_dict(arch: str, weights: str | os.PathLike | None = No
     """
     _check_arch(arch)
     cfg = cfg or RELEASES[release][arch]
+    if not weights:  # $BAGNET_WEIGHTS_DIR: the release file (or its .zip), else a file named like a release of arch
+        weights = (find_local(cfg["file"], weights_dir()) or find_local(cfg["file"] + ".zip", weights_dir())
+                   or find_local(cfg["file"], weights_dir(), pattern=f"{arch}-[0-9][0-9][0-9][0-9]-*.pth*"))
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -217,8 +220,8 @@ def fetch_pytorchcv_state_dict(arch: str, weights: str | os.PathLike | None = No
         data = _read(zip_path)
         zip_path.unlink()
     except (URLError, OSError, ConnectionError) as e:
-        raise WeightsError(f"cannot download {cfg['url']} ({type(e).__name__}); offline? put {cfg['file']} (or "
-                           f"{cfg['file']}.zip) at {cached.parent} or pass model.weights=/path/{cfg['file']}") from None
+        raise WeightsError(missing_message(cfg["file"], cfg["url"], f"cannot download: {type(e).__name__}",
+                                           alt=f" (or the downloaded {cfg['file']}.zip)")) from None
     if hashlib.sha1(data).hexdigest() != cfg["sha1"]:
         raise WeightsError(f"{cfg['url']}: downloaded file has sha1 {hashlib.sha1(data).hexdigest()[:8]}, "
                            f"expected {cfg['sha1'][:8]}")

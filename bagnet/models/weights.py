@@ -1,6 +1,7 @@
-"""Pretrained weights: hash-checked download into the torch hub cache, or a local file.
+"""Pretrained weights: a local file (``model.weights=``), a copy in ``$BAGNET_WEIGHTS_DIR``, the torch hub
+cache, or a hash-checked download into it.
 
-Offline (as on CI) a download fails with one line saying where to put the file.
+Offline (as on CI) a missing file fails with one line naming it, its url and where to put it.
 """
 from __future__ import annotations
 
@@ -18,8 +19,41 @@ from ..errors import WeightsError
 HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
 
 
+WEIGHTS_DIR_ENV = "BAGNET_WEIGHTS_DIR"
+
+
 def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def weights_dir() -> Path | None:
+    """``$BAGNET_WEIGHTS_DIR``: a folder of local copies of release files (found by their release names)."""
+    d = os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(d).expanduser() if d else None
+
+
+def find_local(release_file: str, directory: str | os.PathLike | None, pattern: str | None = None) -> Path | None:
+    """A copy of ``release_file`` in ``directory``: that name, else one named like it under another hash
+    ('<stem>-<hex>.<ext>', e.g. re-saved under its own hash; the loader holds it to that hash), else the
+    first match of ``pattern`` (a glob). None when there is none."""
+    if not directory or not Path(directory).is_dir():
+        return None
+    d = Path(directory)
+    if (d / release_file).is_file():
+        return d / release_file
+    m = HASH_RE.search(release_file)
+    found = sorted(d.glob(f"{release_file[:m.start()]}-*{release_file[m.end() - 1:]}")) if m else []
+    found = [p for p in found if _same_stem(p.name, release_file)]
+    if not found and pattern:
+        found = sorted(d.glob(pattern))
+    return found[0] if found else None
+
+
+def missing_message(file: str, url: str, why: str = "", alt: str = "") -> str:
+    """One line: which file (``alt``: another accepted name), where it comes from, where to put it offline."""
+    return (f"weights {file} not available{f' ({why})' if why else ''}: download {url} and put it{alt} in "
+            f"${WEIGHTS_DIR_ENV} ({weights_dir() or 'unset'}) or at {hub_checkpoint_dir() / file}, "
+            f"or pass model.weights=/path/{file}")
 
 
 def sha256_prefix_ok(path: str | os.PathLike, fname: str) -> bool:
@@ -43,6 +77,7 @@ def _same_stem(name: str, release_file: str) -> bool:
 def fetch_state_dict(url: str, file: str | None = None, weights: str | os.PathLike | None = None) -> dict:
     """State dict from a local file, the hub cache, or a (hash-checked) download."""
     file = file or url.rsplit("/", 1)[-1]
+    weights = weights or find_local(file, weights_dir())
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -56,8 +91,7 @@ def fetch_state_dict(url: str, file: str | None = None, weights: str | os.PathLi
                                                 check_hash=True, file_name=file, progress=True,
                                                 weights_only=False)
     except (URLError, OSError, ConnectionError) as e:
-        raise WeightsError(f"cannot download {url} ({type(e).__name__}); offline? put the file at "
-                           f"{hub_checkpoint_dir() / file} or pass model.weights=/path/{file}") from None
+        raise WeightsError(missing_message(file, url, f"cannot download: {type(e).__name__}")) from None
     except RuntimeError as e:  # torch.hub's hash mismatch
         raise WeightsError(f"{file}: {e}") from None
     return _unwrap(sd)
@@ -92,3 +126,4 @@ def load_pretrained(model: nn.Module, cfg: dict, weights: str | None = None, num
         raise WeightsError(f"weights do not fit {type(model).__name__}: missing {missing[:4]}, "
                            f"unexpected {list(unexpected)[:4]}")
     return model
+
