@@ -137,8 +137,8 @@ def same_tile_grid(image_size: int, grid: int, tile_px: int | None) -> int | Non
     """
     if not tile_px:
         return None
-    g = max(1, round(image_size / tile_px))
-    return g if g != grid else None
+    g = round(image_size / tile_px)
+    return g if g != grid and g >= 2 else None   # one tile (or none) per image: nothing to scramble
 
 
 def table1_figure(df: pd.DataFrame):
