@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .models import create_model
+from .utils import refused_content
 
 SPEC_KEYS = ("name", "kwargs", "num_classes", "classes", "mean", "std", "image_size")
 
@@ -39,11 +40,12 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"refused to load {path}: it holds more than tensors and plain containers "
-                          f"({str(e).splitlines()[0][:120]})") from None
+        raise ConfigError(f"refused to load {path}: {refused_content(e)}; a checkpoint of this suite "
+                          "holds only those, so this file was not made by it or was altered") from None
     except Exception as e:  # truncated, or not a torch file
-        hint = (f"; use {path.with_name('best.pt')} or trainer.resume=false" if path.name == "last.pt" else "")
-        raise ConfigError(f"cannot read checkpoint {path}: {type(e).__name__}{hint}") from None
+        hint = (f"; use checkpoint={path.with_name('best.pt')}, or train again from scratch with "
+                "trainer.resume=false" if path.name == "last.pt" else "")
+        raise ConfigError(f"cannot read checkpoint {path} ({type(e).__name__}: damaged or truncated){hint}") from None
     if not isinstance(ckpt, dict) or "model_spec" not in ckpt or "model" not in ckpt:
         raise ConfigError(f"{path} is not a checkpoint of this suite (no model_spec / model)")
     return ckpt

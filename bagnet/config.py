@@ -154,6 +154,11 @@ class SyntheticDataConfig(DataConfig):
     num_classes: Optional[int] = None
     clutter: float = 12.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        # below 48 px the generator cannot place a class's motifs (it used to loop forever)
+        _check(self.image_size >= 48, "data.image_size", f"synthetic data needs >= 48, got {self.image_size}")
+
 
 @dataclass
 class Scene15DataConfig(PhotoDataConfig):
@@ -184,8 +189,10 @@ DATA_SCHEMAS = {"synthetic": SyntheticDataConfig, "scene15": Scene15DataConfig, 
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check ``cfg.trainer`` and ``cfg.data`` against their schemas (ConfigError naming the key)."""
+    """Check ``cfg.trainer``, ``cfg.data`` (their schemas) and ``overwrite`` (ConfigError naming the key)."""
     resolved = as_dict(cfg)
+    _check(isinstance(resolved.get("overwrite", False), bool), "overwrite",
+           f"must be true or false, got {resolved.get('overwrite')!r}")
     validated(TrainerConfig, resolved["trainer"], "trainer")
     name = resolved["data"].get("name")
     if name not in DATA_SCHEMAS:

@@ -17,3 +17,7 @@ class DataError(UserError, ValueError):
 
 class WeightsError(UserError, RuntimeError):
     """Weights could not be found, downloaded, trusted or matched to the model."""
+
+
+class LockError(UserError, RuntimeError):
+    """A run or results directory is in use by another process (its lock file names the process)."""

@@ -1,11 +1,20 @@
-"""The one module that writes files: tables, figures, JSON, checkpoints. Every write is atomic
-(temp file in the same directory, then rename), so a run killed mid-write never leaves a torn file."""
+"""The one module that writes files: tables, figures, JSON, checkpoints, lock files.
+
+Every write is atomic (temp file in the same directory, then rename), so a run killed mid-write never
+leaves a torn file; files get the permissions of the process umask, as ``open()`` would give them.
+:func:`dir_lock` gives one process at a time a run or results directory.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,8 +22,25 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .errors import LockError
 from .result import Result, Text
 from .utils import jsonable
+
+TEMP_SUFFIX = ".tmp"
+LOCK_NAME = ".lock"
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where there is one: setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -22,8 +48,9 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a result file is as open() would make it
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -115,3 +142,129 @@ def write_predictions(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, compression="gzip", float_format="%.5g")
     return Path(path)
+
+
+# ---------------------------------------------------------------- directory locks
+_HELD: set[Path] = set()   # locks this process holds
+
+
+@contextmanager
+def dir_lock(directory: str | os.PathLike, what: str = "run dir"):
+    """Hold ``directory/.lock`` for the block: one process at a time may write ``directory``.
+
+    The lock file is created with O_CREAT|O_EXCL and names the holder (PID, host, start time, command);
+    it is removed when the block ends, however it ends. A second process is refused
+    (:class:`LockError`, naming the holder). A lock whose process is no longer running on this host
+    is stale (a run killed with -9) and is taken over, with a note.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_NAME
+    key = lock.resolve()
+    if key in _HELD:
+        raise RuntimeError(f"{lock} is already held by this process")
+    token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "since": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                        "command": " ".join(sys.argv)[:500], "token": uuid.uuid4().hex})
+    _acquire(lock, token, what)
+    _HELD.add(key)
+    try:
+        yield lock
+    finally:
+        _HELD.discard(key)
+        try:
+            if lock.read_text() == token:
+                lock.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _acquire(lock: Path, token: str, what: str) -> None:
+    for _ in range(20):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            raw = _read_lock(lock)
+            if raw is None:          # removed meanwhile: try again
+                continue
+            holder = _parse_lock(raw)
+            if not _is_stale(holder):
+                who = (f"process {holder['pid']} on {holder['host']} (since {holder.get('since', '?')})"
+                       if holder else "an unknown process (unreadable lock file)")
+                raise LockError(f"{lock.parent} ({what}) is in use by {who}; wait for it to finish, or "
+                                f"remove {lock} if that process is gone") from None
+            if _remove_if_unchanged(lock, raw):
+                print(f"note: taking over the stale lock of {lock.parent}: process {holder['pid']} on "
+                      f"{holder['host']} is not running", flush=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        return
+    raise LockError(f"could not lock {lock.parent} ({what}): other processes keep taking it")
+
+
+def _read_lock(lock: Path) -> str | None:
+    """The lock file's text; None if it disappeared. Waits briefly for a lock being written."""
+    for _ in range(10):
+        try:
+            raw = lock.read_text()
+        except FileNotFoundError:
+            return None
+        if _parse_lock(raw) is not None:
+            return raw
+        time.sleep(0.1)            # just created by O_EXCL, its holder is writing it
+    return raw
+
+
+def _parse_lock(raw: str) -> dict | None:
+    try:
+        holder = json.loads(raw)
+        int(holder["pid"]), str(holder["host"])
+        return holder
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _is_stale(holder: dict | None) -> bool:
+    """True if the holder is a process of this host that is not running (another host: cannot tell)."""
+    if holder is None or holder["host"] != socket.gethostname():
+        return False
+    pid = int(holder["pid"])
+    if pid == os.getpid():         # not held by us (checked above): left by an earlier process with our PID
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:        # alive, another user's
+        return False
+    return False
+
+
+def _remove_if_unchanged(lock: Path, raw: str) -> bool:
+    """Remove the stale ``lock`` if it still holds ``raw``; takers are serialised by flock on the dir."""
+    import fcntl
+    dfd = os.open(lock.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        try:
+            if lock.read_text() != raw:
+                return False       # someone else took it over first
+        except FileNotFoundError:
+            return False
+        lock.unlink()
+        return True
+    finally:
+        os.close(dfd)              # releases the flock
+
+
+def remove_orphaned_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete temp files that a write killed mid-way left in ``directory`` (call it holding its lock)."""
+    removed = []
+    for p in sorted(Path(directory).rglob(f".*{TEMP_SUFFIX}")):
+        if p.is_file():
+            p.unlink()
+            removed.append(p)
+    if removed:
+        print(f"note: removed {len(removed)} temp file(s) left by an interrupted write in {directory}", flush=True)
+    return removed

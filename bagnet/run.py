@@ -8,13 +8,20 @@ No module of the library imports this one, and none imports ``experiments/``: th
 Errors the user can fix (:class:`bagnet.errors.UserError`) end with one line on stderr and exit code 2;
 Hydra reports a bad override or an unknown config option itself; anything else is a bug and keeps its
 traceback. ``BAGNET_DEBUG=1`` shows the traceback of user errors too.
+
+A results folder (``out_dir``) is written under its lock and replaces results of the same config only:
+results that another config made are refused unless ``overwrite=true`` (keys that cannot change results,
+:data:`RESULTS_IGNORED`, are not compared), and a replacement is announced.
 """
 from __future__ import annotations
 
+import copy
+import json
 import os
 import sys
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import hydra
 import torch
@@ -29,6 +36,12 @@ from .errors import ConfigError, UserError
 from .provenance import provenance
 from .result import Result
 from .tasks import Context
+from .train import identity_diff
+
+# Config keys that cannot change a task's results: where files go, the device, progress bars, workers,
+# and which function implements each task name (code, which the provenance's commit records).
+RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "trainer.progress", "trainer.workers",
+                   "data.workers", "tasks")
 
 
 def task_function(cfg: DictConfig):
@@ -42,6 +55,7 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     which pipelines compose their sub-runs)."""
     fn = task_function(cfg)
     validate(cfg)
+    check_results_dir(cfg, Path(cfg.out_dir))   # refuse now, not after the task has run
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
@@ -54,13 +68,60 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
         if dist.is_main:
             where = cfg.run_dir
             if not result.is_empty():
-                io.write_result(result, ctx.out_dir,
-                                provenance(config=as_dict(cfg), device=device, seed=cfg.seed, wall_s=wall_s))
+                with io.dir_lock(ctx.out_dir, "results"):
+                    note = check_results_dir(cfg, ctx.out_dir)
+                    if note:
+                        print(note, flush=True)
+                    io.write_result(result, ctx.out_dir,
+                                    provenance(config=as_dict(cfg), device=device, seed=cfg.seed, wall_s=wall_s))
                 where = ctx.out_dir
             print(f"done: {cfg.task}: {result.summary} ({wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:
         cleanup()
     return result
+
+
+def results_identity(config: Mapping) -> dict:
+    """``config`` without the keys of :data:`RESULTS_IGNORED`."""
+    out = copy.deepcopy(dict(config))
+    for key in RESULTS_IGNORED:
+        *parents, last = key.split(".")
+        d = out
+        for k in parents:
+            d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(last, None)
+    return out
+
+
+def saved_results(out_dir: Path) -> Path | None:
+    """The ``raw.json`` of the results in ``out_dir`` (its own, else its first part's), if any."""
+    if (out_dir / "raw.json").is_file():
+        return out_dir / "raw.json"
+    return next(iter(sorted(out_dir.glob("*/raw.json"))), None)
+
+
+def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
+    """Refuse results in ``out_dir`` made by another config (unless ``overwrite=true``); the note to
+    print when they are replaced, None when there are none."""
+    raw = saved_results(out_dir)
+    if raw is None:
+        return None
+    try:
+        prov = json.loads(raw.read_text()).get("provenance") or {}
+    except (OSError, ValueError):
+        prov = {}
+    saved = prov.get("config")
+    diff = (identity_diff(results_identity(saved), results_identity(as_dict(cfg))) if isinstance(saved, dict)
+            else [f"{raw} records no config"])
+    made = f"made {prov.get('time', '?')} by commit {str(prov.get('git_commit', '?'))[:12]}"
+    shown = "; ".join(d if len(d) <= 160 else d[:157] + "..." for d in diff[:3])
+    shown += f"; {len(diff) - 3} more" if len(diff) > 3 else ""
+    if diff and not cfg.get("overwrite", False):
+        raise ConfigError(f"{out_dir} holds results of another config ({shown}; {made}); "
+                          "pass overwrite=true to replace them, or out_dir=... to write elsewhere")
+    differs = f"; config differs, overwrite=true: {shown}" if diff else ""
+    return f"replacing the results in {out_dir} ({made}{differs})"
 
 
 def run(*overrides: str) -> Result:

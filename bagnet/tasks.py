@@ -6,6 +6,10 @@ Experiments and pipelines (``experiments/``) are tasks of the same shape.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,15 +21,16 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import io
-from .checkpoint import load_run
+from .checkpoint import checkpoint_path, load_checkpoint, load_run, model_kwargs
 from .config import as_dict, compose, merge_overrides, validate
-from .data import DataBundle, build_data
+from .data import DataBundle, DataError, build_data
 from .distributed import DistInfo
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .models import create_model
 from .provenance import provenance
 from .result import Result
-from .train import check_identity, evaluate_model, fit
+from .train import (RUN_IDENTITY_IGNORED, check_identity, checkpoint_identity, evaluate_model, fit, identity_diff,
+                    run_identity, saved_config)
 
 
 @dataclass
@@ -92,26 +97,151 @@ class Context:
 
 
 def check_classes(spec: Mapping, data: DataBundle, what: str) -> None:
+    """A trained model's classes must be the data's: the same count, names and order."""
+    name = data.info.get("name", "?")
     if spec["num_classes"] != data.num_classes:
-        raise ConfigError(f"{what} has {spec['num_classes']} classes but data={data.info.get('name', '?')} has "
+        raise ConfigError(f"{what} has {spec['num_classes']} classes but data={name} has "
                           f"{data.num_classes}; pick the matching data=...")
+    trained = spec.get("classes")
+    if trained is not None and list(trained) != list(data.classes):
+        pairs = [(a, b) for a, b in zip(trained, data.classes) if a != b]
+        shown = ", ".join(f"{a} vs {b}" for a, b in pairs[:3])
+        raise ConfigError(f"{what} was trained on other classes than data={name} has ({len(pairs)} of "
+                          f"{data.num_classes} differ: {shown}); pick the matching data=... or data.classes=...")
+
+
+def validate_model(cfg: DictConfig, data: DataBundle, model: nn.Module | None = None) -> nn.Module:
+    """Build ``cfg.model`` (unless ``model`` is given) and run one image of ``data.image_size`` through it
+    on the CPU without gradients: a model that cannot be built, or cannot run at that size, is a
+    ConfigError naming the key to change, before anything is written."""
+    tag = cfg.model.get("tag", cfg.model.name)
+    args = ", ".join(f"model.{k}={v}" for k, v in model_kwargs(cfg.model).items()
+                     if not (k in ("pretrained", "weights") and not v)) or "its defaults"
+    if model is None:
+        try:
+            with warnings.catch_warnings():     # e.g. "zero-element tensors": the forward below says it better
+                warnings.simplefilter("ignore")
+                model = create_model(**as_dict(cfg.model), num_classes=data.num_classes)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  whatever the builder raises for impossible arguments
+            raise ConfigError(f"model={tag} cannot be built with {args}: {_one_line(e)}") from None
+    size = int(data.image_size)
+    err = _forward_error(model, size)
+    if err is not None:
+        if size < 224 and _forward_error(model, 224) is None:    # it runs on larger images: the size is wrong
+            raise ConfigError(f"data.image_size={size} is too small for model={tag} ({err}); use a larger "
+                              "data.image_size")
+        raise ConfigError(f"model={tag} cannot run with {args} ({size} px images: {err}); check the model.* values")
+    return model
+
+
+def _forward_error(model: nn.Module, size: int) -> str | None:
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu",
+                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    was_training = model.training
+    model.eval()    # BN in train mode cannot take one image of 1x1 features; eval mode changes no state
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # noqa: BLE001  shape errors come as RuntimeError, ValueError, ...
+        return _one_line(e)
+    finally:
+        model.train(was_training)
+    return None
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def check_splits(data: DataBundle, splits) -> None:
+    """The splits a task reads must hold images (an empty one would fail only after files were written)."""
+    sizes = {s: len(data.split(s)) for s in dict.fromkeys(splits)}
+    empty = [s for s, n in sizes.items() if n == 0]
+    if empty:
+        raise DataError(f"data={data.info.get('name', '?')}: the {'/'.join(empty)} split is empty (sizes {sizes}); "
+                        "check data.root and the data's split settings")
+
+
+def bad_image_counts(data: DataBundle) -> dict[str, int]:
+    """Undecodable images met (and skipped) per split so far (0 for in-memory data)."""
+    return {s: int(getattr(data.split(s), "bad_images", 0)) for s in ("train", "val", "test")}
 
 
 # ---------------------------------------------------------------- run directories
-def prepare_run_dir(cfg: DictConfig, run_dir: Path, device: torch.device, check: bool) -> dict:
-    """Refuse a run dir that holds another training run (``check``); then record config + provenance."""
-    saved = run_dir / "config.yaml"
-    if check and saved.is_file():
-        check_identity(_identity_of_saved(saved), as_dict(cfg), run_dir)
+def check_run_dir(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> None:
+    """Refuse a run dir that holds another run: for training (``identity`` None) one whose saved
+    config has another :func:`run_identity` or is an evaluation; for an evaluation (``identity`` =
+    :func:`eval_identity`) one that holds anything but an evaluation with that identity."""
+    saved = saved_config(run_dir)
+    if identity is None:
+        if saved is not None:
+            if saved.get("task") == "eval":
+                raise ConfigError(f"{run_dir} holds an evaluation (task=eval), not a training run; "
+                                  "choose another run_dir=... or run_name=...")
+            check_identity(run_identity(saved), as_dict(cfg), run_dir)
+        return
+    saved_identity = run_dir / "identity.json"
+    if saved_identity.is_file():
+        diff = identity_diff(json.loads(saved_identity.read_text()), identity)
+    elif saved is not None:             # an evaluation from before identity.json, or another task's run
+        def config_identity(c):
+            return {**_eval_config_identity(c), "checkpoint": c.get("checkpoint")}
+        diff = identity_diff(config_identity(saved), config_identity(as_dict(cfg)))
+    else:
+        return
+    if diff:
+        raise ConfigError(f"{run_dir} holds the evaluation of another checkpoint or config "
+                          f"({'; '.join(diff[:3])}); choose another run_name=... or remove that directory")
+
+
+def _eval_config_identity(c: Mapping) -> dict:
+    data = {k: v for k, v in dict(c["data"]).items() if k not in RUN_IDENTITY_IGNORED["data"]}
+    return {"task": c.get("task"), "model": dict(c["model"]), "data": data,
+            "eval_splits": list(c.get("eval_splits") or []), "seed": c.get("seed")}
+
+
+def eval_identity(cfg: DictConfig) -> dict:
+    """What an evaluation's results depend on: the checkpoint file (path and sha256 of its content),
+    the model, the data, the splits and the seed."""
+    c = as_dict(cfg)
+    ckpt = None
+    if c.get("checkpoint"):
+        path = checkpoint_path(c["checkpoint"]).resolve()
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        ckpt = {"path": str(path), "sha256": h.hexdigest()}
+    return {**_eval_config_identity(c), "task": "eval", "checkpoint": ckpt}
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path, device: torch.device, identity: dict | None = None) -> dict:
+    """Record config + provenance (+ an evaluation's identity) in a run dir checked by :func:`check_run_dir`."""
     prov = provenance(config=as_dict(cfg), device=device, seed=cfg.seed)
     io.write_text(OmegaConf.to_yaml(as_dict(cfg)), run_dir / "config.yaml")
     io.write_json(prov, run_dir / "provenance.json")
+    if identity is not None:
+        io.write_json(identity, run_dir / "identity.json")
     return prov
 
 
-def _identity_of_saved(path: Path) -> dict:
-    from .train import run_identity
-    return run_identity(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+def finished_summary(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The saved summary of a finished training run of this config (its checkpoint's identity checked),
+    or None: not finished, other eval_splits asked for, or ``trainer.resume=false`` (train again)."""
+    summary_path, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
+    if not (cfg.trainer.resume and summary_path.is_file() and last.is_file()):
+        return None
+    ckpt = load_checkpoint(last)
+    check_identity(checkpoint_identity(ckpt, saved_config(run_dir)), as_dict(cfg), run_dir)
+    saved = json.loads(summary_path.read_text())
+    if ckpt["epoch"] != cfg.trainer.epochs or not set(cfg.eval_splits) <= set(saved.get("eval") or {}):
+        return None
+    saved.pop("provenance", None)
+    return saved
 
 
 def write_eval(results: dict, out_dir: Path) -> dict:
@@ -123,20 +253,45 @@ def write_eval(results: dict, out_dir: Path) -> dict:
     return metrics
 
 
+def _locked(ctx: Context, run_dir: Path, what: str):
+    """The run dir's lock on the main process (the only one that writes); nothing on the others."""
+    return io.dir_lock(run_dir, what) if ctx.dist.is_main else nullcontext()
+
+
 # ---------------------------------------------------------------- the library's tasks
 def fit_run(ctx: Context) -> dict:
-    """Train ``cfg.model`` into ``cfg.run_dir`` (resuming or reusing it), then evaluate ``best.pt`` on
-    ``eval_splits``; returns the run's summary (also written to ``summary.json``)."""
-    cfg, data = ctx.cfg, ctx.data
+    """Train ``cfg.model`` into ``cfg.run_dir`` (resuming it, or returning a finished run's saved
+    summary), then evaluate ``best.pt`` on ``eval_splits``; returns the run's summary (also written
+    to ``summary.json``).
+
+    Everything that can be checked is checked before the run dir is touched: the config (the runner),
+    the data (built here), the model (built and run on one image). The run dir is then locked, cleared
+    of temp files left by a killed write, and refused if it holds a run of another config."""
+    cfg = ctx.cfg
+    if cfg.trainer.epochs < 1:
+        raise ConfigError(f"trainer.epochs: must be >= 1 for training, got {cfg.trainer.epochs}")
+    data = ctx.data
+    check_splits(data, ["train", "val", *cfg.eval_splits])
+    validate_model(cfg, data)
     run_dir = Path(cfg.run_dir)
-    prov = prepare_run_dir(cfg, run_dir, ctx.device, check=True) if ctx.dist.is_main else {}
-    summary = fit(as_dict(cfg), data, run_dir, ctx.device, ctx.dist)
-    model, _ = load_run(run_dir / "checkpoints" / "best.pt")
-    results = evaluate_model(model, data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
-    if ctx.dist.is_main:
-        summary["eval"] = write_eval(results, run_dir / "eval")
-        summary["data"] = data.info
-        io.write_json({"provenance": prov, **summary}, run_dir / "summary.json")
+    with _locked(ctx, run_dir, "training run"):
+        if ctx.dist.is_main:
+            io.remove_orphaned_temps(run_dir)
+            check_run_dir(cfg, run_dir)
+        done = finished_summary(cfg, run_dir)
+        if done is not None:
+            if ctx.dist.is_main:
+                print(f"reusing the finished run {run_dir}", flush=True)
+            return done
+        prov = prepare_run_dir(cfg, run_dir, ctx.device) if ctx.dist.is_main else {}
+        summary = fit(as_dict(cfg), data, run_dir, ctx.device, ctx.dist)
+        model, _ = load_run(run_dir / "checkpoints" / "best.pt")
+        results = evaluate_model(model, data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
+        if ctx.dist.is_main:
+            summary["eval"] = write_eval(results, run_dir / "eval")
+            summary["data"] = data.info
+            summary["bad_images"] = bad_image_counts(data)
+            io.write_json({"provenance": prov, **summary}, run_dir / "summary.json")
     return summary
 
 
@@ -150,15 +305,25 @@ def train(ctx: Context) -> Result:
 
 
 def evaluate(ctx: Context) -> Result:
-    """Top-1/top-5 and per-image predictions of ``checkpoint=`` (or a pretrained model) -> the run dir."""
+    """Top-1/top-5 and per-image predictions of ``checkpoint=`` (or a pretrained model) -> the run dir,
+    which must be new or hold an evaluation with the same :func:`eval_identity`."""
     cfg = ctx.cfg
-    model = ctx.model(cfg.model.tag)
+    model = ctx.model(cfg.model.tag)        # data, checkpoint (safely loaded), classes: nothing written yet
+    check_splits(ctx.data, cfg.eval_splits)
+    validate_model(cfg, ctx.data, model)
+    identity = eval_identity(cfg)
     run_dir = Path(cfg.run_dir)
-    prov = prepare_run_dir(cfg, run_dir, ctx.device, check=False) if ctx.dist.is_main else {}
-    results = evaluate_model(model, ctx.data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
     metrics = {}
-    if ctx.dist.is_main:
-        metrics = write_eval(results, run_dir)
-        io.write_json({"provenance": prov, "metrics": metrics}, run_dir / "summary.json")
+    with _locked(ctx, run_dir, "evaluation"):
+        prov = {}
+        if ctx.dist.is_main:
+            io.remove_orphaned_temps(run_dir)
+            check_run_dir(cfg, run_dir, identity)
+            prov = prepare_run_dir(cfg, run_dir, ctx.device, identity)
+        results = evaluate_model(model, ctx.data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
+        if ctx.dist.is_main:
+            metrics = write_eval(results, run_dir)
+            io.write_json({"provenance": prov, "metrics": metrics, "bad_images": bad_image_counts(ctx.data)},
+                          run_dir / "summary.json")
     return Result(summary="; ".join(f"{s} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} (n={m['n']})"
                                     for s, m in metrics.items()))

@@ -138,8 +138,12 @@ def build_criterion(t: Mapping) -> nn.Module:
 
 
 # ---------------------------------------------------------------- run identity
-RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "max_steps_per_epoch"),
-                        "data": ("root", "workers", "cache")}
+# Keys that cannot change what a run computes (how it is shown, how fast its data loads, whether it
+# resumes); every other key of model, data and trainer, and the seed, is the run's identity.
+RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume"),
+                        "data": ("workers", "cache")}
+# Version 2 added data.root and trainer.max_steps_per_epoch; checkpoints without a version predate it.
+IDENTITY_VERSION = 2
 
 
 PLATEAU_KEYS = ("patience", "early_stop", "factor", "restart_optimizer")
@@ -159,6 +163,16 @@ def run_identity(cfg: Mapping) -> dict:
         if d.get(k, default) == default:
             d.pop(k, None)
     return {"model": dict(cfg["model"]), "data": d, "trainer": t, "seed": cfg["seed"]}
+
+
+def checkpoint_identity(ckpt: Mapping, saved_cfg: Mapping | None = None) -> dict:
+    """The identity a checkpoint was trained under. Checkpoints from before ``IDENTITY_VERSION`` 2 did
+    not record data.root and trainer.max_steps_per_epoch: those come from the run's saved config."""
+    identity = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in ckpt["identity"].items()}
+    if ckpt.get("identity_version", 1) < IDENTITY_VERSION and saved_cfg is not None:
+        identity["data"].setdefault("root", dict(saved_cfg["data"]).get("root"))
+        identity["trainer"].setdefault("max_steps_per_epoch", dict(saved_cfg["trainer"]).get("max_steps_per_epoch"))
+    return identity
 
 
 def identity_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -205,10 +219,10 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     per_epoch = isinstance(scheduler, PlateauHalving)   # steps on val accuracy after each epoch, not per step
     scaler = torch.amp.GradScaler("cuda") if precision.dtype == torch.float16 else None
 
-    start_epoch, best_acc, history = 0, -1.0, []
+    start_epoch, best_acc, history, wall_before = 0, -1.0, [], 0.0
     if last_path.is_file() and t["resume"]:
         ckpt = load_checkpoint(last_path)
-        check_identity(ckpt["identity"], cfg, run_dir)
+        check_identity(checkpoint_identity(ckpt, saved_config(run_dir)), cfg, run_dir)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -216,6 +230,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, best_acc, history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
+        wall_before = ckpt.get("train_wall_s", sum(h.get("epoch_s", 0.0) for h in history))
         if dist_info.is_main:
             print(f"resuming {run_dir} from epoch {start_epoch}/{t['epochs']}", flush=True)
 
@@ -253,7 +268,9 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rng_state(),
-                     "identity": run_identity(cfg), "model_spec": spec, "precision": precision.name}
+                     "identity": run_identity(cfg), "identity_version": IDENTITY_VERSION,
+                     "train_wall_s": wall_before + time.perf_counter() - started,
+                     "model_spec": spec, "precision": precision.name}
             # best first: a kill between the two writes then loses nothing that last.pt would not redo.
             if is_best:
                 io.save_checkpoint({**state, "rng": None}, ckpt_dir / "best.pt")
@@ -271,11 +288,21 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             break
 
     stop = scheduler.stop_epoch if per_epoch else None
+    # train_wall_s: over every process that worked on the run (a resumed run counts its earlier ones)
     return {"epochs": len(history), "max_epochs": t["epochs"], "stopped_early": stop is not None,
             "stop_epoch": stop, "lr_decays": scheduler.decays if per_epoch else None, "best_val_top1": best_acc,
-            "train_wall_s": time.perf_counter() - started,
+            "train_wall_s": wall_before + time.perf_counter() - started,
             "precision": precision.name, "channels_last": channels_last,
             "final": history[-1] if history else {}}
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    """The config a run dir was last started with (its config.yaml), or None."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def use_channels_last(setting, device: torch.device, model: nn.Module) -> bool:

@@ -55,3 +55,12 @@ def has_narrow_convs_on_cpu(device: torch.device | str, model: nn.Module) -> boo
     bf16, eager and inductor); NCHW never did. Callers keep those nets in NCHW."""
     return torch.device(device).type == "cpu" and any(
         m.out_channels < 16 for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def refused_content(err: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` refused in a file, in a few words (its message is a page
+    that suggests ``weights_only=False``, which would run the file's code)."""
+    import re
+    m = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+|[^\n]*)", str(err))
+    what = m.group(0).strip().rstrip(".") if m else ""
+    return "it holds more than tensors and plain containers" + (f" ({what})" if what else "")

@@ -63,7 +63,8 @@ def test_table1_pipeline_tiny(tmp_path):
         sig, res = run(tmp_path, "experiment=signatures", f"task={name}", *TINY, "signatures.scrambling.grids=[2]",
                        "signatures.scrambling.num_images=4", "signatures.scrambling.texture=false")
         assert {str(v) for v in sig.models.values()} == {e["run_dir"] for e in raw["raw"].values()}
-        assert Path(sig.out_dir) == tmp_path / "results" / "signatures" / "synthetic" / "default" / name
+        # debug=fast (in TINY) writes under runs/, never over results/
+        assert Path(sig.out_dir) == tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default" / name
         if name == "error_overlap":
             pairs = res.tables["pairs"]
             assert len(pairs) == 21 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels

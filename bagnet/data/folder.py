@@ -177,7 +177,8 @@ def build_imagefolder(cfg: dict, seed: int, mean, std):
     root = cfg.get("root")
     layout = "root/train/<class>/*.jpg (+ optional root/val/, root/test/)"
     if not root or not Path(root).is_dir():
-        raise DataError(f"data root {root} not found; expected {layout}; set data.root=/path/to/dataset")
+        raise DataError(f"data root {root} not found; expected {layout}; set data.root=/path/to/dataset "
+                        "(make: DATA_ROOT=/path/to/dataset)")
     root = Path(root)
     train_dir = root / cfg.get("train_dir", "train")
     if not train_dir.is_dir():

@@ -39,7 +39,8 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 def build_imagenet(cfg: dict, seed: int, mean, std):
     root = cfg.get("root")
-    hint = "set data.root=/path/to/imagenet (or IMAGENET_ROOT)"
+    hint = ("set data.root=/path/to/imagenet (or IMAGENET_ROOT; make eval-imagenet: IMAGENET_ROOT=/path/to/imagenet, "
+            "make train: DATA_ROOT=/path/to/imagenet)")
     if not root or not Path(root).is_dir():
         raise DataError(f"data root {root} not found; expected {LAYOUT}; {hint}")
     root = Path(root)

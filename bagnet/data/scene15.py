@@ -62,7 +62,7 @@ def list_scene15(root: Path, seed: int, train_per_class: int = 100) -> tuple[lis
     """(training pool, test pool) as (path, label) lists, and the layout name."""
     if not root or not Path(root).is_dir():
         raise DataError(f"data root {root} not found; expected {LAYOUT}; set data.root=/path/to/scene15 "
-                        "(or SCENE15_ROOT); get it with scripts/get_scene15.py")
+                        "(or SCENE15_ROOT; make: DATA_ROOT=/path/to/scene15); get it with scripts/get_scene15.py")
     root = Path(root)
     cidx = {c: i for i, c in enumerate(SCENE15_CLASSES)}
     if (root / "train").is_dir():

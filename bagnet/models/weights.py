@@ -1,12 +1,16 @@
 """Pretrained weights: a local file (``model.weights=``), a copy in ``$BAGNET_WEIGHTS_DIR``, the torch hub
 cache, or a hash-checked download into it.
 
+Every file is read with ``torch.load(weights_only=True)`` (tensors and plain containers only, so a
+crafted file cannot run code) and held to the sha256 prefix in its name where it has one: a download as
+torch.hub checks it, and a file already in the hub cache again (torch.hub skips the check for those).
 Offline (as on CI) a missing file fails with one line naming it, its url and where to put it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 from pathlib import Path
 from urllib.error import URLError
@@ -15,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import WeightsError
+from ..utils import refused_content
 
 HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
 
@@ -85,16 +90,34 @@ def fetch_state_dict(url: str, file: str | None = None, weights: str | os.PathLi
         # A name shaped like the release's ('bagnet8-<hex>.pth.tar') claims a hash: hold it to it.
         if _same_stem(path.name, file) and not sha256_prefix_ok(path, path.name):
             raise WeightsError(f"{path}: sha256 does not match the hash in its name (release file: {file})")
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=False))
+        return _unwrap(load_weights_file(path))
+    cached = hub_checkpoint_dir() / file
+    if cached.is_file():
+        # torch.hub checks the hash only when it downloads; a cached file could have been replaced since.
+        if not sha256_prefix_ok(cached, file):
+            raise WeightsError(f"refused {cached}: its sha256 does not match the hash in its name; delete it "
+                               "to download it again, or pass model.weights=/path/to/a/good/copy")
+    else:
+        m = HASH_RE.search(file)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=m.group(1) if m else None, progress=True)
+        except (URLError, OSError, ConnectionError) as e:
+            raise WeightsError(missing_message(file, url, f"cannot download: {type(e).__name__}")) from None
+        except RuntimeError as e:  # torch.hub's hash mismatch (the partial download is removed)
+            raise WeightsError(f"{file}: {' '.join(str(e).split())}") from None
+    return _unwrap(load_weights_file(cached))
+
+
+def load_weights_file(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)``; a file holding anything else is refused (WeightsError)."""
     try:
-        sd = torch.hub.load_state_dict_from_url(url, model_dir=str(hub_checkpoint_dir()), map_location="cpu",
-                                                check_hash=True, file_name=file, progress=True,
-                                                weights_only=False)
-    except (URLError, OSError, ConnectionError) as e:
-        raise WeightsError(missing_message(file, url, f"cannot download: {type(e).__name__}")) from None
-    except RuntimeError as e:  # torch.hub's hash mismatch
-        raise WeightsError(f"{file}: {e}") from None
-    return _unwrap(sd)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"refused to load weights file {path}: {refused_content(e)}; weights files hold "
+                           "only those, so it was not saved as weights or was altered") from None
+    except Exception as e:  # truncated, or not a torch file
+        raise WeightsError(f"cannot read weights file {path} ({type(e).__name__}: damaged or not a torch file)") from None
 
 
 def _unwrap(obj) -> dict:

@@ -1,0 +1,443 @@
+"""Issue 16: runs and results that cannot be silently reused, overwritten or hijacked.
+
+Safe loading, run identity (train and eval), validation before writing, locks, results folders, and
+the smaller promises (epochs, truncated checkpoints, orphaned temp files, permissions, messages,
+bad-image counts, class names). README "Guarantees" lists these tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bagnet import io
+from bagnet.config import compose
+from bagnet.data import DataError, build_data
+from bagnet.data.scene15 import SCENE15_CLASSES
+from bagnet.errors import ConfigError, LockError, WeightsError
+from bagnet.result import Result
+from bagnet.run import run_task
+from bagnet.train import run_identity
+
+REPO = Path(__file__).resolve().parents[1]
+# one tiny training run: 1 epoch of 1 step at 64 px
+TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "data.val_per_class=3",
+        "data.test_per_class=3", "debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+        "trainer.batch_size=4", "device=cpu", "model=bagnet9", "model.width=4"]
+
+
+def run(tmp_path: Path, *overrides: str):
+    """``python -m bagnet.run <overrides>`` in-process; returns (config, Result)."""
+    overrides = [*overrides, f"paths.root_dir={tmp_path}"]
+    cfg = compose(overrides)
+    return cfg, run_task(cfg, overrides)
+
+
+def config(tmp_path: Path, *overrides: str):
+    return compose([*overrides, f"paths.root_dir={tmp_path}"])
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bagnet.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    return lines[0]
+
+
+def image_folder(root: Path, classes=("a", "b"), n: int = 5, seed: int = 0, bad: dict | None = None) -> Path:
+    """``root/train/<class>/*.png`` (distinct random images); ``bad``: {split: count} undecodable files
+    added to class ``classes[0]`` (a ``val/`` split is then created with ``n`` good images per class)."""
+    rng = np.random.default_rng(seed)
+    splits = ["train"] + [s for s in (bad or {}) if s != "train"]
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    for split, count in (bad or {}).items():
+        for i in range(count):
+            (root / split / classes[0] / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return root
+
+
+def folder_args(root: Path, *extra: str) -> list[str]:
+    return ["data=imagefolder", f"data.root={root}", "data.image_size=32", "data.workers=0", "debug=fast",
+            "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.batch_size=4", "device=cpu",
+            "model=bagnet9", "model.width=4", *extra]
+
+
+def fake_scene15(root: Path, per_class: int = 10) -> Path:
+    rng = np.random.default_rng(0)
+    for c in SCENE15_CLASSES:
+        for i in range(per_class):
+            d = root / ("train" if i < per_class // 2 else "test") / c
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (36, 40), dtype=np.uint8), "L").save(d / f"image_{i:04d}.jpg")
+    return root
+
+
+class MakesAFile:
+    """Unpickling this runs ``open(marker, "w")``: a stand-in for any code a crafted file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# ---------------------------------------------------------------- 1. loading a file runs no code
+@pytest.mark.parametrize("via", ["checkpoint", "model.weights"])
+def test_crafted_file_is_refused_without_running_its_code(tmp_path, via):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model_spec": {"name": "resnet18"}, "model": {}, "state_dict": {}, "x": MakesAFile(marker)}, evil)
+    args = ["task=eval", "device=cpu", "data=synthetic", "data.image_size=64", "data.samples_per_class=4"]
+    args += [f"checkpoint={evil}", "model=bagnet9"] if via == "checkpoint" else ["model=resnet18", f"model.weights={evil}"]
+    cfg = config(tmp_path, *args)
+    with pytest.raises(ConfigError if via == "checkpoint" else WeightsError) as e:
+        run(tmp_path, *args)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"refused to load {'weights file ' if via != 'checkpoint' else ''}{evil}")
+    assert "open" in msg                       # names what it refused: the global 'open'
+    assert not marker.exists()
+    assert not Path(cfg.run_dir).exists()
+
+
+def test_hub_cache_file_is_hash_checked_and_loaded_safely(tmp_path, monkeypatch):
+    from bagnet.models import weights as W
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def no_download(*a, **k):
+        raise AssertionError("a cached file must not be downloaded again")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+
+    def cached(obj, stem: str) -> str:
+        tmp = hub / "checkpoints" / "tmp"
+        torch.save(obj, tmp)
+        name = f"{stem}-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
+        tmp.rename(hub / "checkpoints" / name)
+        return name
+
+    good = cached({"w": torch.ones(2)}, "good")
+    assert torch.equal(W.fetch_state_dict(f"https://example.org/{good}")["w"], torch.ones(2))
+
+    marker = tmp_path / "code_ran"
+    evil = cached({"w": MakesAFile(marker)}, "evil")       # its name carries its true hash
+    with pytest.raises(WeightsError, match="refused to load weights file") as e:
+        W.fetch_state_dict(f"https://example.org/{evil}")
+    assert "\n" not in str(e.value) and not marker.exists()
+
+    replaced = hub / "checkpoints" / good.replace("good-", "other-")   # same hash in the name, other content
+    torch.save({"w": torch.zeros(2)}, replaced)
+    with pytest.raises(WeightsError, match="sha256 does not match") as e:
+        W.fetch_state_dict(f"https://example.org/{replaced.name}")
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- 2. a run is reused only by its own config
+def test_run_on_another_data_root_is_refused(tmp_path):
+    a, b = image_folder(tmp_path / "A", seed=0), image_folder(tmp_path / "B", seed=1)
+    cfg, _ = run(tmp_path, *folder_args(a))
+    saved = (Path(cfg.run_dir) / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"data\.root: .*/A -> .*/B"):
+        run(tmp_path, *folder_args(b))
+    assert (Path(cfg.run_dir) / "config.yaml").read_text() == saved
+
+
+def test_short_run_is_not_reused_as_the_full_run(tmp_path):
+    cfg, _ = run(tmp_path, *TINY)
+    assert cfg.trainer.max_steps_per_epoch == 1
+    mtime = (Path(cfg.run_dir) / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps_per_epoch: 1 -> None"):
+        run(tmp_path, *TINY, "trainer.max_steps_per_epoch=null")
+    assert (Path(cfg.run_dir) / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_eval_of_another_checkpoint_into_an_eval_dir_is_refused(tmp_path):
+    a, _ = run(tmp_path, *TINY, "run_name=A")
+    b, _ = run(tmp_path, *TINY, "run_name=B", "seed=1")
+    ev, _ = run(tmp_path, *TINY, "task=eval", f"checkpoint={a.run_dir}", "run_name=evalA")
+    eval_dir = Path(ev.run_dir)
+    before = {p: p.stat().st_mtime_ns for p in eval_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="holds the evaluation of another checkpoint"):
+        run(tmp_path, *TINY, "task=eval", f"checkpoint={b.run_dir}", "run_name=evalA")
+    assert {p: p.stat().st_mtime_ns for p in eval_dir.rglob("*") if p.is_file()} == before
+    # the same checkpoint again is fine; so is B into a dir of its own
+    run(tmp_path, *TINY, "task=eval", f"checkpoint={a.run_dir}/checkpoints/best.pt", "run_name=evalA")
+    run(tmp_path, *TINY, "task=eval", f"checkpoint={b.run_dir}", "run_name=evalB")
+    # and an evaluation never writes into a training run's dir
+    with pytest.raises(ConfigError, match="task: train -> eval"):
+        run(tmp_path, *TINY, "task=eval", f"checkpoint={b.run_dir}", f"run_dir={a.run_dir}")
+
+
+# ---------------------------------------------------------------- 3. validated before anything is written
+@pytest.mark.parametrize("bad, fixed, key", [
+    (["trainer.epochs=abc"], ["trainer.epochs=1"], "trainer.epochs"),
+    (["trainer.batch_size=-4"], ["trainer.batch_size=4"], "trainer.batch_size"),
+    (["data=scene15", "data.on_bad_image=crash"], ["data=scene15", "data.on_bad_image=skip"], "data.on_bad_image"),
+    (["model.width=0"], ["model.width=4"], "model.width=0"),
+    (["data=imagefolder", "model=bagnet33", "data.image_size=24"],
+     ["data=imagefolder", "model=bagnet33", "data.image_size=40"], "data.image_size=24"),
+], ids=["epochs", "batch_size", "on_bad_image", "width", "image_size"])
+def test_invalid_command_writes_nothing_and_the_corrected_one_runs(tmp_path, bad, fixed, key):
+    common = ["debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.batch_size=4",
+              "device=cpu", "model=bagnet9", "model.width=4", "data.workers=0", f"paths.root_dir={tmp_path}"]
+    if "data=scene15" in bad:
+        common += [f"data.root={fake_scene15(tmp_path / 'scene15')}", "data.test_per_class=2", "data.image_size=32"]
+    elif "data=imagefolder" in bad:
+        common += [f"data.root={image_folder(tmp_path / 'folder')}"]
+    else:
+        common += ["data.image_size=64", "data.samples_per_class=6"]
+    r = run_cli(*common, *bad)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert key in one_error_line(r.stderr)
+    assert not (tmp_path / "runs").exists(), sorted(tmp_path.joinpath("runs").rglob("*"))
+    cfg = compose([o for o in common if o.split("=")[0] not in {f.split("=")[0] for f in fixed}] + fixed)
+    run_task(cfg)
+    assert (Path(cfg.run_dir) / "summary.json").is_file()
+
+
+def test_rerunning_a_finished_run_rewrites_nothing(tmp_path, capsys):
+    cfg, _ = run(tmp_path, *TINY)
+    run_dir = Path(cfg.run_dir)
+    files = [run_dir / f for f in ("config.yaml", "provenance.json", "summary.json", "checkpoints/last.pt")]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    wall = json.loads((run_dir / "summary.json").read_text())["train_wall_s"]
+    time.sleep(0.05)
+    _, result = run(tmp_path, *TINY, "trainer.progress=true")   # not part of the run's identity
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    assert json.loads((run_dir / "summary.json").read_text())["train_wall_s"] == wall
+    assert f"{wall:.0f}s" in result.summary and "reusing the finished run" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 4. one process per run dir
+def write_lock(directory: Path, pid: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / ".lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "earlier"}))
+    return lock
+
+
+def test_run_dir_locked_by_a_live_process_is_refused(tmp_path):
+    cfg = config(tmp_path, *TINY)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = write_lock(Path(cfg.run_dir), holder.pid)
+        held = lock.read_text()
+        with pytest.raises(LockError, match=f"in use by process {holder.pid} on ") as e:
+            run(tmp_path, *TINY)
+        assert "\n" not in str(e.value)
+        assert lock.read_text() == held and not (Path(cfg.run_dir) / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    cfg = config(tmp_path, *TINY)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock = write_lock(Path(cfg.run_dir), gone.pid)
+    run(tmp_path, *TINY)
+    out = capsys.readouterr().out
+    assert f"taking over the stale lock of {cfg.run_dir}: process {gone.pid}" in out
+    assert (Path(cfg.run_dir) / "summary.json").is_file() and not lock.exists()
+
+
+# Runs the CLI with a pause between the run dir's identity check and its first write: both processes
+# get there before either writes unless one was refused before (the lock). ``go`` ends the wait.
+RACE = r"""
+import os, sys, time, pathlib
+import bagnet.tasks as T
+gate = pathlib.Path(sys.argv.pop(1))
+real = T.provenance
+def paused(*a, **k):
+    (gate / f"ready.{os.getpid()}").touch()
+    t0 = time.time()
+    while len(list(gate.glob("ready.*"))) < 2 and not (gate / "go").exists() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    return real(*a, **k)
+T.provenance = paused
+from bagnet.run import main
+main()
+"""
+
+
+def test_two_commands_on_one_run_dir_one_wins(tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    run_dir = tmp_path / "shared_run"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(gate), *TINY, f"trainer.lr={lr}",
+                               f"run_dir={run_dir}", f"paths.root_dir={tmp_path}"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for lr in (0.1, 0.2)]
+    while all(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    (gate / "go").touch()
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], (codes, [e[-2000:] for _, e in outs])
+    loser = outs[codes.index(2)][1]
+    assert "in use by process" in one_error_line(loser) or "another config" in loser
+    from bagnet.train import saved_config
+    saved = saved_config(run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["identity"] == run_identity(saved)
+    assert saved["trainer"]["lr"] == (0.1, 0.2)[codes.index(0)]
+
+
+# ---------------------------------------------------------------- 5. results folders
+def probe_task(ctx) -> Result:
+    """A task with a table: its value depends on the seed only."""
+    return Result(tables={"probe": pd.DataFrame({"seed": [ctx.cfg.seed]})}, raw={"seed": ctx.cfg.seed},
+                  summary=f"seed {ctx.cfg.seed}")
+
+
+@pytest.mark.parametrize("extra", [[], ["experiment=table1"], ["experiment=demo"], ["experiment=signatures"],
+                                   ["experiment=eval_imagenet"]], ids=["plain", "table1", "demo", "signatures", "imagenet"])
+def test_debug_fast_writes_results_under_runs(tmp_path, extra):
+    for task in ("train", "heatmaps", "scrambling", "table1", "demo", "eval_imagenet"):
+        cfg = config(tmp_path, f"task={task}", *extra, "debug=fast")
+        assert Path(cfg.out_dir).is_relative_to(Path(cfg.paths.runs_dir)), (task, cfg.out_dir)
+        assert not Path(cfg.out_dir).is_relative_to(tmp_path / "results"), (task, cfg.out_dir)
+
+
+def test_results_of_another_config_are_not_replaced(tmp_path, capsys):
+    probe = ["+tasks.probe=test_guarantees.probe_task", "task=probe", "device=cpu"]
+    cfg, _ = run(tmp_path, *probe)
+    raw = Path(cfg.out_dir) / "raw.json"
+    assert json.loads(raw.read_text())["raw"] == {"seed": 0}
+    assert "replacing" not in capsys.readouterr().out
+    # keys that cannot change results do not count; the replacement is announced
+    run(tmp_path, *probe, "trainer.progress=false", "data.workers=1", "paths.runs_dir=elsewhere")
+    assert f"replacing the results in {cfg.out_dir}" in capsys.readouterr().out
+    written = raw.read_text()
+    with pytest.raises(ConfigError, match=r"holds results of another config \(.*seed: 0 -> 1.*overwrite=true") as e:
+        run(tmp_path, *probe, "seed=1")
+    assert "\n" not in str(e.value) and raw.read_text() == written
+    run(tmp_path, *probe, "seed=1", "overwrite=true")
+    out = capsys.readouterr().out
+    assert f"replacing the results in {cfg.out_dir}" in out and "config differs, overwrite=true:" in out
+    assert "seed: 0 -> 1" in out
+    assert json.loads(raw.read_text())["raw"] == {"seed": 1}
+    assert not (Path(cfg.out_dir) / ".lock").exists()
+
+
+# ---------------------------------------------------------------- 6. the smaller promises
+def test_zero_epochs_is_refused_before_writing(tmp_path):
+    cfg = config(tmp_path, *TINY, "trainer.epochs=0")
+    with pytest.raises(ConfigError, match=r"trainer\.epochs: must be >= 1 for training, got 0"):
+        run(tmp_path, *TINY, "trainer.epochs=0")
+    assert not Path(cfg.run_dir).exists()
+
+
+def test_truncated_last_checkpoint_names_the_way_out(tmp_path):
+    cfg, _ = run(tmp_path, *TINY)
+    last = Path(cfg.run_dir) / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(ConfigError) as e:
+        run(tmp_path, *TINY)
+    msg = str(e.value)
+    assert "\n" not in msg and "truncated" in msg
+    assert f"checkpoint={last.with_name('best.pt')}" in msg and "trainer.resume=false" in msg
+    run(tmp_path, *TINY, "trainer.resume=false")          # the way out works
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_orphaned_temp_files_are_removed_when_a_run_dir_is_reopened(tmp_path):
+    cfg, _ = run(tmp_path, *TINY)
+    run_dir = Path(cfg.run_dir)
+    orphans = [run_dir / "checkpoints" / ".last.pt.abc123.tmp", run_dir / "eval" / ".metrics.json.x.tmp",
+               run_dir / ".summary.json.y.tmp"]
+    for p in orphans:
+        p.write_bytes(b"\0" * 10)
+    run(tmp_path, *TINY)
+    assert not any(p.exists() for p in orphans)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_written_files_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        for mask in (0o022, 0o027, 0o002):
+            os.umask(mask)
+            for path in (io.write_json({"a": 1}, tmp_path / f"{mask:o}.json"),
+                         io.save_checkpoint({"a": torch.ones(1)}, tmp_path / f"{mask:o}.pt"),
+                         *io.write_table(pd.DataFrame({"a": [1]}), tmp_path / f"t{mask:o}")):
+                assert path.stat().st_mode & 0o777 == 0o666 & ~mask, (path, oct(path.stat().st_mode))
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("name", ["scene15", "imagefolder", "imagenet", "imagenette"])
+def test_missing_data_root_names_the_make_variable(tmp_path, name):
+    with pytest.raises(DataError) as e:
+        build_data({"name": name, "root": str(tmp_path / "nowhere"), "image_size": 32})
+    msg = str(e.value)
+    assert "\n" not in msg and "data.root=" in msg and "DATA_ROOT=" in msg
+
+
+def test_bad_images_are_skipped_with_a_warning_and_counted_in_the_summary(tmp_path, caplog):
+    root = image_folder(tmp_path / "data", n=4, bad={"train": 2, "val": 1})
+    with caplog.at_level("WARNING"):
+        cfg, _ = run(tmp_path, *folder_args(root, "trainer.max_steps_per_epoch=null", "trainer.batch_size=20"))
+    summary = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+    assert summary["bad_images"]["train"] >= 2 and summary["bad_images"]["val"] >= 1, summary["bad_images"]
+    assert "skipping undecodable image" in caplog.text and "broken0.jpg" in caplog.text
+
+
+def test_eval_on_data_with_other_class_names_is_refused(tmp_path):
+    two = ["data.classes=[local_plus,local_x]"]
+    train, _ = run(tmp_path, *TINY, *two)
+    other = ["task=eval", f"checkpoint={train.run_dir}", "data.classes=[local_plus,local_ring]"]
+    cfg = config(tmp_path, *TINY, *other)
+    with pytest.raises(ConfigError, match=r"trained on other classes .*local_x vs local_ring"):
+        run(tmp_path, *TINY, *other)
+    assert not Path(cfg.run_dir).exists()
+    run(tmp_path, *TINY, "task=eval", f"checkpoint={train.run_dir}", *two)   # the same classes: fine
+
+
+def test_data_that_cannot_be_used_is_refused_before_writing(tmp_path):
+    # synthetic below 48 px: its generator could not place the motifs and never returned
+    with pytest.raises(ConfigError, match=r"data\.image_size: synthetic data needs >= 48, got 32"):
+        run(tmp_path, *TINY, "data.image_size=32")
+    # one image per class: the seeded hold-out leaves val empty
+    root = image_folder(tmp_path / "data", n=1)
+    cfg = config(tmp_path, *folder_args(root))
+    with pytest.raises(DataError, match="the val/test split is empty"):
+        run(tmp_path, *folder_args(root))
+    assert not (tmp_path / "runs").exists() and not Path(cfg.run_dir).exists()
+
+
+def test_run_from_before_identity_version_2_is_still_reused(tmp_path):
+    """Checkpoints written before data.root and max_steps_per_epoch joined the identity are checked on
+    those keys against the run's config.yaml, so finished and interrupted older runs are not refused."""
+    cfg, _ = run(tmp_path, *TINY)
+    last = Path(cfg.run_dir) / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["identity_version"], ckpt["identity"]["data"]["root"], ckpt["identity"]["trainer"]["max_steps_per_epoch"]
+    torch.save(ckpt, last)
+    mtime = last.stat().st_mtime_ns
+    run(tmp_path, *TINY)                                   # reused
+    assert last.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps_per_epoch: 1 -> None"):
+        run(tmp_path, *TINY, "trainer.max_steps_per_epoch=null")
