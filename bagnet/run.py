@@ -36,7 +36,6 @@ from .errors import ConfigError, UserError
 from .provenance import provenance
 from .result import Result
 from .tasks import Context
-from .train import identity_diff
 
 # Config keys that cannot change a task's results: where files go, the device, progress bars, workers,
 # and which function implements each task name (code, which the provenance's commit records).
@@ -101,6 +100,14 @@ def saved_results(out_dir: Path) -> Path | None:
     return next(iter(sorted(out_dir.glob("*/raw.json"))), None)
 
 
+def changed_values(saved, new, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every key of ``saved`` whose value ``new`` changes (or drops). Keys only in
+    ``new`` are ignored: a key added to the configs since is a newer default, not another experiment."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        return [d for k in sorted(saved) for d in changed_values(saved[k], new.get(k, "<absent>"), f"{prefix}{k}.")]
+    return [] if saved == new else [f"{prefix[:-1]}: {saved} -> {new}"]
+
+
 def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
     """Refuse results in ``out_dir`` made by another config (unless ``overwrite=true``); the note to
     print when they are replaced, None when there are none."""
@@ -112,7 +119,7 @@ def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
     except (OSError, ValueError):
         prov = {}
     saved = prov.get("config")
-    diff = (identity_diff(results_identity(saved), results_identity(as_dict(cfg))) if isinstance(saved, dict)
+    diff = (changed_values(results_identity(saved), results_identity(as_dict(cfg))) if isinstance(saved, dict)
             else [f"{raw} records no config"])
     made = f"made {prov.get('time', '?')} by commit {str(prov.get('git_commit', '?'))[:12]}"
     shown = "; ".join(d if len(d) <= 160 else d[:157] + "..." for d in diff[:3])

@@ -330,6 +330,9 @@ def test_results_of_another_config_are_not_replaced(tmp_path, capsys):
     # keys that cannot change results do not count; the replacement is announced
     run(tmp_path, *probe, "trainer.progress=false", "data.workers=1", "paths.runs_dir=elsewhere")
     assert f"replacing the results in {cfg.out_dir}" in capsys.readouterr().out
+    # a key the saved config did not have yet (added to the configs since) is not another experiment
+    run(tmp_path, *probe, "+brand_new_key=1")
+    assert f"replacing the results in {cfg.out_dir}" in capsys.readouterr().out
     written = raw.read_text()
     with pytest.raises(ConfigError, match=r"holds results of another config \(.*seed: 0 -> 1.*overwrite=true") as e:
         run(tmp_path, *probe, "seed=1")
