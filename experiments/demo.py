@@ -81,7 +81,8 @@ def _correct(df: pd.DataFrame, ids: list[int] | None = None, within: bool = Fals
         df = df[df["label"].isin(ids)]
         if within:
             df = df[df["pred"].isin(ids)]
-    return (df.sort_values("index")["pred"] == df.sort_values("index")["label"]).to_numpy(float)
+    df = df.sort_values("index")
+    return (df["pred"] == df["label"]).to_numpy(float)
 
 
 def _boot(x: np.ndarray, seed: int) -> CI:

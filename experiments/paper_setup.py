@@ -81,17 +81,11 @@ class ErrorsConfig:
 
 
 @dataclass
-class SensitivityConfig:
-    targets: list[str] | None = None       # None = every CNN (non-BagNet model)
+class SensitivityConfig(sensitivity.Config):
+    """The signature's own schema with the paper pipeline's defaults: epsilon-LRP added, 100 images;
+    targets None = every CNN (non-BagNet model)."""
     methods: list[str] = field(default_factory=lambda: sensitivity.METHODS[:-2] + ["lrp", "occlusion", "random"])
-    region: int = 8
-    max_regions: int = 10
-    report_n: list[int] = field(default_factory=lambda: [1, 5, 10])
-    ig_steps: int = 32
-    internal_batch_size: int = 64
-    heatmap_stride: int = 1
     num_images: int | None = 100
-    batch_size: int = 16
 
 
 @dataclass

@@ -25,3 +25,17 @@ def real_data(name: str, must_have: str) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """BN running stats and affine parameters away from identity (and Linear biases away from 0), so a
+    weight-mapping test cannot pass by accident of the default initialisation."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+        elif isinstance(m, torch.nn.Linear) and m.bias is not None:
+            m.bias.data.normal_(0, 0.2)
+    return model.eval()

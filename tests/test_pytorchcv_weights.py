@@ -19,6 +19,7 @@ from bagnet.models import create_model
 from bagnet.models import pytorchcv_weights as pw
 from bagnet.models.cbam import SpatialAttention
 from bagnet.models.weights import WeightsError
+from conftest import randomize_norms
 
 try:
     from pytorchcv.model_provider import get_model as ptcv_get_model
@@ -33,16 +34,7 @@ RTOL = 1e-5
 def randomized_reference(arch: str) -> torch.nn.Module:
     """pytorchcv's network, random weights, BN running stats and affine parameters away from identity."""
     torch.manual_seed(0)
-    model = ptcv_get_model(arch, pretrained=False)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-        elif isinstance(m, torch.nn.Linear):  # the CBAM MLPs' biases start at 0 otherwise
-            m.bias.data.normal_(0, 0.2)
-    return model.eval()
+    return randomize_norms(ptcv_get_model(arch, pretrained=False))   # the CBAM MLPs' biases too
 
 
 def save_release_like(sd: dict, directory, arch: str, error: str = "0000"):

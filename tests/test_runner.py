@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from bagnet import create_model
-from bagnet.config import CONFIG_DIR
+from bagnet.config import CONFIG_DIR, validate
+from bagnet.models import list_models
 from bagnet.seeding import seed_everything
 from bagnet.tasks import Context, fit_run
 
@@ -49,8 +49,8 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess
 def test_every_model_composes_with_every_dataset(data):
     for model in MODELS:
         cfg = make_cfg(f"model={model}", f"data={data}")
-        assert cfg.model.name and cfg.data.name
-        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        assert cfg.model.name in list_models() and cfg.data.name == data, (model, data)
+        validate(cfg)  # every interpolation resolves and trainer/data pass their schemas
 
 
 @pytest.mark.parametrize("model", MODELS)

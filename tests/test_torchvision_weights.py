@@ -17,6 +17,7 @@ import torchvision.models as tvm
 
 from bagnet.models import create_model
 from bagnet.models.torchvision_models import DEFAULT_CFGS
+from conftest import randomize_norms
 
 ARCHS = {"resnet50": (tvm.resnet50, "fc"), "densenet121": (tvm.densenet121, "classifier"),
          "densenet169": (tvm.densenet169, "classifier"), "vgg16": (tvm.vgg16, "classifier.6")}
@@ -25,14 +26,7 @@ _LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weigh
 
 def randomized(builder) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = builder(weights=None)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return model.eval()
+    return randomize_norms(builder(weights=None))
 
 
 def save_release_like(sd: dict, directory, arch: str):
