@@ -183,12 +183,14 @@ def _value(v) -> str:
     return str(v)
 
 
-def train_models(ctx, models: Mapping) -> dict:
+def train_models(ctx, models: Mapping, *extra: str) -> dict:
     """Train (or reuse, or resume) every ``label -> model entry`` as ``task=train`` with this run's
-    other overrides; returns label -> (the sub-run's Context, its summary)."""
-    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model")]
+    other overrides (``extra`` ones, e.g. ``seed=1``, replace this run's value of that key); returns
+    label -> (the sub-run's Context, its summary)."""
+    keys = {o.split("=", 1)[0] for o in extra}
+    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model") and o.split("=", 1)[0] not in keys]
     out = {}
     for label, spec in models.items():
-        sub = replace(ctx, overrides=base).with_overrides("task=train", *model_overrides(spec))
+        sub = replace(ctx, overrides=base).with_overrides("task=train", *extra, *model_overrides(spec))
         out[label] = (sub, fit_run(sub))
     return out

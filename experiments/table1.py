@@ -27,6 +27,7 @@ from bagnet.config import as_dict
 from bagnet.errors import ConfigError, WeightsError
 from bagnet.models.releases import check_weights, locate_weights
 from bagnet.result import Result
+from bagnet.stats import bootstrap_ci, ratio_ci
 from bagnet.train import evaluate_model
 
 from .common import model_overrides, train_models
@@ -83,49 +84,99 @@ def check_all_weights(ctx, models: dict) -> dict:
 
 
 def task(ctx) -> Result:
-    """Train (or reuse) every model of ``cfg.table1.models``, then val / test / scrambled-test top-1."""
+    """Train (or reuse) every model of ``cfg.table1.models``, then val / test / scrambled-test top-1 with 95%
+    bootstrap intervals over images; ``table1.seed_models`` are trained again at each ``table1.extra_seeds``
+    (table ``seeds``: every seed's row; ``seed_spread``: mean, sd, range over seeds)."""
     cfg = ctx.cfg
-    t1 = cfg.table1
     models = table1_models(cfg)
     release_files = check_all_weights(ctx, models)
     rows, raw = [], {}
     for label, (sub, summary) in train_models(ctx, models).items():
-        started = time.perf_counter()
-        run_dir = Path(sub.cfg.run_dir)
-        data = sub.data
-        model, _ = load_run(run_dir / "checkpoints" / "best.pt")
-        scr = evaluate_model(model, data, ["test"], as_dict(sub.cfg), ctx.device,
-                             transform=scramble_transform(t1.scramble_grid, cfg.seed, data.mean, data.std),
-                             suffix=" scrambled")
-        scr_metrics, scr_df = scr["test"]
-        io.write_predictions(scr_df, run_dir / "eval" / f"predictions_test_scrambled{t1.scramble_grid}.csv.gz")
-        extra = {}
-        same_px = same_tile_grid(data.image_size, t1.scramble_grid, t1.get("report_tile_px"))
-        if same_px:  # the report's tile size in pixels (its 4x4 grid on 224 px images = 56 px tiles)
-            m = evaluate_model(model, data, ["test"], as_dict(sub.cfg), ctx.device,
-                               transform=scramble_transform(same_px, cfg.seed, data.mean, data.std),
-                               suffix=f" scrambled {same_px}x{same_px}")["test"][0]
-            extra[f"scrambled test ({t1.report_tile_px} px tiles)"] = m["top1"]
-        ev = summary["eval"]
-        pub = REPORT_TABLE1.get(label, (None, None, None))
-        m = as_dict(sub.cfg.model)
-        pretrained = bool(m.get("pretrained") or m.get("weights"))
-        loaded = locate_weights(m["name"], **model_kwargs(m)) if pretrained else None
-        rows.append({"model": label, "val": ev["val"]["top1"], "test": ev["test"]["top1"],
-                     "scrambled test": scr_metrics["top1"], **extra,
-                     "report val": pub[0], "report test": pub[1], "report scrambled": pub[2],
-                     "init": "imagenet" if pretrained else "scratch", "weights": release_files[label] or "–",
-                     "epochs": summary["epochs"], "stopped early": summary.get("stopped_early"),
-                     "image_size": data.image_size, "width": sub.cfg.model.get("width", "torchvision"),
-                     "train_s": round(summary["train_wall_s"]), "run_dir": str(run_dir)})
-        raw[label] = {"run_dir": str(run_dir), "eval": ev, "scrambled_test": scr_metrics,
-                      "weights_file": str(loaded) if loaded else None,
-                      "summary": {k: v for k, v in summary.items() if k != "eval"},
-                      "wall_s": time.perf_counter() - started}
+        row, raw[label] = evaluate_row(ctx, label, sub, summary)
+        rows.append({**row, "weights": release_files[label] or "–"})
     df = pd.DataFrame(rows)
-    return Result(tables={"table1": df}, figures={"table1": table1_figure(df)}, raw=raw,
+    tables = {"table1": df}
+    seed_models = {label: models[label] for label in cfg.table1.get("seed_models") or [] if label in models}
+    if seed_models and cfg.table1.get("extra_seeds"):
+        seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in seed_models]
+        for seed in cfg.table1.extra_seeds:
+            for label, (sub, summary) in train_models(ctx, seed_models, f"seed={seed}").items():
+                row, raw[f"{label} seed {seed}"] = evaluate_row(ctx, label, sub, summary)
+                seed_rows.append({"seed": seed, **row})
+        seeds = pd.DataFrame(seed_rows)
+        seeds = seeds[["model", "seed", *metric_columns(seeds), "run_dir"]]
+        tables["seeds"], tables["seed_spread"] = seeds.sort_values(["model", "seed"]), seed_spread(seeds)
+    return Result(tables=tables, figures={"table1": table1_figure(df)}, raw=raw,
                   header=lambda prov: table1_header(cfg, prov),
                   summary=" | ".join(f"{r['model']} {r['test']:.3f}/{r['scrambled test']:.3f}" for r in rows))
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The accuracy columns of a Table 1 frame (not their interval bounds)."""
+    return [c for c in df.columns if (c in ("val", "test") or c.startswith(("scrambled test", "kept")))
+            and not c.endswith(("_lo", "_hi"))]
+
+
+def correct(df: pd.DataFrame) -> pd.Series:
+    """Top-1 correctness per image, indexed by dataset index."""
+    return (df["pred"] == df["label"]).set_axis(df["index"])
+
+
+def with_ci(name: str, ci) -> dict:
+    return {name: ci.estimate, f"{name}_lo": ci.lo, f"{name}_hi": ci.hi}
+
+
+def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict]:
+    """One model's Table 1 row (accuracies with 95% bootstrap CIs over images, the share of clean test
+    accuracy kept when scrambled with its paired CI) and its raw entry."""
+    cfg, t1 = ctx.cfg, ctx.cfg.table1
+    started = time.perf_counter()
+    run_dir = Path(sub.cfg.run_dir)
+    data = sub.data
+    model, _ = load_run(run_dir / "checkpoints" / "best.pt")
+    clean = {split: correct(pd.read_csv(run_dir / "eval" / f"predictions_{split}.csv.gz")) for split in ("val", "test")}
+    row = {"model": label}
+    for split, c in clean.items():
+        row.update(with_ci(split, bootstrap_ci(c.to_numpy(), seed=cfg.seed)))
+    grids = {"scrambled test": t1.scramble_grid}
+    same_px = same_tile_grid(data.image_size, t1.scramble_grid, t1.get("report_tile_px"))
+    if same_px:  # the report's tile size in pixels (its 4x4 grid on 224 px images = 56 px tiles)
+        grids[f"scrambled test ({t1.report_tile_px} px tiles)"] = same_px
+    scrambled = {}
+    for column, g in grids.items():
+        m, scr_df = evaluate_model(model, data, ["test"], as_dict(sub.cfg), ctx.device,
+                                   transform=scramble_transform(g, cfg.seed, data.mean, data.std),
+                                   suffix=f" scrambled {g}x{g}")["test"]
+        io.write_predictions(scr_df, run_dir / "eval" / f"predictions_test_scrambled{g}.csv.gz")
+        s = correct(scr_df).reindex(clean["test"].index)
+        row.update(with_ci(column, bootstrap_ci(s.to_numpy(), seed=cfg.seed)))
+        kept = "kept" if g == t1.scramble_grid else f"kept ({t1.report_tile_px} px tiles)"
+        row.update(with_ci(kept, ratio_ci(s.to_numpy(), clean["test"].to_numpy(), seed=cfg.seed)))
+        scrambled[column] = m
+    pub = REPORT_TABLE1.get(label, (None, None, None))
+    m = as_dict(sub.cfg.model)
+    pretrained = bool(m.get("pretrained") or m.get("weights"))
+    loaded = locate_weights(m["name"], **model_kwargs(m)) if pretrained else None
+    row.update({"report val": pub[0], "report test": pub[1], "report scrambled": pub[2],
+                "report kept": round(pub[2] / pub[1], 4) if pub[2] and pub[1] else None,
+                "init": "imagenet" if pretrained else "scratch",
+                "epochs": summary["epochs"], "stopped early": summary.get("stopped_early"),
+                "image_size": data.image_size, "width": sub.cfg.model.get("width", "torchvision"),
+                "train_s": round(summary["train_wall_s"]), "run_dir": str(run_dir)})
+    raw = {"run_dir": str(run_dir), "eval": summary["eval"], "scrambled": scrambled,
+           "weights_file": str(loaded) if loaded else None,
+           "summary": {k: v for k, v in summary.items() if k != "eval"},
+           "wall_s": time.perf_counter() - started}
+    return row, raw
+
+
+def seed_spread(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per model and metric: the seeds' mean, sample sd, min and max (training-run variation, which the
+    per-image intervals of one run do not contain)."""
+    long = seeds.melt(id_vars=["model", "seed"], value_vars=metric_columns(seeds), var_name="metric")
+    out = long.groupby(["model", "metric"], sort=False)["value"].agg(
+        n_seeds="count", mean="mean", sd="std", min="min", max="max").reset_index()
+    return out
 
 
 def same_tile_grid(image_size: int, grid: int, tile_px: int | None) -> int | None:
@@ -153,7 +204,7 @@ def table1_figure(df: pd.DataFrame):
     a.set(xlabel="patch size q", ylabel="top-1 accuracy", title="BagNet accuracy vs patch size", xticks=q)
     a.legend()
     bars = [("test", "clean test"), ("scrambled test", "scrambled test (4x4 grid)")]
-    bars += [(c, c) for c in df.columns if c.startswith("scrambled test (")]
+    bars += [(c, c) for c in df.columns if c.startswith("scrambled test (") and not c.endswith(("_lo", "_hi"))]
     w = 0.8 / len(bars)
     for k, (col, label) in enumerate(bars):
         b.bar([i + (k - (len(bars) - 1) / 2) * w for i in range(len(df))], df[col], w, label=label)
@@ -210,8 +261,8 @@ def table1_header(cfg: DictConfig, prov: dict) -> str:
             f"{prov['device']}.")
 
 
-OVERVIEW_COLUMNS = ["model", "profile", "val", "test", "scrambled test", "report val", "report test",
-                    "report scrambled", "init", "weights", "image_size", "width", "epochs"]
+OVERVIEW_COLUMNS = ["model", "profile", "val", "test", "scrambled test", "kept", "report val", "report test",
+                    "report scrambled", "report kept", "init", "weights", "image_size", "width", "epochs"]
 
 
 def table1_overview(root: str | Path) -> tuple[pd.DataFrame, str] | None:
@@ -224,7 +275,8 @@ def table1_overview(root: str | Path) -> tuple[pd.DataFrame, str] | None:
             continue
         df = pd.DataFrame(blob["tables"]["table1"])
         df["profile"] = raw_path.parent.name
-        cols = OVERVIEW_COLUMNS[:5] + [c for c in df.columns if c.startswith("scrambled test (")] + OVERVIEW_COLUMNS[5:]
+        cols = (OVERVIEW_COLUMNS[:5] + [c for c in df.columns if c.startswith("scrambled test (")
+                                         and not c.endswith(("_lo", "_hi"))] + OVERVIEW_COLUMNS[5:])
         frames.append(df[[c for c in cols if c in df.columns]])
         sources.append(f"`{raw_path.parent.name}/` ({prov.get('device', '?')}, commit "
                        f"{str(prov.get('git_commit', '?'))[:10]}, {prov.get('time', '?')})")
