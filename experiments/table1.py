@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -27,7 +28,7 @@ from bagnet.config import as_dict
 from bagnet.errors import ConfigError, WeightsError
 from bagnet.models.releases import check_weights, locate_weights
 from bagnet.result import Result
-from bagnet.stats import bootstrap_ci, ratio_ci
+from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci, verdict
 from bagnet.train import evaluate_model
 
 from .common import model_overrides, train_models
@@ -90,18 +91,20 @@ def task(ctx) -> Result:
     cfg = ctx.cfg
     models = table1_models(cfg)
     release_files = check_all_weights(ctx, models)
-    rows, raw = [], {}
+    rows, raw, per_image = [], {}, {}
     for label, (sub, summary) in train_models(ctx, models).items():
-        row, raw[label] = evaluate_row(ctx, label, sub, summary)
+        row, raw[label], per_image[label] = evaluate_row(ctx, label, sub, summary)
         rows.append({**row, "weights": release_files[label] or "–"})
     df = pd.DataFrame(rows)
     tables = {"table1": df}
+    if cfg.table1.get("reference") in per_image:
+        tables["contrasts"] = contrasts(per_image, cfg.table1.reference, cfg.seed)
     seed_models = {label: models[label] for label in cfg.table1.get("seed_models") or [] if label in models}
     if seed_models and cfg.table1.get("extra_seeds"):
         seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in seed_models]
         for seed in cfg.table1.extra_seeds:
             for label, (sub, summary) in train_models(ctx, seed_models, f"seed={seed}").items():
-                row, raw[f"{label} seed {seed}"] = evaluate_row(ctx, label, sub, summary)
+                row, raw[f"{label} seed {seed}"], _ = evaluate_row(ctx, label, sub, summary)
                 seed_rows.append({"seed": seed, **row})
         seeds = pd.DataFrame(seed_rows)
         seeds = seeds[["model", "seed", *metric_columns(seeds), "run_dir"]]
@@ -126,9 +129,10 @@ def with_ci(name: str, ci) -> dict:
     return {name: ci.estimate, f"{name}_lo": ci.lo, f"{name}_hi": ci.hi}
 
 
-def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict]:
+def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict, pd.DataFrame]:
     """One model's Table 1 row (accuracies with 95% bootstrap CIs over images, the share of clean test
-    accuracy kept when scrambled with its paired CI) and its raw entry."""
+    accuracy kept when scrambled with its paired CI), its raw entry, and its per-image test correctness
+    (columns ``test`` and one per scrambled column, indexed by dataset index)."""
     cfg, t1 = ctx.cfg, ctx.cfg.table1
     started = time.perf_counter()
     run_dir = Path(sub.cfg.run_dir)
@@ -142,7 +146,7 @@ def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict]:
     same_px = same_tile_grid(data.image_size, t1.scramble_grid, t1.get("report_tile_px"))
     if same_px:  # the report's tile size in pixels (its 4x4 grid on 224 px images = 56 px tiles)
         grids[f"scrambled test ({t1.report_tile_px} px tiles)"] = same_px
-    scrambled = {}
+    scrambled, per_image = {}, {"test": clean["test"]}
     for column, g in grids.items():
         m, scr_df = evaluate_model(model, data, ["test"], as_dict(sub.cfg), ctx.device,
                                    transform=scramble_transform(g, cfg.seed, data.mean, data.std),
@@ -153,6 +157,7 @@ def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict]:
         kept = "kept" if g == t1.scramble_grid else f"kept ({t1.report_tile_px} px tiles)"
         row.update(with_ci(kept, ratio_ci(s.to_numpy(), clean["test"].to_numpy(), seed=cfg.seed)))
         scrambled[column] = m
+        per_image[column] = s
     pub = REPORT_TABLE1.get(label, (None, None, None))
     m = as_dict(sub.cfg.model)
     pretrained = bool(m.get("pretrained") or m.get("weights"))
@@ -167,7 +172,33 @@ def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict]:
            "weights_file": str(loaded) if loaded else None,
            "summary": {k: v for k, v in summary.items() if k != "eval"},
            "wall_s": time.perf_counter() - started}
-    return row, raw
+    return row, raw, pd.DataFrame(per_image)
+
+
+def _kept_diff(a, b, axis: int = 0):
+    """(scrambled / clean accuracy of a) - (the same of b); a, b: [..., images, 2] = (scrambled, clean)."""
+    ma, mb = np.mean(a, axis=axis), np.mean(b, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ma[..., 0] / ma[..., 1] - mb[..., 0] / mb[..., 1]
+
+
+def contrasts(per_image: dict, reference: str, seed: int) -> pd.DataFrame:
+    """Every model against ``reference`` on the same test images: the clean top-1 difference and the
+    difference in the share of clean accuracy kept when scrambled (the report's signature: a BagNet keeps
+    more), each with a paired bootstrap 95% CI over images and a two-sided verdict."""
+    ref, rows = per_image[reference], []
+    for label, df in per_image.items():
+        if label == reference:
+            continue
+        a, b = df.to_numpy(float), ref.reindex(df.index).to_numpy(float)
+        stats = {"test": paired_bootstrap_ci(a[:, 0], b[:, 0], seed=seed)}
+        for j, column in enumerate(df.columns[1:], start=1):
+            kept = "kept" + column.removeprefix("scrambled test")
+            stats[kept] = paired_bootstrap_ci(a[:, [j, 0]], b[:, [j, 0]], _kept_diff, seed=seed)
+        for metric, ci in stats.items():
+            rows.append({"model": label, "minus": reference, "metric": metric, "difference": ci.estimate,
+                         "lo": ci.lo, "hi": ci.hi, "verdict": verdict(*ci)})
+    return pd.DataFrame(rows)
 
 
 def seed_spread(seeds: pd.DataFrame) -> pd.DataFrame:
