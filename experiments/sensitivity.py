@@ -13,6 +13,10 @@ Protocol, for every target model T (``targets``, default every non-BagNet model)
       - bagnet: the dense heatmap of the BagNet ``bagnet`` (default: the first BagNet among the models)
         for class y, ``bagnet.heatmaps.heatmap`` with stride ``heatmap_stride`` (1 = exact; s > 1 fills
         each s x s cell with the patch centred at its top-left pixel). Needs no access to T.
+      - bagnet_overlap (ours, not the paper's): the same heatmap, but a region's score is the sum over every
+        patch that overlaps it (the region dilated by q // 2), i.e. the patch logits that masking it
+        changes. For a BagNet target this ranks regions by their exact contribution (up to what the masked
+        patches then score), which the centred sum of ``bagnet`` does not: the control's ground truth.
       - saliency (captum's |gradient|, summed over channels), input_x_gradient,
         integrated_gradients (zero baseline, ``ig_steps`` steps), deeplift (zero baseline): captum
         attributions of T for class y, summed over channels (signed, except saliency).
@@ -65,7 +69,7 @@ from bagnet.utils import jsonable, unwrap
 from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, models_task, occluder_fill,
                      prepare_model, resolve_data, typed_cfg)
 
-METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
+METHODS = ["bagnet", "bagnet_overlap", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
 
 
 @dataclass
@@ -157,6 +161,19 @@ def padded_region_mask(h: int, w: int, k: int, q: int) -> torch.Tensor:
     return padded.view(h // k, k, w // k, k).permute(0, 2, 1, 3).reshape(-1, k * k).all(1)
 
 
+def overlap_maps(hm: torch.Tensor, k: int, q: int) -> torch.Tensor:
+    """A map [B, H, W] whose k x k region sums are the sums of ``hm`` over each region dilated by q // 2
+    (every patch centre whose q x q patch overlaps the region), spread evenly over the region."""
+    b, h, w = hm.shape
+    r = q // 2
+    padded = F.pad(hm.double()[:, None], (r, r, r, r))
+    sums = F.avg_pool2d(padded, k + 2 * r, stride=k)[:, 0] * (k + 2 * r) ** 2     # [B, H // k, W // k]
+    out = torch.zeros(b, h, w, dtype=hm.dtype)
+    rh, rw = sums.shape[-2] * k, sums.shape[-1] * k
+    out[:, :rh, :rw] = (sums / k ** 2).repeat_interleave(k, 1).repeat_interleave(k, 2).to(hm.dtype)
+    return out
+
+
 def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Mapping,
                      bagnet: nn.Module | None = None, indices=None, stats: dict | None = None,
                      fill: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,10 +188,11 @@ def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, label
     p = next(target.parameters())
     x = images.to(p.device, p.dtype)
     y = labels.to(p.device)
-    if method == "bagnet":
+    if method in ("bagnet", "bagnet_overlap"):
         s = int(cfg["heatmap_stride"])
         hm = heatmap(bagnet, images, target=labels, stride=s).cpu()
-        return hm.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
+        hm = hm.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
+        return hm if method == "bagnet" else overlap_maps(hm, k, unwrap(bagnet).patch_size)
     if method == "random":
         return _random_maps(h, w, k, cfg["seed"], indices)
     if method == "saliency":
@@ -225,7 +243,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     bag_name = cfg["bagnet"] or next((n for n, m in models.items() if is_bagnet(m)), None)
-    methods = [m for m in cfg["methods"] if m != "bagnet" or bag_name is not None]
+    methods = [m for m in cfg["methods"] if not m.startswith("bagnet") or bag_name is not None]
     targets = list(cfg["targets"] or ([n for n, m in models.items() if not is_bagnet(m)] or list(models)))
     if cfg["bagnet_control"] and bag_name and bag_name not in targets:
         targets.append(bag_name)            # the control: a BagNet scored by its own heatmap

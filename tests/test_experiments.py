@@ -343,3 +343,18 @@ def test_attribution_copy_same_outputs_and_deeplift_runs(name):
         assert torch.allclose(copy_(x), model(x), atol=1e-6)
     _, delta = DeepLift(copy_).attribute(x, baselines=0.0, target=torch.tensor([0, 1]), return_convergence_delta=True)
     assert delta.abs().max() < 1e-3 * max(1.0, model(x).abs().max().item())
+
+
+def test_sensitivity_bagnet_overlap_scores_every_overlapping_patch():
+    """bagnet_overlap: a region's score is the heatmap summed over every patch centre whose q x q patch
+    overlaps the region (brute force: the region grown by q // 2 on each side, clipped to the image)."""
+    from experiments.sensitivity import overlap_maps, region_scores
+    torch.manual_seed(0)
+    hm, k, q = torch.randn(2, 20, 24, dtype=torch.float64), 8, 5       # 20 rows: a 4-row remainder
+    got = region_scores(overlap_maps(hm, k, q), k)
+    r = q // 2
+    expected = torch.stack([torch.stack([torch.stack([
+        hm[b, max(i * k - r, 0): i * k + k + r, max(j * k - r, 0): j * k + k + r].sum()
+        for j in range(24 // k)]) for i in range(20 // k)]) for b in range(2)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+    assert overlap_maps(hm, k, q)[:, 16:].abs().sum() == 0               # the remainder rows score nothing
