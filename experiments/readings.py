@@ -1,0 +1,290 @@
+"""The numbers of README.md and results/README.md, rendered from the result files (``make render-results``).
+
+A document holds blocks ``<!-- render: NAME -->`` ... ``<!-- /render -->``; :func:`render_document` replaces
+each block's body with ``BLOCKS[NAME](results_root)``. Text outside the blocks may interpret, but carries no
+measured number: :func:`unsourced_numbers` finds any, and ``tests/test_readings.py`` fails on them and on a
+block that no longer matches its files.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from bagnet.stats import fmt_ci
+
+# Published numbers quoted in the documents, with their source (prose may repeat these, and only these).
+PUBLISHED = {
+    "paper: BagNet-33 ImageNet top-5": 87.6, "paper: BagNet-17 ImageNet top-5": 80.5,
+    "paper: VGG-16 top-5, clean": 90.1, "paper: VGG-16 top-5, texturised": 79.4,
+    "paper: BagNet-33 / ResNet-50 runtime (GPU)": 2.5,
+    "report: ResNet-50 val / test / scrambled": (0.913, 0.907, 0.50),
+    "report: DenseNet-121": (0.933, 0.918, 0.57), "report: DenseNet-169": (0.953, 0.922, 0.58),
+    "report: CBAM-ResNet-50": (0.953, 0.934, 0.73), "report: BagNet-9": (0.853, 0.840),
+    "report: BagNet-17": (0.913, 0.905), "report: BagNet-33": (0.947, 0.925, 0.90),
+}
+
+BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
+
+
+def load(root: Path, folder: str) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The tables and provenance (with the raw entries under ``"raw"``) of ``root/folder/raw.json``."""
+    blob = json.loads((Path(root) / folder / "raw.json").read_text())
+    prov = {**(blob.get("provenance") or {}), "raw": blob.get("raw") or {}}
+    return {k: pd.DataFrame(v) for k, v in (blob.get("tables") or {}).items()}, prov
+
+
+def ci(row, col: str, digits: int = 3) -> str:
+    return fmt_ci(row[col], row[f"{col}_lo"], row[f"{col}_hi"], digits)
+
+
+def fmt_g(est: float, lo: float, hi: float) -> str:
+    """Two significant digits, for quantities spanning orders of magnitude."""
+    return f"{est:.2g} [{lo:.2g}, {hi:.2g}]"
+
+
+def source(prov: dict, folder: str) -> str:
+    return (f"Source: `results/{folder}/` ({prov.get('device', '?')}, commit `{str(prov.get('git_commit'))[:10]}`, "
+            f"{str(prov.get('time', '?'))[:16]}, {prov.get('wall_s', 0) / 60:.1f} min).")
+
+
+def md(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ Table 1
+TABLE1 = "table1/cpu-scratch"
+
+
+def block_table1(root: Path, folder: str = TABLE1) -> str:
+    t, prov = load(root, folder)
+    df = t["table1"]
+    tile = next((c for c in df.columns if c.startswith("scrambled test (") and not c.endswith(("_lo", "_hi"))), None)
+    rows = []
+    for _, r in df.iterrows():
+        row = {"model": r["model"], "val": ci(r, "val"), "test": ci(r, "test"),
+               "scrambled 4x4": ci(r, "scrambled test"), "kept 4x4": ci(r, "kept")}
+        if tile:
+            kept = "kept" + tile.removeprefix("scrambled test")
+            row.update({f"scrambled {tile[16:-1]}": ci(r, tile), f"kept {tile[16:-1]}": ci(r, kept)})
+        pub = [r["report test"], r["report kept"]]
+        row["report: test / kept"] = " / ".join("–" if pd.isna(v) else f"{v:.3g}" for v in pub)
+        rows.append(row)
+    out = [md(pd.DataFrame(rows)), "",
+           f"Top-1 with 95% bootstrap intervals over the {n_images(prov, 'val')} val and "
+           f"{n_images(prov, 'test')} test images; kept = scrambled / clean test accuracy (paired interval). "
+           + source(prov, folder)]
+    if "contrasts" in t:
+        c = t["contrasts"]
+        c = c.assign(difference=[fmt_ci(a, b, d) for a, b, d in zip(c["difference"], c["lo"], c["hi"])])
+        out += ["", f"Each model minus {c['minus'].iloc[0]} on the same test images (paired bootstrap 95% CI):", "",
+                md(c.pivot(index="model", columns="metric", values="difference").reindex(c["model"].unique())
+                   .reset_index())]
+        bag = c[c["model"].str.startswith("BagNet") & c["metric"].str.startswith("kept")]
+        out += ["", "Verdicts on the report's signature (a BagNet keeps more of its accuracy when scrambled): "
+                + "; ".join(f"{r.model} {r.metric}: {r.verdict}" for r in bag.itertuples()) + "."]
+    if "seed_spread" in t:
+        s = t["seed_spread"]
+        s = s.assign(cell=[f"{m:.3f} ± {sd:.3f} ({lo:.3f}–{hi:.3f})" for m, sd, lo, hi in
+                           zip(s["mean"], s["sd"], s["min"], s["max"])])
+        n = int(s["n_seeds"].min())
+        out += ["", f"Seed-to-seed spread ({n} training seeds each; mean ± sd, range):", "",
+                md(s.pivot(index="model", columns="metric", values="cell").reset_index())]
+    return "\n".join(out)
+
+
+def n_images(prov: dict, split: str) -> str:
+    ns = {entry["eval"][split]["n"] for entry in prov["raw"].values() if split in entry.get("eval", {})}
+    return "/".join(str(n) for n in sorted(ns))
+
+
+# ------------------------------------------------------------------------------------------------ signatures
+SIGNATURES = "signatures/scene15/cpu"
+
+
+def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
+    out = []
+    t, prov = load(root, f"{folder}/scrambling")
+    acc = t["accuracy"]
+    acc = acc[acc["condition"] != "clean"].assign(kept=lambda d: [ci(r, "top1_rel") for _, r in d.iterrows()])
+    out += [f"**Scrambling** ({int(acc['n'].iloc[0])} test images; share of clean top-1 kept, 95% CI; tiles "
+            "permuted by a derangement):", "",
+            md(acc.pivot(index="model", columns="condition", values="kept").reindex(acc["model"].unique())
+               .reset_index()), "", source(prov, f"{folder}/scrambling"), ""]
+    t, prov = load(root, f"{folder}/additivity")
+    it = t["interaction"]
+    far = it[it["bin_lo"] >= 32]
+    rows = [{"model": m, "occluder px": int(p),
+             "normalised interaction, bins ≥ 32 px": "; ".join(
+                 f"{b}: {fmt_g(r.normalized_interaction, r.normalized_interaction_lo, r.normalized_interaction_hi)}"
+                 for b, r in zip(g["bin"], g.itertuples())),
+             "r joint vs sum": f"{g['pearson_r'].min():.4f}–{g['pearson_r'].max():.4f}",
+             "largest interaction from q-1 px apart (logits)": _exact_zero(it, m, p)}
+            for (m, p), g in far.groupby(["model", "patch_size"], sort=False)]
+    out += [f"**Additivity** ({prov.get('config', {}).get('signatures', {}).get('additivity', {}).get('occluder')} "
+            "occluder; normalised interaction = mean |Δ(A∪B) − Δ(A) − Δ(B)| / mean |Δ(A∪B)|, 95% CI over pairs):",
+            "", md(pd.DataFrame(rows)), "", source(prov, f"{folder}/additivity"), ""]
+    t, prov = load(root, f"{folder}/error_overlap")
+    p = t["pairs"]
+    p = p.assign(pair=p["model_a"] + " ~ " + p["model_b"],
+                 **{"class-wise top-5 r": [fmt_ci(a, b, c) for a, b, c in zip(p["r_top5"], p["r_top5_lo"], p["r_top5_hi"])],
+                    "class-wise top-1 r": [fmt_ci(a, b, c) for a, b, c in zip(p["r_top1"], p["r_top1_lo"], p["r_top1_hi"])],
+                    "kappa": [fmt_ci(a, b, c) for a, b, c in zip(p["kappa"], p["kappa_lo"], p["kappa_hi"])],
+                    "both wrong / expected": [f"{v:.2f}" for v in p["both_wrong_ratio"]]})
+    out += [f"**Error overlap** ({int(p['n'].iloc[0])} test images; class-wise correlations with 95% CIs over "
+            "classes, kappa over images):", "",
+            md(p[["pair", "class-wise top-5 r", "class-wise top-1 r", "kappa", "both wrong / expected"]]), "",
+            source(prov, f"{folder}/error_overlap"), ""]
+    t, prov = load(root, f"{folder}/sensitivity")
+    ld = t["logit_drop"]
+    ld = ld.assign(cell=[f"{ci(r, 'auc', 2)} ({r['auc_vs_occlusion']:.2f})" for _, r in ld.iterrows()])
+    raw = prov["raw"]
+    pad = raw.get("padded_regions_in_bagnet_top_n") or {}
+    out += [f"**Sensitivity** ({int(ld['n_images'].iloc[0])} images, occluder {raw.get('occluder')}; area under "
+            "the logit-drop curve with 95% CI, in brackets relative to occlusion; the BagNet row is the control, "
+            "scored by its own heatmap):", "",
+            md(ld.pivot(index="method", columns="target", values="cell").reindex(ld["method"].unique()).reset_index()),
+            "", f"Regions scored only from padded patches among the BagNet's top {pad.get('of_top_n')}: "
+            f"mean {pad.get('mean', float('nan')):.2f}, max {pad.get('max')} per image.",
+            "", source(prov, f"{folder}/sensitivity")]
+    return "\n".join(out)
+
+
+def _exact_zero(it: pd.DataFrame, model: str, p: int) -> str:
+    if not model.startswith("BagNet"):
+        return "–"
+    q = int(model.split("-")[1])
+    g = it[(it["model"] == model) & (it["patch_size"] == p) & (it["bin_lo"] >= q - 1)]
+    return f"{g['max_abs_interaction'].max():.1e}" if len(g) else "–"
+
+
+def sensitivity_verdicts(root: Path, folder: str = SIGNATURES) -> str:
+    t, _ = load(root, f"{folder}/sensitivity")
+    c = t["comparisons"]
+    return "\n".join(f"- {r.target}{' (control)' if r.control else ''}: BagNet-33 heatmap minus {r.method} "
+                     f"{fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)} — {r.verdict}" for r in c.itertuples())
+
+
+# ------------------------------------------------------------------------------------------------ timings, bench
+def block_timings(root: Path) -> str:
+    rows = []
+    for raw in sorted(Path(root).glob("**/raw.json")):
+        prov = json.loads(raw.read_text()).get("provenance") or {}
+        rows.append({"folder": f"`{raw.parent.relative_to(root)}/`", "device": prov.get("device", "?"),
+                     "commit": f"`{str(prov.get('git_commit'))[:10]}`", "time": str(prov.get("time", "?"))[:16],
+                     "wall min": f"{prov.get('wall_s', float('nan')) / 60:.1f}"})
+    return md(pd.DataFrame(rows))
+
+
+def train_ratios(root: Path) -> dict:
+    """BagNet-33 / ResNet-50 time per image (inference, training) by size, precision and memory layout,
+    from bench/train.json."""
+    rows = pd.DataFrame(json.loads((Path(root) / "bench" / "train.json").read_text())["rows"])
+    out = {}
+    for (size, prec, layout), g in rows.groupby(["size", "precision", "layout"]):
+        g = g.set_index("model")
+        if {"bagnet33", "resnet50"} <= set(g.index):
+            out[int(size), prec, layout] = tuple(float(g.loc["resnet50", k] / g.loc["bagnet33", k])
+                                                 for k in ("infer_img_s", "train_img_s"))
+    return out
+
+
+def heatmap_bench(root: Path) -> tuple[str, str]:
+    text = (Path(root) / "bench" / "heatmap.md").read_text()
+    speed = re.search(r"Speedup \(stride 1\): ([\d.]+)x\*\* wall clock; ([\d.]+)x fewer FLOPs", text)
+    return speed.group(1), speed.group(2)
+
+
+# ------------------------------------------------------------------------------------------------ README.md
+def block_headline(root: Path) -> str:
+    demo = pd.read_csv(Path(root) / "demo" / "accuracy" / "checks.csv")
+    _, dprov = load(root, "demo/accuracy")
+    t, tprov = load(root, TABLE1)
+    df = t["table1"].set_index("model")
+    con = t["contrasts"].set_index(["model", "metric"]) if "contrasts" in t else None
+    tests = ", ".join(f"{m} {ci(df.loc[m], 'test')}" for m in df.index)
+    kept = "; ".join(f"{m} {ci(df.loc[m], 'kept')}" for m in ("BagNet-33", "ResNet-50"))
+    verdict = con.loc[("BagNet-33", "kept"), "verdict"] if con is not None else "–"
+    r = next((v for k, v in train_ratios(root).items() if k[:2] == (224, "fp32")), None)
+    speed, flops = heatmap_bench(root)
+    rows = [
+        ("demo (synthetic): the four expected effects, each judged by its 95% bootstrap interval",
+         f"{int(demo['holds'].sum())}/{len(demo)} held: " + "; ".join(
+             f"{'**held**' if h else 'not shown'}: {e.split(':')[0].split('(')[0].strip()} ({m})"
+             for e, m, h in zip(demo["effect"], demo["measured"], demo["holds"])), "–", "`make demo`"),
+        ("15-Scene Table 1 by the report's protocol scaled to the cpu profile, **from scratch** (the report "
+         "fine-tuned ImageNet-pretrained models; `results/table1/cpu-scratch/`)",
+         f"test top-1 {tests}; share of clean accuracy kept at the report's 4x4 grid: {kept} "
+         f"(BagNet-33 minus ResNet-50: {verdict})",
+         "test " + ", ".join(f"{m} {df.loc[m, 'report test']:.3g}" for m in df.index)
+         + f"; kept when scrambled: BagNet-33 {df.loc['BagNet-33', 'report kept']:.2f}, ResNet-50 "
+         f"{df.loc['ResNet-50', 'report kept']:.2f}", "`make reproduce-table1 INIT=scratch`"),
+        ("15-Scene signatures on the Table 1 models", "see `results/README.md` (intervals, verdicts)",
+         "VGG-16 nearly additive beyond ~30 px; BagNet heatmaps predict DenseNet-169's sensitivity better than "
+         "DeepLift (ImageNet, pretrained)", "`make signatures ARGS=run_name=table1-scratch-seed0`"),
+        ("exact BagNet-33 heatmap of a 224 px image vs the authors' patch-wise method",
+         f"{flops}x fewer FLOPs, {speed}x faster (`results/bench/heatmap.md`)", "–", "`python scripts/bench_heatmap.py`"),
+        ("BagNet-33 / ResNet-50 time per image, 224 px, full width, fp32, CPU",
+         f"{r[0]:.1f}x inference, {r[1]:.1f}x training (`results/bench/train.md`)" if r else "–",
+         f"~{PUBLISHED['paper: BagNet-33 / ResNet-50 runtime (GPU)']:g}x (GPU)", "`python scripts/bench_train.py`"),
+        ("ImageNet top-5 with the authors' weights", "not run: no weights or ImageNet offline",
+         f"BagNet-33 {PUBLISHED['paper: BagNet-33 ImageNet top-5']:g}%, BagNet-17 "
+         f"{PUBLISHED['paper: BagNet-17 ImageNet top-5']:g}%", "`make eval-imagenet IMAGENET_ROOT=...`"),
+    ]
+    table = md(pd.DataFrame(rows, columns=["what", "measured", "paper / report", "command"]))
+    return (table + "\n\nDemo: " + source(dprov, "demo/accuracy")[8:] + " Table 1: " + source(tprov, TABLE1)[8:])
+
+
+BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder under it])
+    "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
+    "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings,
+}
+
+
+def render_document(text: str, root: Path) -> str:
+    """``text`` with every render block's body replaced by its block function's output."""
+    def fill(m: re.Match) -> str:
+        if m.group(2) not in BLOCKS:
+            raise KeyError(f"unknown render block '{m.group(2)}'; known: {', '.join(BLOCKS)}")
+        args = [m.group(3)] if m.group(3) else []
+        return m.group(1) + BLOCKS[m.group(2)](Path(root), *args).rstrip() + "\n" + m.group(5)
+    return BLOCK.sub(fill, text)
+
+
+# ------------------------------------------------------------------------------------------------ the check
+MEASURED = re.compile(
+    r"(?<![\w.\-/])(\d+(?:\.\d+)?(?:\s*(?:%|x\b|×|min\b|minutes?\b|s\b|seconds?\b|ms\b|h\b|hours?\b|GB\b|MB\b))"
+    r"|\d*\.\d+(?!\.\d))")
+VERSION = re.compile(r"\b\d+\.\d+(?:\.\d+)+\b|(?:Python|hydra-core|omegaconf|pytorchcv) \d+\.\d+\S*")
+STRIP = re.compile(r"```.*?```|`[^`\n]*`|<!--.*?-->|\]\([^)]*\)", re.S)
+
+
+def published_values() -> set[str]:
+    vals = set()
+    for v in PUBLISHED.values():
+        for x in v if isinstance(v, tuple) else (v,):
+            vals |= {f"{x:g}", f"{x:.2f}", f"{x:.1f}"}
+    return vals
+
+
+def unsourced_numbers(text: str) -> list[tuple[int, str]]:
+    """(line number, text) of every measured-looking number outside render blocks, code, comments and
+    link targets that is not a published number (``PUBLISHED``) or a version."""
+    body = BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+    body = STRIP.sub(lambda m: "\n" * m.group(0).count("\n"), body)
+    body = VERSION.sub("", body)
+    allowed = published_values()
+    found = []
+    for n, line in enumerate(body.splitlines(), start=1):
+        for m in MEASURED.finditer(line):
+            number = re.match(r"\d*\.?\d+", m.group(0)).group(0)
+            if number not in allowed:
+                found.append((n, line.strip()[:120]))
+                break
+    return found
