@@ -21,6 +21,8 @@ PUBLISHED = {
     "paper: BagNet-33 ImageNet top-5": 87.6, "paper: BagNet-17 ImageNet top-5": 80.5,
     "paper: VGG-16 top-5, clean": 90.1, "paper: VGG-16 top-5, texturised": 79.4,
     "paper: BagNet-33 / ResNet-50 runtime (GPU)": 2.5,
+    "torchvision docs: AlexNet / VGG-16 / ResNet-50 / ResNet-152 / DenseNet-169 ImageNet top-5":
+        (0.7907, 0.9038, 0.9286, 0.9405, 0.9281),
     "report: ResNet-50 val / test / scrambled": (0.913, 0.907, 0.50),
     "report: DenseNet-121": (0.933, 0.918, 0.57), "report: DenseNet-169": (0.953, 0.922, 0.58),
     "report: CBAM-ResNet-50": (0.953, 0.934, 0.73), "report: BagNet-9": (0.853, 0.840),
@@ -259,9 +261,9 @@ def render_document(text: str, root: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------ the check
 MEASURED = re.compile(
-    r"(?<![\w.\-/])(\d+(?:\.\d+)?(?:\s*(?:%|x\b|×|min\b|minutes?\b|s\b|seconds?\b|ms\b|h\b|hours?\b|GB\b|MB\b))"
+    r"(?<![\w.\-/])(\d+(?:\.\d+)?(?:%|x\b|×|\s?(?:min|minutes?|s|seconds?|ms|h|hours?|GB|MB)\b)"
     r"|\d*\.\d+(?!\.\d))")
-VERSION = re.compile(r"\b\d+\.\d+(?:\.\d+)+\b|(?:Python|hydra-core|omegaconf|pytorchcv) \d+\.\d+\S*")
+VERSION = re.compile(r"\b\d+\.\d+(?:\.\d+)+\b|(?:Python|hydra-core|omegaconf|pytorchcv|arXiv) \d+\.\d+\S*")
 STRIP = re.compile(r"```.*?```|`[^`\n]*`|<!--.*?-->|\]\([^)]*\)", re.S)
 
 
@@ -269,7 +271,9 @@ def published_values() -> set[str]:
     vals = set()
     for v in PUBLISHED.values():
         for x in v if isinstance(v, tuple) else (v,):
-            vals |= {f"{x:g}", f"{x:.2f}", f"{x:.1f}"}
+            vals |= {f"{x:g}", f"{x:.2f}", f"{x:.1f}", f"{x:.3f}"}
+            if x > 1:                                   # a percentage also quoted as a fraction
+                vals |= {f"{x / 100:g}", f"{x / 100:.3f}"}
     return vals
 
 

@@ -1,0 +1,38 @@
+"""README.md and the results READMEs carry no number their files don't hold (experiments/readings.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experiments.demo import rebuild_demo_readme
+from experiments.readings import render_document, unsourced_numbers
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+DOCS = [ROOT / "README.md", RESULTS / "README.md", RESULTS / "paper" / "README.md"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_documents_hold_only_numbers_from_the_files(doc):
+    """Every render block equals what its result files give now (re-render with `make render-results`),
+    and outside the blocks no measured-looking number is written by hand."""
+    text = doc.read_text()
+    assert render_document(text, RESULTS) == text, f"{doc.name}: a block differs from its files; make render-results"
+    assert unsourced_numbers(text) == [], f"{doc.name}: numbers outside render blocks"
+
+
+def test_demo_readme_is_rendered_from_its_files():
+    assert (RESULTS / "demo" / "README.md").read_text() == rebuild_demo_readme(RESULTS / "demo")
+
+
+def test_the_check_flags_hand_written_numbers_and_spares_sourced_ones():
+    block = "<!-- render: timings -->\nstale 0.935\n<!-- /render -->\n"
+    text = ("CNN pairs reach 0.935 here.\nIt took 131 min.\nBagNet-33 on a 4x4 grid, 56 px tiles, 1,200 images.\n"
+            "torch 2.14.1 and Python 3.10; `lr 0.001` in code.\nThe paper's 87.6% top-5.\n" + block
+            + "kept 72% of it.\n")
+    assert [n for n, _ in unsourced_numbers(text)] == [1, 2, 9]
+    rendered = render_document(text, RESULTS)
+    assert "stale 0.935" not in rendered and "`demo/accuracy/`" in rendered    # the block is the files' now
+    with pytest.raises(KeyError, match="unknown render block"):
+        render_document("<!-- render: nonsense -->\n<!-- /render -->", RESULTS)
