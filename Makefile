@@ -50,8 +50,11 @@ reproduce-table1: setup
 	$(RUN) task=table1 experiment=table1 init=$(INIT) data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	$(PY) scripts/render_results.py results/table1   # + results/table1/table1.{csv,md}: every profile side by side
 
-# the four signatures + heatmaps + patches on the Table 1 runs -> results/signatures/scene15/<profile>/
+# the four signatures + heatmaps + patches on the Table 1 runs and a VGG-16 trained by the same recipe (trained
+# here first, or reused) -> results/signatures/scene15/<profile>/. Scratch runs: ARGS=run_name=table1-scratch-seed0
 signatures: setup
+	$(RUN) task=train experiment=table1 init=scratch model=vgg16 trainer.fused_optimizer=true $(DATA_ARG) \
+	  profile=$(PROFILE) $(ARGS)
 	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
 	  $(RUN) task=$$t experiment=signatures $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
 

@@ -54,7 +54,8 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     which pipelines compose their sub-runs)."""
     fn = task_function(cfg)
     validate(cfg)
-    check_results_dir(cfg, Path(cfg.out_dir))   # refuse now, not after the task has run
+    if cfg.task != "train":     # a training run's files are its run dir (checked by fit_run), not out_dir
+        check_results_dir(cfg, Path(cfg.out_dir))   # refuse now, not after the task has run
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:

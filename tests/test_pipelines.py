@@ -82,17 +82,19 @@ def test_table1_pipeline_tiny(tmp_path):
     run(tmp_path, "task=table1", "experiment=table1", "init=scratch", *TINY, *seeds)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
-    # make signatures: experiment=signatures finds exactly these seven runs
-    labels = set(table["model"])
+    # make signatures: experiment=signatures finds exactly these seven runs and VGG-16 trained by the same recipe
+    vgg, _ = run(tmp_path, "task=train", "model=vgg16", "experiment=table1", "init=scratch", *TINY,
+                 "trainer.fused_optimizer=true")
+    labels = set(table["model"]) | {"VGG-16"}
     for name in ("error_overlap", "scrambling"):
         sig, res = run(tmp_path, "experiment=signatures", f"task={name}", *TINY, "signatures.scrambling.grids=[2]",
                        "signatures.scrambling.num_images=4", "signatures.scrambling.texture=false")
-        assert {str(v) for v in sig.models.values()} == set(table["run_dir"])
+        assert {str(v) for v in sig.models.values()} == set(table["run_dir"]) | {vgg.run_dir}
         # debug=fast (in TINY) writes under runs/, never over results/
         assert Path(sig.out_dir) == tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default" / name
         if name == "error_overlap":
             pairs = res.tables["pairs"]
-            assert len(pairs) == 21 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels
+            assert len(pairs) == 28 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels
         else:
             assert set(res.tables["accuracy"]["model"]) == labels
 
