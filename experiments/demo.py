@@ -171,7 +171,8 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
             rel = sub.set_index("method")["auc_vs_occlusion"]
             role = "control: the BagNet scored by its own heatmap" if sub["control"].any() else "target"
             verdicts = comp[comp["target"] == target] if len(comp) else comp
-            said = "; ".join(f"vs {r.method}: {r.verdict}, AUC difference {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi)}"
+            said = "; ".join(f"{r.heatmap + ' ' if 'heatmap' in verdicts else ''}vs {r.method}: {r.verdict}, AUC "
+                             f"difference {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi)}"
                              for r in verdicts.itertuples()) if len(verdicts) else "no paired comparison"
             lines.append(f"Sensitivity ({target}, {role}): area under the logit-drop curve relative to occlusion: "
                          + ", ".join(f"{m} {v:.2f}" for m, v in rel.items()) + f". BagNet heatmap {said}.")

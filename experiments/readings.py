@@ -16,6 +16,9 @@ import pandas as pd
 
 from bagnet.stats import fmt_ci
 
+from .result_files import SIGNATURES, TABLE1, ci, fmt_g, load, md, source
+from .verdicts import block_verdicts
+
 # Published numbers quoted in the documents, with their source (prose may repeat these, and only these).
 PUBLISHED = {
     "paper: BagNet-33 ImageNet top-5": 87.6, "paper: BagNet-17 ImageNet top-5": 80.5,
@@ -32,38 +35,7 @@ PUBLISHED = {
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
 
 
-def load(root: Path, folder: str) -> tuple[dict[str, pd.DataFrame], dict]:
-    """The tables and provenance (with the raw entries under ``"raw"``) of ``root/folder/raw.json``."""
-    blob = json.loads((Path(root) / folder / "raw.json").read_text())
-    prov = {**(blob.get("provenance") or {}), "raw": blob.get("raw") or {}}
-    return {k: pd.DataFrame(v) for k, v in (blob.get("tables") or {}).items()}, prov
-
-
-def ci(row, col: str, digits: int = 3) -> str:
-    return fmt_ci(row[col], row[f"{col}_lo"], row[f"{col}_hi"], digits)
-
-
-def fmt_g(est: float, lo: float, hi: float) -> str:
-    """Two significant digits, for quantities spanning orders of magnitude."""
-    return f"{est:.2g} [{lo:.2g}, {hi:.2g}]"
-
-
-def source(prov: dict, folder: str) -> str:
-    return (f"Source: `results/{folder}/` ({prov.get('device', '?')}, commit `{str(prov.get('git_commit'))[:10]}`, "
-            f"{str(prov.get('time', '?'))[:16]}, {prov.get('wall_s', 0) / 60:.1f} min).")
-
-
-def md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------ Table 1
-TABLE1 = "table1/cpu-scratch"
-
-
 def block_table1(root: Path, folder: str = TABLE1) -> str:
     t, prov = load(root, folder)
     df = t["table1"]
@@ -84,13 +56,11 @@ def block_table1(root: Path, folder: str = TABLE1) -> str:
            + source(prov, folder)]
     if "contrasts" in t:
         c = t["contrasts"]
-        c = c.assign(difference=[fmt_ci(a, b, d) for a, b, d in zip(c["difference"], c["lo"], c["hi"])])
-        out += ["", f"Each model minus {c['minus'].iloc[0]} on the same test images (paired bootstrap 95% CI):", "",
-                md(c.pivot(index="model", columns="metric", values="difference").reindex(c["model"].unique())
+        c = c.assign(difference=[fmt_ci(a, b, d) for a, b, d in zip(c["difference"], c["lo"], c["hi"])],
+                     pair=c["model"] + " − " + c["minus"])
+        out += ["", "Differences on the same test images (paired bootstrap 95% CI):", "",
+                md(c.pivot(index="pair", columns="metric", values="difference").reindex(c["pair"].unique())
                    .reset_index())]
-        bag = c[c["model"].str.startswith("BagNet") & c["metric"].str.startswith("kept")]
-        out += ["", "Verdicts on the report's signature (a BagNet keeps more of its accuracy when scrambled): "
-                + "; ".join(f"{r.model} {r.metric}: {r.verdict}" for r in bag.itertuples()) + "."]
     if "seed_spread" in t:
         s = t["seed_spread"]
         s = s.assign(cell=[f"{m:.3f} ± {sd:.3f} ({lo:.3f}–{hi:.3f})" for m, sd, lo, hi in
@@ -107,9 +77,6 @@ def n_images(prov: dict, split: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ signatures
-SIGNATURES = "signatures/scene15/cpu"
-
-
 def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
     out = []
     t, prov = load(root, f"{folder}/scrambling")
@@ -169,7 +136,7 @@ def _exact_zero(it: pd.DataFrame, model: str, p: int) -> str:
 def sensitivity_verdicts(root: Path, folder: str = SIGNATURES) -> str:
     t, _ = load(root, f"{folder}/sensitivity")
     c = t["comparisons"]
-    return "\n".join(f"- {r.target}{' (control)' if r.control else ''}: BagNet-33 heatmap minus {r.method} "
+    return "\n".join(f"- {r.target}{' (control)' if r.control else ''}: {getattr(r, 'heatmap', 'bagnet')} minus {r.method} "
                      f"{fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)} — {r.verdict}" for r in c.itertuples())
 
 
@@ -209,10 +176,10 @@ def block_headline(root: Path) -> str:
     _, dprov = load(root, "demo/accuracy")
     t, tprov = load(root, TABLE1)
     df = t["table1"].set_index("model")
-    con = t["contrasts"].set_index(["model", "metric"]) if "contrasts" in t else None
+    con = t["contrasts"].set_index(["model", "minus", "metric"]) if "contrasts" in t else None
     tests = ", ".join(f"{m} {ci(df.loc[m], 'test')}" for m in df.index)
     kept = "; ".join(f"{m} {ci(df.loc[m], 'kept')}" for m in ("BagNet-33", "ResNet-50"))
-    verdict = con.loc[("BagNet-33", "kept"), "verdict"] if con is not None else "–"
+    verdict = con.loc[("BagNet-33", "ResNet-50", "kept"), "verdict"] if con is not None else "–"
     r = next((v for k, v in train_ratios(root).items() if k[:2] == (224, "fp32")), None)
     speed, flops = heatmap_bench(root)
     rows = [
@@ -245,7 +212,7 @@ def block_headline(root: Path) -> str:
 
 BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder under it])
     "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
-    "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings,
+    "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
 }
 
 

@@ -299,9 +299,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         auc = bootstrap_ci(per_image_auc[t, method], seed=cfg["seed"])
         row.update(auc=auc.estimate, auc_lo=auc.lo, auc_hi=auc.hi, control=t == bag_name)
         rows.append(row)
-        if method != "bagnet" and (t, "bagnet") in per_image_auc:   # paired: the same images and target
-            diff = paired_bootstrap_ci(per_image_auc[t, "bagnet"], per_image_auc[t, method], seed=cfg["seed"])
-            comparisons.append({"target": t, "control": t == bag_name, "method": method,
+        for heat in ("bagnet", "bagnet_overlap"):                    # paired: the same images and target
+            if method in ("bagnet", heat) or (t, heat) not in per_image_auc:
+                continue
+            diff = paired_bootstrap_ci(per_image_auc[t, heat], per_image_auc[t, method], seed=cfg["seed"])
+            comparisons.append({"target": t, "control": t == bag_name, "heatmap": heat, "method": method,
                                  "bagnet_minus_method_auc": diff.estimate, "lo": diff.lo, "hi": diff.hi,
                                  "verdict": "BagNet heatmap " + ("better" if diff.lo > 0 else "worse" if diff.hi < 0
                                                                  else "not distinguishable") +

@@ -98,7 +98,8 @@ def task(ctx) -> Result:
     df = pd.DataFrame(rows)
     tables = {"table1": df}
     if cfg.table1.get("reference") in per_image:
-        tables["contrasts"] = contrasts(per_image, cfg.table1.reference, cfg.seed)
+        tables["contrasts"] = contrasts(per_image, cfg.table1.reference, cfg.seed,
+                                        [list(p) for p in cfg.table1.get("contrast_pairs") or []])
     seed_models = {label: models[label] for label in cfg.table1.get("seed_models") or [] if label in models}
     if seed_models and cfg.table1.get("extra_seeds"):
         seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in seed_models]
@@ -182,21 +183,23 @@ def _kept_diff(a, b, axis: int = 0):
         return ma[..., 0] / ma[..., 1] - mb[..., 0] / mb[..., 1]
 
 
-def contrasts(per_image: dict, reference: str, seed: int) -> pd.DataFrame:
-    """Every model against ``reference`` on the same test images: the clean top-1 difference and the
-    difference in the share of clean accuracy kept when scrambled (the report's signature: a BagNet keeps
-    more), each with a paired bootstrap 95% CI over images and a two-sided verdict."""
-    ref, rows = per_image[reference], []
-    for label, df in per_image.items():
-        if label == reference:
-            continue
+def contrasts(per_image: dict, reference: str, seed: int, pairs=()) -> pd.DataFrame:
+    """Every model against ``reference`` (and each ``[model, minus]`` of ``pairs``) on the same test
+    images: the clean top-1 difference and the difference in the share of clean accuracy kept when
+    scrambled (the report's signature: a BagNet keeps more), each with a paired bootstrap 95% CI over
+    images and a two-sided verdict."""
+    rows = []
+    todo = [(label, reference) for label in per_image if label != reference]
+    todo += [(a, b) for a, b in pairs if a in per_image and b in per_image]
+    for label, minus in todo:
+        df, ref = per_image[label], per_image[minus]
         a, b = df.to_numpy(float), ref.reindex(df.index).to_numpy(float)
         stats = {"test": paired_bootstrap_ci(a[:, 0], b[:, 0], seed=seed)}
         for j, column in enumerate(df.columns[1:], start=1):
             kept = "kept" + column.removeprefix("scrambled test")
             stats[kept] = paired_bootstrap_ci(a[:, [j, 0]], b[:, [j, 0]], _kept_diff, seed=seed)
         for metric, ci in stats.items():
-            rows.append({"model": label, "minus": reference, "metric": metric, "difference": ci.estimate,
+            rows.append({"model": label, "minus": minus, "metric": metric, "difference": ci.estimate,
                          "lo": ci.lo, "hi": ci.hi, "verdict": verdict(*ci)})
     return pd.DataFrame(rows)
 

@@ -50,12 +50,12 @@ def test_table1_pipeline_tiny(tmp_path):
         for col in ("val", "test", "scrambled test", "kept"):
             assert np.isnan(row[f"{col}_lo"]) or row[f"{col}_lo"] <= row[col] <= row[f"{col}_hi"], (row["model"], col)
     # contrasts: each model minus ResNet-50 on the same images, equal to the difference of the table's cells
-    con = result.tables["contrasts"].set_index(["model", "metric"])
+    con = result.tables["contrasts"].set_index(["model", "minus", "metric"])
     t = table.set_index("model")
-    for label in ("BagNet-33", "DenseNet-121"):
+    for label, minus in (("BagNet-33", "ResNet-50"), ("DenseNet-121", "ResNet-50"), ("BagNet-33", "BagNet-17")):
         for metric in ("test", "kept"):
-            assert con.loc[(label, metric), "difference"] == pytest.approx(
-                t.loc[label, metric] - t.loc["ResNet-50", metric], nan_ok=True), (label, metric)
+            assert con.loc[(label, minus, metric), "difference"] == pytest.approx(
+                t.loc[label, metric] - t.loc[minus, metric], nan_ok=True), (label, metric)
     assert "ResNet-50" not in con.index.get_level_values(0)
     # the seed runs: seed 0 is the table's own run, seed 1 a new run dir; the spread is over both
     spread = result.tables["seed_spread"].set_index(["model", "metric"])

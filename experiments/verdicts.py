@@ -1,0 +1,129 @@
+"""The paper's and the report's claims, each with the verdict that the cpu-scale result files give and the
+interval behind it (``<!-- render: verdicts -->`` in results/README.md).
+
+A verdict is one of: **supported** / **contradicted** (the 95% interval excludes "no effect" on the claimed /
+the other side), **not shown** (the interval includes it), **cannot test** (the run cannot speak to the
+claim, with the reason). Two thresholds are ours, not the papers', and are named where used:
+``NEARLY_ADDITIVE`` and ``CONTROL_PASS``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bagnet.stats import fmt_ci
+
+from .result_files import SIGNATURES, TABLE1, load, md
+
+NEARLY_ADDITIVE = 0.1     # "nearly additive": interaction below this share of the joint effect (CI upper bound)
+CONTROL_PASS = 0.5        # a heatmap ranking that reaches under half of occlusion's AUC on its own BagNet fails
+FLOAT32_ZERO = 1e-4       # logits: interactions below this are float32 rounding of an exact zero
+GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift")
+
+
+def by_interval(lo: float, hi: float, expected: str = "greater") -> str:
+    """supported / contradicted / not shown for an effect expected above 0 (``greater``) or below."""
+    if pd.isna(lo) or pd.isna(hi):
+        return "cannot test (no interval)"
+    if lo > 0 or hi < 0:
+        return "**supported**" if (lo > 0) == (expected == "greater") else "**contradicted**"
+    return "not shown"
+
+
+def combine(verdicts: list[str]) -> str:
+    for v in ("**contradicted**", "not shown", "cannot test (no interval)"):
+        if v in verdicts:
+            return v
+    return "**supported**"
+
+
+def diff(c: pd.DataFrame, model: str, minus: str, metric: str) -> tuple[str, str]:
+    r = c[(c["model"] == model) & (c["minus"] == minus) & (c["metric"] == metric)].iloc[0]
+    return (f"{model} − {minus} {metric}: {fmt_ci(r['difference'], r['lo'], r['hi'])}",
+            by_interval(r["lo"], r["hi"]))
+
+
+def table1_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
+    t, _ = load(root, folder)
+    c, df = t["contrasts"], t["table1"].set_index("model")
+    rows = []
+    q = [diff(c, "BagNet-17", "BagNet-9", "test"), diff(c, "BagNet-33", "BagNet-17", "test")]
+    rows.append(("accuracy rises with the patch size q", "paper Sec. 3; report Table 1",
+                 combine([v for _, v in q]), "; ".join(e for e, _ in q)))
+    for metric, grid in (("kept", "the report's 4x4 grid"),
+                         *[(m, "the report's tile size in pixels") for m in c["metric"].unique()
+                           if m.startswith("kept (")]):
+        e, v = diff(c, "BagNet-33", "ResNet-50", metric)
+        rows.append((f"scrambling hurts BagNet-33 less than ResNet-50 ({grid}; share of clean accuracy kept)",
+                     "report Table 1", v, e))
+    b = df.loc["BagNet-33"]
+    rows.append(("the report's accuracies (fine-tuned ImageNet models)", "report Table 1",
+                 "cannot test (ours train from scratch at 112 px, the report fine-tuned pretrained models at 224 px)",
+                 f"BagNet-33 test {fmt_ci(b['test'], b['test_lo'], b['test_hi'])} vs the report's "
+                 f"{b['report test']:g}"))
+    if "seed_spread" in t:
+        s = t["seed_spread"]
+        s = s[s["metric"] == "test"]
+        rows.append(("(not a claim) how much a training seed moves test accuracy", "ours", "–", "; ".join(
+            f"{r.model} sd {r.sd:.3f} over {r.n_seeds} seeds, range {r.min:.3f}–{r.max:.3f}"
+            for r in s.itertuples())))
+    return rows
+
+
+def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
+    rows = []
+    t, _ = load(root, f"{folder}/additivity")
+    it = t["interaction"]
+    bag = it[it["model"].str.startswith("BagNet")]
+    far = bag[bag["bin_lo"] >= bag["model"].str.split("-").str[1].astype(int) - 1]
+    largest = far["max_abs_interaction"].max()
+    rows.append(("a BagNet-q's image parts do not interact beyond q − 1 px", "paper Sec. 4 (by construction)",
+                 "**supported**" if largest < FLOAT32_ZERO else "**contradicted**",
+                 f"largest interaction of BagNet-9/17/33 at ≥ q − 1 px: {largest:.1e} logits (float32 zero: "
+                 f"< {FLOAT32_ZERO:g})"))
+    for model in ("VGG-16", "DenseNet-169"):
+        g = it[(it["model"] == model) & (it["bin_lo"] >= 32)]
+        if not len(g):
+            continue
+        lo, hi = g["normalized_interaction_lo"].min(), g["normalized_interaction_hi"].max()
+        v = ("**supported**" if hi < NEARLY_ADDITIVE else "**contradicted**" if lo >= NEARLY_ADDITIVE
+             else "not shown")
+        rows.append((f"{model}: image parts ≥ 32 px apart nearly additive (interaction < {NEARLY_ADDITIVE:g} of "
+                     "the joint effect)", "paper Sec. 4 (VGG-16)", v,
+                     f"normalised interaction, bins ≥ 32 px: {g['normalized_interaction'].min():.3g}–"
+                     f"{g['normalized_interaction'].max():.3g}, 95% CIs within [{lo:.3g}, {hi:.3g}]"))
+    t, _ = load(root, f"{folder}/error_overlap")
+    p = t["pairs"]
+    bag = p[(p["model_a"] == "BagNet-33") & ~p["model_b"].str.startswith("BagNet")]
+    cnn = p[~p["model_a"].str.startswith("BagNet") & ~p["model_b"].str.startswith("BagNet")]
+    rows.append(("BagNet-33 and the CNNs err on the same classes (class-wise top-5 accuracy correlated)",
+                 "paper Sec. 4", combine([by_interval(r.r_top5_lo, r.r_top5_hi) for r in bag.itertuples()]),
+                 "; ".join(f"~{r.model_b} {fmt_ci(r.r_top5, r.r_top5_lo, r.r_top5_hi)}" for r in bag.itertuples())
+                 + f" (CNN pairs: {cnn['r_top5'].min():.2f}–{cnn['r_top5'].max():.2f})"))
+    t, prov = load(root, f"{folder}/sensitivity")
+    ld, comp = t["logit_drop"], t["comparisons"]
+    bag_name = prov["raw"].get("bagnet", "BagNet-33")
+    ctrl = ld[(ld["target"] == bag_name)].set_index("method")["auc_vs_occlusion"]
+    control = (f"control, {bag_name} scored on itself: its heatmap reaches {ctrl.get('bagnet', float('nan')):.2f} "
+               f"of occlusion's AUC (overlap scoring {ctrl.get('bagnet_overlap', float('nan')):.2f})")
+    heats = comp["heatmap"].unique() if "heatmap" in comp else ["bagnet"]
+    for target in [x for x in ld["target"].unique() if x != bag_name]:
+        for heat in heats:
+            cmp = comp[(comp["target"] == target) & comp["method"].isin(GRADIENT_METHODS)]
+            cmp = cmp[cmp["heatmap"] == heat] if "heatmap" in cmp else cmp
+            own = ctrl.get(heat, float("nan"))
+            v = (f"cannot test (this ranking fails its control: {own:.2f} of occlusion on its own BagNet, "
+                 f"below {CONTROL_PASS:g})" if not own >= CONTROL_PASS else
+                 combine([by_interval(r.lo, r.hi) for r in cmp.itertuples()]))
+            scoring = "centred sum, the paper's" if heat == "bagnet" else "every overlapping patch, ours"
+            rows.append((f"{bag_name}'s heatmap ({scoring}) predicts {target}'s occlusion sensitivity better than "
+                         "gradient attributions", "paper Sec. 4 (DenseNet-169)", v,
+                         "; ".join(f"minus {r.method} {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)}"
+                                   for r in cmp.itertuples()) + f"; {control}"))
+    return rows
+
+
+def block_verdicts(root: Path, table1: str = TABLE1, signatures: str = SIGNATURES) -> str:
+    rows = table1_claims(root, table1) + signature_claims(root, signatures)
+    return md(pd.DataFrame(rows, columns=["claim", "source", "verdict (95% CI)", "evidence"]))
