@@ -24,6 +24,9 @@ from experiments.readings import render_document
 from experiments.table1 import table1_overview
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
 def figure_makers(raw_path: Path):
     task = ((json.loads(raw_path.read_text()).get("provenance") or {}).get("config") or {}).get("task")
     # A task's own output (task=scrambling) or one part of a pipeline's (results/demo/scrambling/)
@@ -71,10 +74,14 @@ def main() -> None:
         if readme:
             io.write_text(readme, checks.parent.parent / "README.md")
             print(f"{checks.parent.parent}: README.md")
-    for doc in (args.root.parent / "README.md", args.root / "README.md"):   # their number blocks
-        if doc.is_file():
+    if args.root.resolve() == RESULTS.resolve():           # the documents' number blocks
+        for doc in (RESULTS.parent / "README.md", RESULTS / "README.md"):
             text = doc.read_text()
-            new = render_document(text, args.root)
+            try:
+                new = render_document(text, RESULTS)
+            except (OSError, KeyError, ValueError) as e:   # a block whose files are missing: keep it, say so
+                print(f"{doc}: not re-rendered ({type(e).__name__}: {e})")
+                continue
             if new != text:
                 io.write_text(new, doc)
             print(f"{doc}: {'re-rendered' if new != text else 'unchanged'}")
