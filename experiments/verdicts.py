@@ -65,7 +65,8 @@ def table1_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
     if "seed_spread" in t:
         s = t["seed_spread"]
         s = s[s["metric"] == "test"]
-        rows.append(("(not a claim) how much a training seed moves test accuracy", "ours", "–", "; ".join(
+        rows.append(("(not a claim) how much the seed moves test accuracy (it draws the initialisation, the data "
+                     "order, the train/val split and the test subset)", "ours", "–", "; ".join(
             f"{r.model} sd {r.sd:.3f} over {r.n_seeds} seeds, range {r.min:.3f}–{r.max:.3f}"
             for r in s.itertuples())))
     return rows
