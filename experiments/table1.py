@@ -94,7 +94,9 @@ def task(ctx) -> Result:
     rows, raw, per_image = [], {}, {}
     for label, (sub, summary) in train_models(ctx, models).items():
         row, raw[label], per_image[label] = evaluate_row(ctx, label, sub, summary)
-        rows.append({**row, "weights": release_files[label] or "–"})
+        at = list(row).index("init") + 1                     # weights beside init, as before
+        items = list(row.items())
+        rows.append(dict(items[:at] + [("weights", release_files[label] or "–")] + items[at:]))
     df = pd.DataFrame(rows)
     tables = {"table1": df}
     if cfg.table1.get("reference") in per_image:
@@ -104,7 +106,10 @@ def task(ctx) -> Result:
     if seed_models and cfg.table1.get("extra_seeds"):
         seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in seed_models]
         for seed in cfg.table1.extra_seeds:
-            for label, (sub, summary) in train_models(ctx, seed_models, f"seed={seed}").items():
+            extra = [f"seed={seed}"]
+            if ctx.with_overrides(*extra).cfg.run_name == cfg.run_name:   # a run_name= without the seed
+                extra.append(f"run_name={cfg.run_name}-seed{seed}")
+            for label, (sub, summary) in train_models(ctx, seed_models, *extra).items():
                 row, raw[f"{label} seed {seed}"], _ = evaluate_row(ctx, label, sub, summary)
                 seed_rows.append({"seed": seed, **row})
         seeds = pd.DataFrame(seed_rows)
