@@ -296,8 +296,8 @@ def table1_header(cfg: DictConfig, prov: dict) -> str:
             f"{'64' if init == 'imagenet' else cfg.bagnet_width}, seed {cfg.seed}. Scrambled = test images cut "
             f"into a {cfg.table1.scramble_grid}x{cfg.table1.scramble_grid} grid, tiles permuted (seeded)"
             f"{tile_note(cfg)}. `report *` columns are the published numbers; `init` says how each model of ours "
-            f"started, `weights` from which release file. Total wall time {prov['wall_s'] / 60:.1f} min on "
-            f"{prov['device']}.")
+            f"started, `weights` from which release file. This task took {prov['wall_s'] / 60:.1f} min on "
+            f"{prov['device']} (training included only for runs it had to train; each run's own time: `train_s`).")
 
 
 OVERVIEW_COLUMNS = ["model", "profile", "val", "test", "scrambled test", "kept", "report val", "report test",
