@@ -4,7 +4,9 @@ interval behind it (``<!-- render: verdicts -->`` in results/README.md).
 A verdict is one of: **supported** / **contradicted** (the 95% interval excludes "no effect" on the claimed /
 the other side), **not shown** (the interval includes it), **cannot test** (the run cannot speak to the
 claim, with the reason). Two thresholds are ours, not the papers', and are named where used:
-``NEARLY_ADDITIVE`` and ``CONTROL_PASS``.
+``NEARLY_ADDITIVE`` and ``CONTROL_PASS``. A claim about a model whose clean test top-1 is not above chance
+(its 95% interval reaches 1 / classes) cannot be tested on it: such a model computes nothing about the
+images that its interactions, errors or sensitivity could show.
 """
 from __future__ import annotations
 
@@ -36,6 +38,21 @@ def combine(verdicts: list[str]) -> str:
         if v in verdicts:
             return v
     return "**supported**"
+
+
+def learned(root: Path, folder: str) -> dict[str, tuple[bool, str]]:
+    """Model -> (clean test top-1 above chance, "top-1 0.071 [0.043, 0.100] vs chance 0.067"), from the
+    signatures' scrambling table (its clean rows) and the class count of the error-overlap table."""
+    acc = load(root, f"{folder}/scrambling")[0]["accuracy"]
+    chance = 1 / load(root, f"{folder}/error_overlap")[0]["per_class"]["class"].nunique()
+    return {r.model: (r.top1_lo > chance, f"clean top-1 {fmt_ci(r.top1, r.top1_lo, r.top1_hi)} vs chance {chance:.3f}")
+            for r in acc[acc["condition"] == "clean"].itertuples()}
+
+
+def at_chance(models: list[str], skill: dict[str, tuple[bool, str]]) -> str | None:
+    """'cannot test (...)' naming the models of ``models`` not above chance; None when all learned."""
+    weak = [f"{m} {skill[m][1]}" for m in models if m in skill and not skill[m][0]]
+    return f"cannot test (not above chance: {'; '.join(weak)})" if weak else None
 
 
 def diff(c: pd.DataFrame, model: str, minus: str, metric: str) -> tuple[str, str]:
@@ -73,7 +90,7 @@ def table1_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
 
 
 def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
-    rows = []
+    rows, skill = [], learned(root, folder)
     t, _ = load(root, f"{folder}/additivity")
     it = t["interaction"]
     bag = it[it["model"].str.startswith("BagNet")]
@@ -88,20 +105,27 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
         if not len(g):
             continue
         lo, hi = g["normalized_interaction_lo"].min(), g["normalized_interaction_hi"].max()
-        v = ("**supported**" if hi < NEARLY_ADDITIVE else "**contradicted**" if lo >= NEARLY_ADDITIVE
-             else "not shown")
+        v = at_chance([model], skill) or (
+            "**supported**" if hi < NEARLY_ADDITIVE else "**contradicted**" if lo >= NEARLY_ADDITIVE
+            else "not shown")
         rows.append((f"{model}: image parts ≥ 32 px apart nearly additive (interaction < {NEARLY_ADDITIVE:g} of "
                      "the joint effect)", "paper Sec. 4 (VGG-16)", v,
                      f"normalised interaction, bins ≥ 32 px: {g['normalized_interaction'].min():.3g}–"
                      f"{g['normalized_interaction'].max():.3g}, 95% CIs within [{lo:.3g}, {hi:.3g}]"))
     t, _ = load(root, f"{folder}/error_overlap")
     p = t["pairs"]
+    ok = lambda m: skill.get(m, (True,))[0]   # noqa: E731  (models not above chance say nothing here)
     bag = p[(p["model_a"] == "BagNet-33") & ~p["model_b"].str.startswith("BagNet")]
-    cnn = p[~p["model_a"].str.startswith("BagNet") & ~p["model_b"].str.startswith("BagNet")]
+    cnn = p[~p["model_a"].str.startswith("BagNet") & ~p["model_b"].str.startswith("BagNet")
+            & p["model_a"].map(ok) & p["model_b"].map(ok)]
+    weak = at_chance(list(bag["model_b"]), skill)
+    bag_ok = bag[bag["model_b"].map(ok)]
     rows.append(("BagNet-33 and the CNNs err on the same classes (class-wise top-5 accuracy correlated)",
-                 "paper Sec. 4", combine([by_interval(r.r_top5_lo, r.r_top5_hi) for r in bag.itertuples()]),
-                 "; ".join(f"~{r.model_b} {fmt_ci(r.r_top5, r.r_top5_lo, r.r_top5_hi)}" for r in bag.itertuples())
-                 + f" (CNN pairs: {cnn['r_top5'].min():.2f}–{cnn['r_top5'].max():.2f})"))
+                 "paper Sec. 4", at_chance(["BagNet-33"], skill) or ("not shown" if bag_ok.empty else
+                 combine([by_interval(r.r_top5_lo, r.r_top5_hi) for r in bag_ok.itertuples()])),
+                 "; ".join(f"~{r.model_b} {fmt_ci(r.r_top5, r.r_top5_lo, r.r_top5_hi)}" for r in bag_ok.itertuples())
+                 + (f" (CNN pairs: {cnn['r_top5'].min():.2f}–{cnn['r_top5'].max():.2f})" if len(cnn) else "")
+                 + (f"; left out, {weak.removeprefix('cannot test (').removesuffix(')')}" if weak else "")))
     t, prov = load(root, f"{folder}/sensitivity")
     ld, comp = t["logit_drop"], t["comparisons"]
     bag_name = prov["raw"].get("bagnet", "BagNet-33")
@@ -114,9 +138,10 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
             cmp = comp[(comp["target"] == target) & comp["method"].isin(GRADIENT_METHODS)]
             cmp = cmp[cmp["heatmap"] == heat] if "heatmap" in cmp else cmp
             own = ctrl.get(heat, float("nan"))
-            v = (f"cannot test (this ranking fails its control: {own:.2f} of occlusion on its own BagNet, "
-                 f"below {CONTROL_PASS:g})" if not own >= CONTROL_PASS else
-                 combine([by_interval(r.lo, r.hi) for r in cmp.itertuples()]))
+            v = (at_chance([bag_name, target], skill) or
+                 (f"cannot test (this ranking fails its control: {own:.2f} of occlusion on its own BagNet, "
+                  f"below {CONTROL_PASS:g})" if not own >= CONTROL_PASS else
+                  combine([by_interval(r.lo, r.hi) for r in cmp.itertuples()])))
             scoring = "centred sum, the paper's" if heat == "bagnet" else "every overlapping patch, ours"
             rows.append((f"{bag_name}'s heatmap ({scoring}) predicts {target}'s occlusion sensitivity better than "
                          "gradient attributions", "paper Sec. 4 (DenseNet-169)", v,

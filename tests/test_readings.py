@@ -36,3 +36,35 @@ def test_the_check_flags_hand_written_numbers_and_spares_sourced_ones():
     assert "stale 0.935" not in rendered and "`demo/accuracy/`" in rendered    # the block is the files' now
     with pytest.raises(KeyError, match="unknown render block"):
         render_document("<!-- render: nonsense -->\n<!-- /render -->", RESULTS)
+
+
+def test_claims_on_a_model_at_chance_cannot_be_tested(tmp_path):
+    """A model whose clean top-1 interval reaches 1/classes is not evidence for or against a claim: its rows
+    say 'cannot test', and the error-overlap row leaves it out by name."""
+    import json
+    import shutil
+
+    from experiments.result_files import SIGNATURES, TABLE1
+    from experiments.verdicts import block_verdicts
+
+    for folder in (SIGNATURES, TABLE1):
+        shutil.copytree(RESULTS / folder, tmp_path / folder)
+    row = lambda text, start: next(line for line in text.splitlines() if line.startswith(start))  # noqa: E731
+    before = block_verdicts(tmp_path)
+    assert "cannot test (not above chance" not in before
+
+    raw = tmp_path / SIGNATURES / "scrambling" / "raw.json"
+    blob = json.loads(raw.read_text())
+    acc = blob["tables"]["accuracy"]                                # column -> list of values
+    (i,) = [i for i in range(len(acc["model"])) if acc["model"][i] == "DenseNet-169" and acc["condition"][i] == "clean"]
+    acc["top1"][i], acc["top1_lo"][i], acc["top1_hi"][i] = 0.07, 0.04, 0.10   # chance is 1/15 = 0.067
+    raw.write_text(json.dumps(blob))
+    after = block_verdicts(tmp_path)
+    assert "| not shown |" in row(before, "| DenseNet-169: image parts")
+    assert "cannot test (not above chance: DenseNet-169 clean top-1 0.070 [0.040, 0.100] vs chance 0.067)" \
+        in row(after, "| DenseNet-169: image parts")
+    sens = [line for line in after.splitlines() if "predicts DenseNet-169's" in line]
+    assert sens and all("cannot test (not above chance: DenseNet-169" in line for line in sens)
+    overlap = row(after, "| BagNet-33 and the CNNs err")
+    assert "~DenseNet-169" not in overlap and "left out, not above chance: DenseNet-169" in overlap
+    assert "~DenseNet-169" in row(before, "| BagNet-33 and the CNNs err")
