@@ -22,9 +22,15 @@ SPEC_KEYS = ("name", "kwargs", "num_classes", "classes", "mean", "std", "image_s
 
 
 def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run directory's best (else last) checkpoint."""
+    """A checkpoint file as given, or a finished run directory's best (else last) checkpoint. A run dir
+    without ``summary.json`` is still training or was interrupted: its best.pt so far is not the run's
+    result, so it is refused (pass the checkpoint file itself to use it anyway)."""
     path = Path(path)
     if path.is_dir():
+        if (path / "config.yaml").is_file() and not (path / "summary.json").is_file():
+            raise ConfigError(f"run dir {path} has not finished training (no summary.json): run its train "
+                              f"command again to finish it, or pass {path / 'checkpoints' / 'best.pt'} to use "
+                              "its checkpoint as it is")
         for name in ("best.pt", "last.pt"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name

@@ -366,6 +366,21 @@ def test_truncated_last_checkpoint_names_the_way_out(tmp_path):
     assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
+def test_experiment_on_an_unfinished_run_dir_is_refused(tmp_path):
+    """A run dir still training (or interrupted) has a best.pt of some epoch, not the run's result: an
+    experiment given the dir refuses it with one line; given the checkpoint file itself, it uses it."""
+    cfg, _ = run(tmp_path, *TINY)
+    run_dir = Path(cfg.run_dir)
+    (run_dir / "summary.json").unlink()                       # as while training, or after a kill
+    exp = [*TINY, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
+           "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1"]
+    with pytest.raises(ConfigError, match="has not finished training") as e:
+        run(tmp_path, *exp, f"+models.B9={run_dir}")
+    assert "\n" not in str(e.value) and str(run_dir / "checkpoints" / "best.pt") in str(e.value)
+    _, result = run(tmp_path, *exp, f"+models.B9={run_dir / 'checkpoints' / 'best.pt'}")
+    assert list(result.tables["accuracy"]["model"].unique()) == ["B9"]
+
+
 def test_orphaned_temp_files_are_removed_when_a_run_dir_is_reopened(tmp_path):
     cfg, _ = run(tmp_path, *TINY)
     run_dir = Path(cfg.run_dir)
