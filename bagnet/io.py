@@ -84,6 +84,8 @@ def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, header: str = ""
 def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     """Markdown table without the optional `tabulate` dependency."""
     def fmt(v):
+        if v is None:                  # a missing value read back from JSON (render_results) is NaN's "–"
+            return "–"
         if isinstance(v, float):
             return "–" if not math.isfinite(v) else floatfmt.format(v)
         return str(v)
@@ -99,7 +101,9 @@ def write_figure(fig, path_stem: str | os.PathLike, formats=("png", "pdf"), dpi:
     for ext in formats:
         path = Path(path_stem).with_suffix("." + ext)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            # no creation date in PDFs: the same figure gives the same bytes (re-rendering changes nothing)
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
         out.append(path)
     plt.close(fig)
     return out

@@ -29,6 +29,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from . import io
+from .checkpoint import model_provenance
 from .config import CONFIG_DIR, as_dict, compose, validate
 from .distributed import cleanup, init_distributed
 from .engine import resolve_device
@@ -72,8 +73,9 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                     note = check_results_dir(cfg, ctx.out_dir)
                     if note:
                         print(note, flush=True)
-                    io.write_result(result, ctx.out_dir,
-                                    provenance(config=as_dict(cfg), device=device, seed=cfg.seed, wall_s=wall_s))
+                    models = {"models": model_provenance(as_dict(cfg)["models"])} if cfg.get("models") else {}
+                    io.write_result(result, ctx.out_dir, provenance(config=as_dict(cfg), device=device,
+                                                                     seed=cfg.seed, wall_s=wall_s, **models))
                 where = ctx.out_dir
             print(f"done: {cfg.task}: {result.summary} ({wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:

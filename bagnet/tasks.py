@@ -6,7 +6,6 @@ Experiments and pipelines (``experiments/``) are tasks of the same shape.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from .provenance import provenance
 from .result import Result
 from .train import (RUN_IDENTITY_IGNORED, check_identity, checkpoint_identity, evaluate_model, fit, identity_diff,
                     run_identity, saved_config)
+from .utils import file_sha256
 
 
 @dataclass
@@ -211,11 +211,7 @@ def eval_identity(cfg: DictConfig) -> dict:
     ckpt = None
     if c.get("checkpoint"):
         path = checkpoint_path(c["checkpoint"]).resolve()
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        ckpt = {"path": str(path), "sha256": h.hexdigest()}
+        ckpt = {"path": str(path), "sha256": file_sha256(path)}
     return {**_eval_config_identity(c), "task": "eval", "checkpoint": ckpt}
 
 

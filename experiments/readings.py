@@ -81,11 +81,12 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
     out = []
     t, prov = load(root, f"{folder}/scrambling")
     acc = t["accuracy"]
+    clean = acc[acc["condition"] == "clean"].set_index("model")
     acc = acc[acc["condition"] != "clean"].assign(kept=lambda d: [ci(r, "top1_rel") for _, r in d.iterrows()])
-    out += [f"**Scrambling** ({int(acc['n'].iloc[0])} test images; share of clean top-1 kept, 95% CI; tiles "
-            "permuted by a derangement):", "",
-            md(acc.pivot(index="model", columns="condition", values="kept").reindex(acc["model"].unique())
-               .reset_index()), "", source(prov, f"{folder}/scrambling"), ""]
+    kept = acc.pivot(index="model", columns="condition", values="kept").reindex(acc["model"].unique())
+    kept.insert(0, "clean top-1", [ci(clean.loc[m], "top1") for m in kept.index])
+    out += [f"**Scrambling** ({int(acc['n'].iloc[0])} test images; clean top-1 and the share of it kept, 95% CI; "
+            "tiles permuted by a derangement):", "", md(kept.reset_index()), "", source(prov, f"{folder}/scrambling"), ""]
     t, prov = load(root, f"{folder}/additivity")
     it = t["interaction"]
     far = it[it["bin_lo"] >= 32]

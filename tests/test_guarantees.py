@@ -366,18 +366,28 @@ def test_truncated_last_checkpoint_names_the_way_out(tmp_path):
     assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
-def test_experiment_on_an_unfinished_run_dir_is_refused(tmp_path):
-    """A run dir still training (or interrupted) has a best.pt of some epoch, not the run's result: an
-    experiment given the dir refuses it with one line; given the checkpoint file itself, it uses it."""
+def test_experiment_records_its_models_and_refuses_an_unfinished_run_dir(tmp_path):
+    """An experiment's provenance names each model's checkpoint (sha256) and the run it came from (commit,
+    val/test top-1). A run dir still training (or interrupted) has a best.pt of some epoch, not the run's
+    result: given the dir, the experiment refuses it with one line; given the checkpoint file, it uses it."""
+    from bagnet.utils import file_sha256
     cfg, _ = run(tmp_path, *TINY)
     run_dir = Path(cfg.run_dir)
-    (run_dir / "summary.json").unlink()                       # as while training, or after a kill
+    best = run_dir / "checkpoints" / "best.pt"
     exp = [*TINY, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
            "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1"]
+    ecfg, _ = run(tmp_path, *exp, f"+models.B9={run_dir}")
+    recorded = json.loads((Path(ecfg.out_dir) / "raw.json").read_text())["provenance"]["models"]["B9"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert recorded["sha256"] == file_sha256(best) and recorded["checkpoint"] == str(best)
+    assert recorded["top1"] == {s: m["top1"] for s, m in summary["eval"].items()}
+    assert recorded["git_commit"] == summary["provenance"]["git_commit"]
+
+    (run_dir / "summary.json").unlink()                       # as while training, or after a kill
     with pytest.raises(ConfigError, match="has not finished training") as e:
-        run(tmp_path, *exp, f"+models.B9={run_dir}")
-    assert "\n" not in str(e.value) and str(run_dir / "checkpoints" / "best.pt") in str(e.value)
-    _, result = run(tmp_path, *exp, f"+models.B9={run_dir / 'checkpoints' / 'best.pt'}")
+        run(tmp_path, *exp, f"+models.B9={run_dir}", "overwrite=true")
+    assert "\n" not in str(e.value) and str(best) in str(e.value)
+    _, result = run(tmp_path, *exp, f"+models.B9={best}", "overwrite=true")
     assert list(result.tables["accuracy"]["model"].unique()) == ["B9"]
 
 

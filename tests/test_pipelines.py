@@ -129,14 +129,18 @@ def test_demo_pipeline_tiny(tmp_path):
                "error_overlap": ["kappa_matrix", "class_accuracy_scatter"], "sensitivity": ["logit_drop_vs_n"]}
     for folder, figures in rebuilt.items():
         first_table = promised[folder][0]
-        before = (out / folder / f"{first_table}.csv").read_text()
+        before = {ext: (out / folder / f"{first_table}.{ext}").read_text() for ext in ("csv", "md")}
         for name in figures:
             (out / folder / f"{name}.png").unlink()
         (out / folder / f"{first_table}.csv").unlink()
         render(out / folder / "raw.json")
-        assert (out / folder / f"{first_table}.csv").read_text() == before, folder
+        pdfs = {name: (out / folder / f"{name}.pdf").read_bytes() for name in figures}
+        render(out / folder / "raw.json")
+        for ext in ("csv", "md"):   # the same text, missing values included ("–", never "None")
+            assert (out / folder / f"{first_table}.{ext}").read_text() == before[ext], (folder, ext)
         for name in figures:
             assert Image.open(out / folder / f"{name}.png").size[0] > 50, (folder, name)
+            assert (out / folder / f"{name}.pdf").read_bytes() == pdfs[name], (folder, name)  # no timestamp
     rebuilt = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"))[
         "rebuild_demo_readme"](out)
     assert rebuilt == readme
@@ -293,3 +297,10 @@ def test_git_commit_is_dirty_only_for_code_changes(tmp_path):
     assert git_commit(tmp_path) == clean          # results and docs don't change what code computes
     (tmp_path / "a.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_markdown_tables_write_missing_values_as_a_dash():
+    """A column whose values are all missing comes back from raw.json as None (object dtype), not NaN."""
+    from bagnet.io import to_markdown
+    table = pd.DataFrame({"model": ["a", "b"], "r_top5": [None, None], "kappa": [float("nan"), 0.25]})
+    assert to_markdown(table).splitlines()[2:] == ["| a | – | – |", "| b | – | 0.25 |"]

@@ -8,7 +8,6 @@ Offline (as on CI) a missing file fails with one line naming it, its url and whe
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import WeightsError
-from ..utils import refused_content
+from ..utils import file_sha256, refused_content
 
 HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
 
@@ -66,11 +65,7 @@ def sha256_prefix_ok(path: str | os.PathLike, fname: str) -> bool:
     m = HASH_RE.search(fname)
     if not m:
         return True
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest().startswith(m.group(1))
+    return file_sha256(path).startswith(m.group(1))
 
 
 def _same_stem(name: str, release_file: str) -> bool:
