@@ -126,6 +126,30 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
     return "\n".join(out)
 
 
+def block_signature_models(root: Path, folder: str = SIGNATURES) -> str:
+    """The models the signature folders used (their ``provenance.models``), and whether every folder used
+    the same checkpoints."""
+    parts = sorted(p.parent.name for p in (Path(root) / folder).glob("*/raw.json"))
+    recorded = {part: load(root, f"{folder}/{part}")[1].get("models") or {} for part in parts}
+    models = next((m for m in recorded.values() if m), {})
+    if not models:
+        return "(these files predate `provenance.models`)"
+    rows = []
+    for name, m in models.items():
+        top1 = m.get("top1") or {}
+        acc = {s: fmt_ci(t["top1"], t["lo"], t["hi"]) + f" (n={t['n']})" if s in top1 else "–"
+               for s, t in ((s, top1.get(s)) for s in ("val", "test"))}
+        rows.append({"model": name, "val top-1": acc["val"], "test top-1": acc["test"],
+                     "epochs": m.get("epochs", "–"), "precision": m.get("precision", "–"),
+                     "trained on": f"{m.get('device', '?')}, commit `{str(m.get('git_commit'))[:10]}`",
+                     "checkpoint sha256": f"`{str(m.get('sha256'))[:12]}`"})
+    sha = lambda ms: {k: v.get("sha256") for k, v in ms.items()}  # noqa: E731
+    differ = [part for part, ms in recorded.items() if sha(ms) != sha(models)]
+    same = (f"Every folder ({', '.join(parts)}) used these checkpoints." if not differ else
+            f"**Other checkpoints in: {', '.join(differ)}.**")
+    return md(pd.DataFrame(rows)) + f"\n\nTop-1 on the full val / test splits, 95% bootstrap intervals over images. {same}"
+
+
 def _exact_zero(it: pd.DataFrame, model: str, p: int) -> str:
     if not model.startswith("BagNet"):
         return "–"
@@ -216,6 +240,7 @@ def block_headline(root: Path) -> str:
 BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder under it])
     "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
     "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
+    "signature-models": block_signature_models,
 }
 
 

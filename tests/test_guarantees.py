@@ -380,7 +380,9 @@ def test_experiment_records_its_models_and_refuses_an_unfinished_run_dir(tmp_pat
     recorded = json.loads((Path(ecfg.out_dir) / "raw.json").read_text())["provenance"]["models"]["B9"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert recorded["sha256"] == file_sha256(best) and recorded["checkpoint"] == str(best)
-    assert recorded["top1"] == {s: m["top1"] for s, m in summary["eval"].items()}
+    assert {s: (m["top1"], m["n"]) for s, m in recorded["top1"].items()} == {
+        s: (pytest.approx(m["top1"]), m["n"]) for s, m in summary["eval"].items()}
+    assert all(m["lo"] <= m["top1"] <= m["hi"] for m in recorded["top1"].values())
     assert recorded["git_commit"] == summary["provenance"]["git_commit"]
 
     (run_dir / "summary.json").unlink()                       # as while training, or after a kill

@@ -68,3 +68,23 @@ def test_claims_on_a_model_at_chance_cannot_be_tested(tmp_path):
     assert "cannot test (not above chance: DenseNet-169" in row(after, "| BagNet-33 and DenseNet-169 err")
     assert "cannot test" not in row(before, "| BagNet-33 and DenseNet-169 err")
     assert row(after, "| BagNet-33 and ResNet-50 err") == row(before, "| BagNet-33 and ResNet-50 err")
+
+
+def test_signature_models_block_lists_the_checkpoints_and_flags_a_folder_that_used_others(tmp_path):
+    import json
+    import shutil
+
+    from experiments.readings import block_signature_models
+    from experiments.result_files import SIGNATURES
+
+    shutil.copytree(RESULTS / SIGNATURES, tmp_path / SIGNATURES)
+    raws = sorted((tmp_path / SIGNATURES).glob("*/raw.json"))
+    entry = {"sha256": "ab" * 32, "git_commit": "c0ffee" * 6, "device": "cpu: test", "epochs": 8, "precision": "bf16",
+             "top1": {"val": {"top1": 0.4, "lo": 0.35, "hi": 0.45, "n": 300}}}
+    for i, raw in enumerate(raws):
+        blob = json.loads(raw.read_text())
+        blob["provenance"]["models"] = {"VGG-16": {**entry, "sha256": ("cd" if i == 1 else "ab") * 32}}
+        raw.write_text(json.dumps(blob))
+    text = block_signature_models(tmp_path)
+    assert "| VGG-16 | 0.400 [0.350, 0.450] (n=300) | – | 8 | bf16 | cpu: test, commit `c0ffeec0ff` | `abababababab` |" in text
+    assert f"**Other checkpoints in: {raws[1].parent.name}.**" in text
