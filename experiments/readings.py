@@ -17,7 +17,7 @@ import pandas as pd
 from bagnet.stats import fmt_ci
 
 from .result_files import SIGNATURES, TABLE1, ci, fmt_g, load, md, source
-from .verdicts import block_verdicts
+from .verdicts import block_verdicts, signature_claims
 
 # Published numbers quoted in the documents, with their source (prose may repeat these, and only these).
 PUBLISHED = {
@@ -195,6 +195,13 @@ def heatmap_bench(root: Path) -> tuple[str, str]:
     return speed.group(1), speed.group(2)
 
 
+def verdict_counts(root: Path) -> str:
+    """How many of the paper's claims tested on the signatures got each verdict (results/README.md lists them)."""
+    got = pd.Series([v.split(" (")[0].strip("*") for _, _, v, _ in signature_claims(root, SIGNATURES)])
+    counts = [f"{v} {(got == v).sum()}" for v in ("supported", "contradicted", "not shown", "cannot test")]
+    return (f"the paper's claims, tested here: {', '.join(counts)} (`results/README.md`: each claim with its "
+            "interval, and why a claim cannot be tested)")
+
 # ------------------------------------------------------------------------------------------------ README.md
 def block_headline(root: Path) -> str:
     demo = pd.read_csv(Path(root) / "demo" / "accuracy" / "checks.csv")
@@ -221,7 +228,7 @@ def block_headline(root: Path) -> str:
          "test " + ", ".join(f"{m} {df.loc[m, 'report test']:.3g}" for m in df.index)
          + f"; kept when scrambled: BagNet-33 {df.loc['BagNet-33', 'report kept']:.2f}, ResNet-50 "
          f"{df.loc['ResNet-50', 'report kept']:.2f}", "`make reproduce-table1 INIT=scratch`"),
-        ("15-Scene signatures on the Table 1 models", "see `results/README.md` (intervals, verdicts)",
+        ("15-Scene signatures on the Table 1 models and a VGG-16 trained alike", verdict_counts(root),
          "VGG-16 nearly additive beyond ~30 px; BagNet heatmaps predict DenseNet-169's sensitivity better than "
          "DeepLift (ImageNet, pretrained)", "`make signatures ARGS=run_name=table1-scratch-seed0`"),
         ("exact BagNet-33 heatmap of a 224 px image vs the authors' patch-wise method",
