@@ -50,13 +50,14 @@ reproduce-table1: setup
 	$(RUN) task=table1 experiment=table1 init=$(INIT) data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	$(PY) scripts/render_results.py results/table1   # + results/table1/table1.{csv,md}: every profile side by side
 
-# the four signatures + heatmaps + patches on the Table 1 runs and a VGG-16 trained by the same recipe (trained
-# here first, or reused) -> results/signatures/scene15/<profile>/. Scratch runs: ARGS=run_name=table1-scratch-seed0
+# the four signatures + heatmaps + patches on the Table 1 runs of INIT=imagenet|scratch (make reproduce-table1
+# INIT=... first) and a VGG-16 trained by the same recipe (trained here first, or reused; INIT=imagenet starts it
+# from torchvision's ImageNet weights) -> results/signatures/scene15/<profile>-<init>/
 signatures: setup
-	$(RUN) task=train experiment=table1 init=scratch model=vgg16 trainer.fused_optimizer=true $(DATA_ARG) \
-	  profile=$(PROFILE) $(ARGS)
+	$(RUN) task=train experiment=table1 init=$(INIT) model=vgg16 $(if $(filter imagenet,$(INIT)),model.pretrained=true) \
+	  trainer.fused_optimizer=true $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
-	  $(RUN) task=$$t experiment=signatures $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
+	  $(RUN) task=$$t experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
 
 # heatmaps and predictive patches of the demo's trained BagNets (make demo first) -> runs/heatmaps/demo/
 heatmaps: setup

@@ -230,7 +230,7 @@ def block_headline(root: Path) -> str:
          f"{df.loc['ResNet-50', 'report kept']:.2f}", "`make reproduce-table1 INIT=scratch`"),
         ("15-Scene signatures on the Table 1 models and a VGG-16 trained alike", verdict_counts(root),
          "VGG-16 nearly additive beyond ~30 px; BagNet heatmaps predict DenseNet-169's sensitivity better than "
-         "DeepLift (ImageNet, pretrained)", "`make signatures ARGS=run_name=table1-scratch-seed0`"),
+         "DeepLift (ImageNet, pretrained)", "`make signatures INIT=scratch`"),
         ("exact BagNet-33 heatmap of a 224 px image vs the authors' patch-wise method",
          f"{flops}x fewer FLOPs, {speed}x faster (`results/bench/heatmap.md`)", "–", "`python scripts/bench_heatmap.py`"),
         ("BagNet-33 / ResNet-50 time per image, 224 px, full width, fp32, CPU",

@@ -10,7 +10,7 @@ import pandas as pd
 from bagnet.stats import fmt_ci
 
 TABLE1 = "table1/cpu-scratch"                # the committed cpu Table 1 (results/...)
-SIGNATURES = "signatures/scene15/cpu"        # the committed 15-Scene signatures
+SIGNATURES = "signatures/scene15/cpu-scratch"  # the committed 15-Scene signatures
 
 def load(root: Path, folder: str) -> tuple[dict[str, pd.DataFrame], dict]:
     """The tables and provenance (with the raw entries under ``"raw"``) of ``root/folder/raw.json``."""

@@ -91,7 +91,7 @@ def test_table1_pipeline_tiny(tmp_path):
                        "signatures.scrambling.num_images=4", "signatures.scrambling.texture=false")
         assert {str(v) for v in sig.models.values()} == set(table["run_dir"]) | {vgg.run_dir}
         # debug=fast (in TINY) writes under runs/, never over results/
-        assert Path(sig.out_dir) == tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default" / name
+        assert Path(sig.out_dir) == tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default-scratch" / name
         if name == "error_overlap":
             pairs = res.tables["pairs"]
             assert len(pairs) == 28 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels
@@ -304,3 +304,21 @@ def test_markdown_tables_write_missing_values_as_a_dash():
     from bagnet.io import to_markdown
     table = pd.DataFrame({"model": ["a", "b"], "r_top5": [None, None], "kappa": [float("nan"), 0.25]})
     assert to_markdown(table).splitlines()[2:] == ["| a | – | – |", "| b | – | 0.25 |"]
+
+
+@pytest.mark.parametrize("init", ["scratch", "imagenet"])
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_signatures_find_the_table1_runs_of_their_init(init, profile):
+    """make signatures INIT=... reads exactly the run dirs make reproduce-table1 INIT=... trains (and the
+    VGG-16 run of make signatures' own training step), at either profile; results go to <profile>-<init>."""
+    from experiments.common import model_overrides
+    from experiments.table1 import table1_models
+    common = [f"init={init}", f"profile={profile}", "data=scene15"]
+    t1 = compose(["experiment=table1", *common])
+    expected = {label: compose(["task=train", "experiment=table1", *common, *model_overrides(spec)]).run_dir
+                for label, spec in table1_models(t1).items()}
+    vgg = ["model=vgg16", *(["model.pretrained=true"] if init == "imagenet" else [])]   # the Makefile's
+    expected["VGG-16"] = compose(["task=train", "experiment=table1", *common, *vgg]).run_dir
+    sig = compose(["experiment=signatures", "task=scrambling", *common])
+    assert {k: str(v) for k, v in sig.models.items()} == expected
+    assert Path(sig.out_dir).parts[-3:] == ("scene15", f"{profile}-{init}", "scrambling")
