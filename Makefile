@@ -54,7 +54,7 @@ reproduce-table1: setup
 # INIT=... first) and a VGG-16 trained by the same recipe (trained here first, or reused; INIT=imagenet starts it
 # from torchvision's ImageNet weights) -> results/signatures/scene15/<profile>-<init>/
 signatures: setup
-	$(RUN) task=train experiment=table1 init=$(INIT) model=vgg16 $(if $(filter imagenet,$(INIT)),model.pretrained=true) \
+	$(RUN) task=train experiment=table1 init=$(INIT) $(if $(filter imagenet,$(INIT)),model=vgg16 model.pretrained=true,model=vgg16_bn) \
 	  trainer.fused_optimizer=true $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
 	  $(RUN) task=$$t experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done

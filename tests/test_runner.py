@@ -164,6 +164,8 @@ def test_bad_input_gives_one_line(tmp_path, args, expect):
 @pytest.mark.parametrize("args, expect", [
     (["model=bagnet34"], "Could not find 'model/bagnet34'"),
     (["data=imagenet2"], "Could not find 'data/imagenet2'"),
+    (["task=table1", "experiment=table1", "init=scrach"], "Could not find 'init/scrach'"),
+    (["task=scrambling", "experiment=signatures", "init=scrach"], "Could not find 'init/scrach'"),
     (["model.patch_sizee=9"], "Could not override 'model.patch_sizee'"),
 ])
 def test_bad_override_is_reported_by_hydra_without_traceback(tmp_path, args, expect):

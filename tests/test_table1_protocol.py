@@ -385,3 +385,32 @@ def test_fused_optimizer_is_the_same_update_and_not_part_of_the_identity(optimiz
     cfg = {"model": {"name": "x"}, "data": {}, "seed": 0, "trainer": {"schedule": "cosine", **t}}
     fused_cfg = {**cfg, "trainer": {**cfg["trainer"], "fused_optimizer": True}}
     assert run_identity(cfg) == run_identity(fused_cfg)
+
+
+# ---------------------------------------------------------------- init=scratch: its own recipe
+SCRATCH_RECIPE = {"optimizer": "adamw", "lr": 1.0e-3, "weight_decay": 0.05, "batch_size": 32,
+                  "label_smoothing": 0.1, "schedule": "cosine", "warmup_epochs": 2, "precision": "auto",
+                  "bn_recalibrate_batches": 16}
+REPORT_PROTOCOL = {"optimizer": "adam", "lr": 4.0e-5, "weight_decay": 0.0, "batch_size": 4,
+                   "label_smoothing": 0.0, "schedule": "plateau_halving", "bn_recalibrate_batches": 0}
+
+
+@pytest.mark.parametrize("profile, epochs", [("cpu", 20), ("gpu", 40)])
+def test_init_scratch_composes_its_own_recipe_not_the_fine_tuning_one(profile, epochs):
+    base = ["task=table1", "experiment=table1", f"profile={profile}"]
+    scratch = as_dict(compose(base + ["init=scratch"]))
+    assert scratch["init"] == "scratch" and scratch["run_name"] == "table1-scratch-seed0"
+    assert {k: scratch["trainer"][k] for k in SCRATCH_RECIPE} == SCRATCH_RECIPE
+    assert scratch["trainer"]["epochs"] == epochs
+    assert scratch["data"]["train_augment"] is True and scratch["data"]["crop_scale"] == [0.35, 1.0]
+    assert scratch["data"]["resize"] == "squash"   # the report's eval images stay
+    assert scratch["table1"]["scramble_grid"] == 4
+    # the fine-tuning protocol is untouched for the report's starting points (and is the default)
+    for cfg in (as_dict(compose(base + ["init=imagenet"])), as_dict(compose(base))):
+        assert cfg["init"] == "imagenet"
+        assert {k: cfg["trainer"][k] for k in REPORT_PROTOCOL} == REPORT_PROTOCOL
+        assert cfg["data"]["train_augment"] is False
+    # the signatures find the runs of the recipe they are asked for, VGG-16 with BatchNorm from scratch
+    sig = as_dict(compose(["task=scrambling", "experiment=signatures", f"profile={profile}", "init=scratch"]))
+    assert sig["run_name"] == "table1-scratch-seed0" and sig["data"]["resize"] == "squash"
+    assert sig["models"]["VGG-16"].split("/")[-2] == "vgg16_bn"
