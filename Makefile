@@ -29,8 +29,10 @@ test-full: test test-slow
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+# the documents' number blocks are re-rendered from the new results/demo/ (README.md quotes it)
 demo: setup
 	$(RUN) task=demo experiment=demo $(ARGS)
+	$(PY) scripts/render_results.py --documents
 
 train: setup
 	$(RUN) task=train model=$(MODEL) data=$(DATA) $(DATA_ARG) profile=$(PROFILE) $(ARGS)

@@ -2,6 +2,7 @@
 """Rebuild tables and figures under results/ from their raw.json, without retraining.
 
     python scripts/render_results.py [results/]
+    python scripts/render_results.py --documents   # only the number blocks of README.md, results/README.md
 
 Every raw.json written by bagnet.io.write_result holds its tables; this re-writes them as CSV +
 Markdown (with the same header) and redraws the figures that can be drawn from tables alone
@@ -53,10 +54,28 @@ def render(raw_path: Path) -> list[Path]:
     return written
 
 
+def render_documents() -> None:
+    """Re-render the number blocks of README.md and results/README.md from the files under results/."""
+    for doc in (RESULTS.parent / "README.md", RESULTS / "README.md"):
+        text = doc.read_text()
+        try:
+            new = render_document(text, RESULTS)
+        except (OSError, KeyError, ValueError) as e:   # a block whose files are missing: keep it, say so
+            print(f"{doc}: not re-rendered ({type(e).__name__}: {e})")
+            continue
+        if new != text:
+            io.write_text(new, doc)
+        print(f"{doc}: {'re-rendered' if new != text else 'unchanged'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", type=Path, default=Path("results"))
+    ap.add_argument("--documents", action="store_true",
+                    help="only re-render the documents' number blocks (make demo runs this after the demo)")
     args = ap.parse_args()
+    if args.documents:
+        return render_documents()
     raws = sorted(args.root.glob("**/raw.json"))
     if not raws:
         raise SystemExit(f"error: no raw.json under {args.root}")
@@ -75,16 +94,7 @@ def main() -> None:
             io.write_text(readme, checks.parent.parent / "README.md")
             print(f"{checks.parent.parent}: README.md")
     if args.root.resolve() == RESULTS.resolve():           # the documents' number blocks
-        for doc in (RESULTS.parent / "README.md", RESULTS / "README.md"):
-            text = doc.read_text()
-            try:
-                new = render_document(text, RESULTS)
-            except (OSError, KeyError, ValueError) as e:   # a block whose files are missing: keep it, say so
-                print(f"{doc}: not re-rendered ({type(e).__name__}: {e})")
-                continue
-            if new != text:
-                io.write_text(new, doc)
-            print(f"{doc}: {'re-rendered' if new != text else 'unchanged'}")
+        render_documents()
 
 
 if __name__ == "__main__":
