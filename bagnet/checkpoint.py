@@ -70,9 +70,15 @@ def load_run(ckpt: dict | str | Path, model_cfg: Mapping | None = None) -> tuple
 
     With ``model_cfg`` the checkpoint must be of that model (same name and architecture arguments).
     """
+    where = "the checkpoint"
     if not isinstance(ckpt, dict):
+        where = str(checkpoint_path(ckpt))
         ckpt = load_checkpoint(ckpt)
     spec = ckpt["model_spec"]
+    if not (isinstance(spec, Mapping) and isinstance(spec.get("name"), str) and isinstance(spec.get("kwargs"), Mapping)
+            and isinstance(spec.get("num_classes"), int)) or not isinstance(ckpt["model"], Mapping):
+        raise ConfigError(f"{where} is not a checkpoint of this suite: its model_spec needs name, kwargs and "
+                          "num_classes, and its model a state dict")
     arch = {k: v for k, v in spec["kwargs"].items() if k not in ("pretrained", "weights")}
     if model_cfg is not None:
         want = {k: v for k, v in model_kwargs(model_cfg).items() if k not in ("pretrained", "weights")}
@@ -82,9 +88,29 @@ def load_run(ckpt: dict | str | Path, model_cfg: Mapping | None = None) -> tuple
         if diff:
             raise ConfigError(f"checkpoint is for {_fmt(have)} but the config asks for {_fmt(want)} "
                               f"(differs in {diff}); pass model=... to match")
-    model = create_model(spec["name"], num_classes=spec["num_classes"], **arch)
+    try:
+        model = create_model(spec["name"], num_classes=spec["num_classes"], **arch)
+    except Exception as e:  # noqa: BLE001  an unknown name or arguments the builder refuses
+        raise ConfigError(f"{where}: its model_spec ({_fmt({'name': spec['name'], **arch})}) cannot be built: "
+                          f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+    mismatch = state_dict_mismatch(model, ckpt["model"])
+    if mismatch:
+        raise ConfigError(f"{where}: its weights do not fit {_fmt({'name': spec['name'], **arch})} ({mismatch})")
     model.load_state_dict(ckpt["model"])
     return model, spec
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping) -> str | None:
+    """What keeps ``state`` from loading into ``model`` (missing / unexpected keys, shapes), in one line; None
+    when it fits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [f"{len(items)} {what} (first: {items[0]})" for what, items in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+    return "; ".join(parts) or None
 
 
 def _fmt(d: dict) -> str:

@@ -7,6 +7,8 @@ Experiments validate their own ``signatures.<name>`` block the same way (``exper
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -94,7 +96,16 @@ class TrainerConfig:
         _check(self.epochs >= 0, f"{k}.epochs", f"must be >= 0, got {self.epochs}")
         for name in ("batch_size", "eval_batch_size", "accum_steps"):
             _check(getattr(self, name) >= 1, f"{k}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _check(self.lr > 0, f"{k}.lr", f"must be > 0, got {self.lr}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"{k}.lr", f"must be a finite number > 0, got {self.lr}")
+        _check(self.momentum >= 0, f"{k}.momentum", f"must be >= 0, got {self.momentum}")
+        if self.optimizer == "sgd" and self.nesterov:
+            _check(self.momentum > 0, f"{k}.momentum", "Nesterov SGD needs momentum > 0 (or trainer.nesterov=false)")
+        _check(self.weight_decay >= 0, f"{k}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_epochs >= 0, f"{k}.warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        _check(0 <= self.label_smoothing < 1, f"{k}.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if self.schedule == "step":
+            _check(self.step_size >= 1, f"{k}.step_size", f"must be >= 1, got {self.step_size}")
+            _check(self.gamma > 0, f"{k}.gamma", f"must be > 0, got {self.gamma}")
         _check(self.workers >= 0, f"{k}.workers", f"must be >= 0, got {self.workers}")
         _check(self.optimizer in ("sgd", "adamw", "adam"), f"{k}.optimizer",
                f"'{self.optimizer}'; valid: sgd, adamw, adam")
@@ -189,11 +200,24 @@ DATA_SCHEMAS = {"synthetic": SyntheticDataConfig, "scene15": Scene15DataConfig, 
                 "imagenette": ImageNetDataConfig, "imagefolder": FolderDataConfig}
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check ``cfg.trainer``, ``cfg.data`` (their schemas) and ``overwrite`` (ConfigError naming the key)."""
+    """Check ``cfg.trainer``, ``cfg.data`` (their schemas), ``overwrite``, ``seed``, ``device`` and
+    ``run_name`` (ConfigError naming the key)."""
     resolved = as_dict(cfg)
     _check(isinstance(resolved.get("overwrite", False), bool), "overwrite",
            f"must be true or false, got {resolved.get('overwrite')!r}")
+    seed = resolved.get("seed", 0)
+    _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
+           f"must be an integer >= 0, got {seed!r}")
+    device = str(resolved.get("device", "auto"))
+    _check(DEVICE_PATTERN.fullmatch(device) is not None, "device", f"'{device}'; valid: auto, cpu, cuda, cuda:N, mps")
+    name = str(resolved.get("run_name", ""))
+    # one path component: a run name must not reach outside its model's folder (../results/...) or be it
+    _check(name not in ("", ".", "..") and "/" not in name and "\\" not in name, "run_name",
+           f"'{name}' must be one folder name (no '/', not '.' or '..')")
     validated(TrainerConfig, resolved["trainer"], "trainer")
     name = resolved["data"].get("name")
     if name not in DATA_SCHEMAS:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .data.loader import EpochSampler
 from .distributed import all_gather_objects, all_reduce_sum
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 
 
 # ---------------------------------------------------------------- precision
@@ -80,20 +80,24 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
     loader.sampler.set_epoch(epoch)
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     start, seen = time.perf_counter(), 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True,
+               total=len(loader) if max_steps is None else min(len(loader), max_steps))
     optimizer.zero_grad(set_to_none=True)
+    last = len(loader) if max_steps is None else min(len(loader), max_steps)   # the epoch's final micro-batch
     for step, (images, labels) in enumerate(bar):
-        if max_steps is not None and step >= max_steps:
+        if step >= last:
             break
         images, labels = _to(images, device, channels_last), labels.to(device, non_blocking=True)
         with precision.autocast(device):
             logits = model(images)
             loss = criterion(logits.float(), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower the "
-                                     "learning rate or use precision=fp32")
+            raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at epoch {epoch + 1} step {step + 1} "
+                                   f"(lr {optimizer.param_groups[0]['lr']:.3g}); the checkpoints of earlier epochs are "
+                                   "kept; lower trainer.lr or use trainer.precision=fp32")
         (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
-        if (step + 1) % accum_steps == 0 or step + 1 == len(loader):
+        # a partial last group still steps (else accum_steps > steps per epoch would never update the weights)
+        if (step + 1) % accum_steps == 0 or step + 1 == last:
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

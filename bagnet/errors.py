@@ -21,3 +21,11 @@ class WeightsError(UserError, RuntimeError):
 
 class LockError(UserError, RuntimeError):
     """A run or results directory is in use by another process (its lock file names the process)."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss became NaN or infinite; the checkpoints of earlier epochs are kept as they were."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM: where it stopped, and that the same command resumes."""

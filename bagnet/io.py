@@ -96,8 +96,17 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
 
 
 def write_figure(fig, path_stem: str | os.PathLike, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """A matplotlib Figure as ``path_stem.<ext>``; a path stem instead of a Figure (a figure saved earlier,
+    e.g. by a resumable unit) is copied from its files."""
     import matplotlib.pyplot as plt
     out = []
+    if isinstance(fig, (str, os.PathLike)):
+        for ext in formats:
+            path = Path(path_stem).with_suffix("." + ext)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(Path(fig).with_suffix("." + ext).read_bytes())
+            out.append(path)
+        return out
     for ext in formats:
         path = Path(path_stem).with_suffix("." + ext)
         with atomic_path(path) as tmp:
@@ -192,17 +201,23 @@ def _acquire(lock: Path, token: str, what: str) -> None:
             if raw is None:          # removed meanwhile: try again
                 continue
             holder = _parse_lock(raw)
-            if not _is_stale(holder):
+            if not _is_stale(holder, lock):
                 who = (f"process {holder['pid']} on {holder['host']} (since {holder.get('since', '?')})"
                        if holder else "an unknown process (unreadable lock file)")
                 raise LockError(f"{lock.parent} ({what}) is in use by {who}; wait for it to finish, or "
                                 f"remove {lock} if that process is gone") from None
             if _remove_if_unchanged(lock, raw):
-                print(f"note: taking over the stale lock of {lock.parent}: process {holder['pid']} on "
-                      f"{holder['host']} is not running", flush=True)
+                why = (f"process {holder['pid']} on {holder['host']} is not running" if holder else
+                       f"its file is unreadable and older than {UNREADABLE_LOCK_STALE_S} s (a write that failed)")
+                print(f"note: taking over the stale lock of {lock.parent}: {why}", flush=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(token)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+        except OSError as e:       # e.g. disk full: an empty lock file would block the directory for good
+            lock.unlink(missing_ok=True)
+            raise LockError(f"cannot write the lock file {lock} ({e.strerror or e}); free space or fix the "
+                            "permissions, then run again") from None
         return
     raise LockError(f"could not lock {lock.parent} ({what}): other processes keep taking it")
 
@@ -229,9 +244,18 @@ def _parse_lock(raw: str) -> dict | None:
         return None
 
 
-def _is_stale(holder: dict | None) -> bool:
-    """True if the holder is a process of this host that is not running (another host: cannot tell)."""
-    if holder is None or holder["host"] != socket.gethostname():
+UNREADABLE_LOCK_STALE_S = 60   # a holder writes its lock within milliseconds of creating it
+
+
+def _is_stale(holder: dict | None, lock: Path) -> bool:
+    """True if the holder is a process of this host that is not running (another host: cannot tell), or
+    the lock file is unreadable and older than :data:`UNREADABLE_LOCK_STALE_S`."""
+    if holder is None:
+        try:
+            return time.time() - lock.stat().st_mtime > UNREADABLE_LOCK_STALE_S
+        except FileNotFoundError:
+            return False
+    if holder["host"] != socket.gethostname():
         return False
     pid = int(holder["pid"])
     if pid == os.getpid():         # not held by us (checked above): left by an earlier process with our PID
@@ -263,12 +287,18 @@ def _remove_if_unchanged(lock: Path, raw: str) -> bool:
 
 
 def remove_orphaned_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete temp files that a write killed mid-way left in ``directory`` (call it holding its lock)."""
+    """Delete temp files that a write killed mid-way left in ``directory`` (call it holding its lock). Only
+    the directory's own: a subfolder with its own lock or config.yaml is another run's, and is left alone."""
     removed = []
-    for p in sorted(Path(directory).rglob(f".*{TEMP_SUFFIX}")):
-        if p.is_file():
-            p.unlink()
-            removed.append(p)
+    for root, dirs, files in os.walk(directory):
+        root = Path(root)
+        if root != Path(directory) and ((root / LOCK_NAME).exists() or (root / "config.yaml").exists()):
+            dirs.clear()
+            continue
+        for name in sorted(files):
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                (root / name).unlink()
+                removed.append(root / name)
     if removed:
         print(f"note: removed {len(removed)} temp file(s) left by an interrupted write in {directory}", flush=True)
     return removed

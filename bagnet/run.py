@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from .checkpoint import model_provenance
 from .config import CONFIG_DIR, as_dict, compose, validate
 from .distributed import cleanup, init_distributed
 from .engine import resolve_device
-from .errors import ConfigError, UserError
+from .errors import ConfigError, Interrupted, UserError
 from .provenance import provenance
 from .result import Result
 from .tasks import Context
@@ -139,16 +140,25 @@ def run(*overrides: str) -> Result:
     return run_task(compose(overrides), overrides)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM (a scheduler, kill) ends a run as Ctrl-C does: one line, files intact
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run_task(cfg, HydraConfig.get().overrides.task)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again: finished runs and parts are reused", file=sys.stderr,
+              flush=True)
+        sys.exit(130)
     except UserError as e:
         if os.environ.get("BAGNET_DEBUG"):
             raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(130 if isinstance(e, Interrupted) else 2)
 
 
 if __name__ == "__main__":

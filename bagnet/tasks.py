@@ -7,6 +7,7 @@ Experiments and pipelines (``experiments/``) are tasks of the same shape.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,13 +24,14 @@ from . import io
 from .checkpoint import checkpoint_path, load_checkpoint, load_run, model_kwargs
 from .config import as_dict, compose, merge_overrides, validate
 from .data import DataBundle, DataError, build_data
+from .engine import resolve_precision
 from .distributed import DistInfo
-from .errors import ConfigError, UserError
+from .errors import ConfigError, Interrupted, UserError
 from .models import create_model
 from .provenance import provenance
 from .result import Result
-from .train import (RUN_IDENTITY_IGNORED, check_identity, checkpoint_identity, evaluate_model, fit, identity_diff,
-                    run_identity, saved_config)
+from .train import (RUN_IDENTITY_IGNORED, check_data_fingerprint, check_identity, checkpoint_identity,
+                    evaluate_model, fit, identity_diff, run_identity, saved_config)
 from .utils import file_sha256
 
 
@@ -69,6 +71,7 @@ class Context:
         data, cfg = self.data, self.cfg
         if spec is None:                               # the config's own model
             if cfg.checkpoint:
+                check_run_data(cfg.checkpoint, cfg, "checkpoint")
                 model, mspec = load_run(cfg.checkpoint, cfg.model)
                 check_classes(mspec, data, f"checkpoint {cfg.checkpoint}")
                 return model
@@ -77,6 +80,7 @@ class Context:
                       flush=True)
             return create_model(**cfg.model, num_classes=data.num_classes)
         if isinstance(spec, str):                      # a trained run
+            check_run_data(spec, cfg, f"models.{name}")
             model, mspec = load_run(spec)
             check_classes(mspec, data, f"models.{name} ({spec})")
             return model
@@ -88,12 +92,43 @@ class Context:
         out = {}
         for name, spec in (dict(cfg.models) or {cfg.model.tag: None}).items():
             saved = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
-            if saved is not None and saved.is_file():
+            if saved is not None and saved.is_file():   # the run's own predictions: only of these very images
+                check_run_data(spec, cfg, f"models.{name}", same_images=True)
                 out[name] = pd.read_csv(saved)
                 continue
             model = self.model(name, spec).eval()
             out[name] = evaluate_model(model, self.data, [cfg.split], as_dict(cfg), self.device)[cfg.split][1]
         return out
+
+
+# Data keys that do not change which images are in which split (training augmentation, loading).
+SPLIT_IGNORED = ("workers", "cache", "on_bad_image", "train_augment", "crop_scale", "flip", "image_size", "resize")
+
+
+def check_run_data(spec, cfg: DictConfig, what: str, same_images: bool = False) -> None:
+    """A trained run used by an experiment must have been trained on the experiment's data: the same dataset,
+    root and split settings and seed (so its test split is this test split, and holds none of its training
+    images); ``same_images``: also the same image size and resizing (its saved predictions are reused)."""
+    path = Path(str(spec))
+    run_dir = path if path.is_dir() else path.parent.parent
+    saved = saved_config(run_dir)
+    if saved is None or "data" not in saved:     # a bare checkpoint file: only its classes can be checked
+        return
+
+    new = as_dict(cfg)
+    # keys only one side has are a newer (or older) default, except the dataset's name and root
+    shared = (set(saved["data"]) & set(new["data"])) | {"name", "root"}
+
+    def identity(c: Mapping) -> dict:
+        ignored = SPLIT_IGNORED[:-2] if same_images else SPLIT_IGNORED
+        d = {k: v for k, v in dict(c["data"]).items() if k in shared and k not in ignored}
+        if d.get("root") is not None:
+            d["root"] = str(Path(str(d["root"])).expanduser().resolve())
+        return {"data": d, "seed": c.get("seed")}
+    diff = identity_diff(identity(saved), identity(new))
+    if diff:
+        raise ConfigError(f"{what} ({spec}) was trained on other data than this {cfg.task} uses "
+                          f"({'; '.join(diff[:3])}); pass data=... / data.root=... / seed=... as the run had them")
 
 
 def check_classes(spec: Mapping, data: DataBundle, what: str) -> None:
@@ -182,6 +217,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, identity: dict | None = None) 
             if saved.get("task") == "eval":
                 raise ConfigError(f"{run_dir} holds an evaluation (task=eval), not a training run; "
                                   "choose another run_dir=... or run_name=...")
+            if not holds_training(run_dir):   # a command that failed before its first epoch: nothing to keep
+                return
             check_identity(run_identity(saved), as_dict(cfg), run_dir)
         return
     saved_identity = run_dir / "identity.json"
@@ -196,6 +233,11 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, identity: dict | None = None) 
     if diff:
         raise ConfigError(f"{run_dir} holds the evaluation of another checkpoint or config "
                           f"({'; '.join(diff[:3])}); choose another run_name=... or remove that directory")
+
+
+def holds_training(run_dir: Path) -> bool:
+    """Whether a run dir holds anything a new config could destroy: a checkpoint or a finished summary."""
+    return any((run_dir / p).is_file() for p in ("summary.json", "checkpoints/last.pt", "checkpoints/best.pt"))
 
 
 def _eval_config_identity(c: Mapping) -> dict:
@@ -225,7 +267,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, device: torch.device, identi
     return prov
 
 
-def finished_summary(cfg: DictConfig, run_dir: Path) -> dict | None:
+def finished_summary(cfg: DictConfig, run_dir: Path, data: DataBundle | None = None) -> dict | None:
     """The saved summary of a finished training run of this config (its checkpoint's identity checked),
     or None: not finished, other eval_splits asked for, or ``trainer.resume=false`` (train again)."""
     summary_path, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
@@ -233,8 +275,13 @@ def finished_summary(cfg: DictConfig, run_dir: Path) -> dict | None:
         return None
     ckpt = load_checkpoint(last)
     check_identity(checkpoint_identity(ckpt, saved_config(run_dir)), as_dict(cfg), run_dir)
+    if data is not None:
+        check_data_fingerprint(ckpt, data, run_dir)
     saved = json.loads(summary_path.read_text())
-    if ckpt["epoch"] != cfg.trainer.epochs or not set(cfg.eval_splits) <= set(saved.get("eval") or {}):
+    # finished: every epoch ran, or the schedule stopped it early at the checkpoint's epoch
+    stopped_early = saved.get("stopped_early") and saved.get("epochs") == ckpt["epoch"]
+    if (ckpt["epoch"] != cfg.trainer.epochs and not stopped_early) or \
+            not set(cfg.eval_splits) <= set(saved.get("eval") or {}):
         return None
     saved.pop("provenance", None)
     return saved
@@ -266,21 +313,42 @@ def fit_run(ctx: Context) -> dict:
     cfg = ctx.cfg
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs: must be >= 1 for training, got {cfg.trainer.epochs}")
+    resolve_precision(cfg.trainer.precision, ctx.device)      # e.g. fp16 on a CPU: refused before writing
     data = ctx.data
+    if data.num_classes < 2:
+        raise DataError(f"data={data.info.get('name', '?')} has {data.num_classes} class(es) "
+                        f"({', '.join(map(str, data.classes))}): a classifier needs at least 2")
     check_splits(data, ["train", "val", *cfg.eval_splits])
     validate_model(cfg, data)
     run_dir = Path(cfg.run_dir)
-    with _locked(ctx, run_dir, "training run"):
-        if ctx.dist.is_main:
-            io.remove_orphaned_temps(run_dir)
-            check_run_dir(cfg, run_dir)
-        done = finished_summary(cfg, run_dir)
+    if (run_dir / "summary.json").is_file() and not os.access(run_dir, os.W_OK):
+        # a read-only run dir (a shared, finished run): reusing it needs no lock
+        check_run_dir(cfg, run_dir)
+        done = finished_summary(cfg, run_dir, data)
         if done is not None:
             if ctx.dist.is_main:
                 print(f"reusing the finished run {run_dir}", flush=True)
             return done
+    with _locked(ctx, run_dir, "training run"):
+        if ctx.dist.is_main:
+            io.remove_orphaned_temps(run_dir)
+            check_run_dir(cfg, run_dir)
+        done = finished_summary(cfg, run_dir, data)
+        if done is not None:
+            if ctx.dist.is_main:
+                print(f"reusing the finished run {run_dir}", flush=True)
+            return done
+        if ctx.dist.is_main:   # the run changes from here: it is no longer finished until summary.json is rewritten
+            for stale in ("summary.json", "eval/metrics.json"):
+                (run_dir / stale).unlink(missing_ok=True)
         prov = prepare_run_dir(cfg, run_dir, ctx.device) if ctx.dist.is_main else {}
-        summary = fit(as_dict(cfg), data, run_dir, ctx.device, ctx.dist)
+        try:
+            summary = fit(as_dict(cfg), data, run_dir, ctx.device, ctx.dist)
+        except KeyboardInterrupt:   # Ctrl-C, or SIGTERM (the runner turns it into this)
+            metrics = run_dir / "metrics.json"
+            done = len(json.loads(metrics.read_text())) if metrics.is_file() else 0
+            raise Interrupted(f"interrupted while training {run_dir} after {done}/{cfg.trainer.epochs} epochs; "
+                              "run the same command again to resume from there") from None
         model, _ = load_run(run_dir / "checkpoints" / "best.pt")
         results = evaluate_model(model, data, list(cfg.eval_splits), as_dict(cfg), ctx.device, ctx.dist)
         if ctx.dist.is_main:
@@ -305,6 +373,7 @@ def evaluate(ctx: Context) -> Result:
     which must be new or hold an evaluation with the same :func:`eval_identity`."""
     cfg = ctx.cfg
     model = ctx.model(cfg.model.tag)        # data, checkpoint (safely loaded), classes: nothing written yet
+    resolve_precision(cfg.trainer.precision, ctx.device)
     check_splits(ctx.data, cfg.eval_splits)
     validate_model(cfg, ctx.data, model)
     identity = eval_identity(cfg)

@@ -185,6 +185,16 @@ def identity_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a} -> {b}"]
 
 
+def check_data_fingerprint(ckpt: Mapping, data: DataBundle, run_dir: Path) -> None:
+    """The files under data.root must be those the run started on (checkpoints from before the fingerprint
+    carry none and are not checked)."""
+    saved, now = ckpt.get("data_fingerprint"), data.fingerprint()
+    if saved and now and saved != now:
+        raise ConfigError(f"{run_dir} was trained on other files under data.root={ckpt['identity']['data'].get('root')} "
+                          "(images were added, removed or moved since); train into another run_name=... or restore "
+                          "the data")
+
+
 def check_identity(saved: Mapping, cfg: Mapping, run_dir: Path) -> None:
     diff = identity_diff(saved, run_identity(cfg))
     if diff:
@@ -226,6 +236,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     if last_path.is_file() and t["resume"]:
         ckpt = load_checkpoint(last_path)
         check_identity(checkpoint_identity(ckpt, saved_config(run_dir)), cfg, run_dir)
+        check_data_fingerprint(ckpt, data, run_dir)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -248,6 +259,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             "num_classes": data.num_classes, "classes": list(data.classes),
             "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size}
     progress = t["progress"] and dist_info.is_main
+    fingerprint = data.fingerprint()
     started = time.perf_counter()
     for epoch in range(start_epoch, t["epochs"]):
         if per_epoch and scheduler.should_stop:   # a resumed run that had already stopped early
@@ -273,7 +285,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                      "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rng_state(),
                      "identity": run_identity(cfg), "identity_version": IDENTITY_VERSION,
                      "train_wall_s": wall_before + time.perf_counter() - started,
-                     "model_spec": spec, "precision": precision.name}
+                     "model_spec": spec, "precision": precision.name, "data_fingerprint": fingerprint}
             # best first: a kill between the two writes then loses nothing that last.pt would not redo.
             if is_best:
                 io.save_checkpoint({**state, "rng": None}, ckpt_dir / "best.pt")
@@ -345,3 +357,34 @@ def evaluate_model(model: nn.Module, data: DataBundle, splits: list[str], cfg: M
             df.insert(1, "path", [str(samples[i][0]) for i in df["index"]])
         out[split] = (metrics, df)
     return out
+
+
+def estimate_train_seconds(cfg: Mapping, data: DataBundle, device: torch.device, steps: int = 2) -> dict:
+    """Time ``steps`` optimizer steps of ``cfg``'s model on real training batches (after one warm-up step)
+    and extrapolate to the whole run: epochs x steps per epoch, plus one pass over val per epoch at
+    about a third of a training step's cost per image. Weights are thrown away; nothing is written."""
+    t = cfg["trainer"]
+    loader = build_loader(data.train, t["batch_size"], True, cfg["seed"], DistInfo(), 0, device)
+    model = create_model(**cfg["model"], num_classes=data.num_classes).to(device)
+    precision = resolve_precision(t["precision"], device)
+    channels_last = use_channels_last(t["channels_last"], device, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion, optimizer = build_criterion(t), build_optimizer(model, t)
+    batches = iter(loader)
+    seconds = []
+    for _ in range(steps + 1):
+        images, labels = next(batches)
+        images = images.to(device, memory_format=torch.channels_last) if channels_last else images.to(device)
+        started = time.perf_counter()
+        with precision.autocast(device):
+            loss = criterion(model(images).float(), labels.to(device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - started)
+    per_step = sorted(seconds[1:])[len(seconds[1:]) // 2]
+    steps_per_epoch = len(loader) if not t.get("max_steps_per_epoch") else min(len(loader), t["max_steps_per_epoch"])
+    val_steps = len(data.val) / t["batch_size"] / 3
+    return {"s_per_step": per_step, "steps_per_epoch": steps_per_epoch, "epochs": t["epochs"],
+            "total_s": per_step * (steps_per_epoch + val_steps) * t["epochs"]}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, replace
-from typing import Iterator, Mapping, Optional
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -16,11 +17,12 @@ import torchvision.transforms.functional as TF  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from bagnet.config import validated  # noqa: E402
+from bagnet.config import as_dict, validated  # noqa: E402
 from bagnet.errors import ConfigError  # noqa: E402
 from bagnet.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from bagnet.seeding import generator  # noqa: E402
-from bagnet.tasks import fit_run  # noqa: E402
+from bagnet.tasks import finished_summary, fit_run  # noqa: E402
+from bagnet.train import estimate_train_seconds  # noqa: E402
 from bagnet.utils import denormalize  # noqa: E402
 
 @dataclass
@@ -183,14 +185,35 @@ def _value(v) -> str:
     return str(v)
 
 
+def sub_runs(ctx, models: Mapping, *extra: str) -> dict:
+    """label -> the ``task=train`` Context of every ``label -> model entry`` (this run's other overrides;
+    ``extra`` ones, e.g. ``seed=1``, replace this run's value of that key)."""
+    keys = {o.split("=", 1)[0] for o in extra}
+    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model") and o.split("=", 1)[0] not in keys]
+    return {label: replace(ctx, overrides=base).with_overrides("task=train", *extra, *model_overrides(spec))
+            for label, spec in models.items()}
+
+
+def estimate_training(ctx, runs: Mapping[str, Sequence]) -> float:
+    """Print, before anything trains, how long the runs still to train will take (a few measured steps of
+    each; finished runs cost nothing); ``runs``: label -> (model entries, extra overrides). Returns seconds."""
+    total, lines = 0.0, []
+    for label, (models, extra) in runs.items():
+        for name, sub in sub_runs(ctx, models, *extra).items():
+            if finished_summary(sub.cfg, Path(sub.cfg.run_dir)) is not None:
+                continue
+            est = estimate_train_seconds(as_dict(sub.cfg), sub.data, sub.device)
+            total += est["total_s"]
+            lines.append(f"  {name}{label}: {est['total_s'] / 60:.0f} min ({est['epochs']} epochs x "
+                         f"{est['steps_per_epoch']} steps x {est['s_per_step']:.2f} s)")
+    if lines:
+        print(f"estimate: {len(lines)} run(s) to train, about {total / 60:.0f} min on this machine as it is now "
+              "(finished runs are reused; an interrupted one resumes):\n" + "\n".join(lines), flush=True)
+    return total
+
+
 def train_models(ctx, models: Mapping, *extra: str) -> dict:
     """Train (or reuse, or resume) every ``label -> model entry`` as ``task=train`` with this run's
     other overrides (``extra`` ones, e.g. ``seed=1``, replace this run's value of that key); returns
     label -> (the sub-run's Context, its summary)."""
-    keys = {o.split("=", 1)[0] for o in extra}
-    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model") and o.split("=", 1)[0] not in keys]
-    out = {}
-    for label, spec in models.items():
-        sub = replace(ctx, overrides=base).with_overrides("task=train", *extra, *model_overrides(spec))
-        out[label] = (sub, fit_run(sub))
-    return out
+    return {label: (sub, fit_run(sub)) for label, sub in sub_runs(ctx, models, *extra).items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ from bagnet.checkpoint import model_kwargs
 from bagnet.errors import ConfigError
 from bagnet.models import create_model, default_cfg
 from bagnet.result import Result
-from bagnet.utils import jsonable
+from bagnet.utils import jsonable, refused_content
 
 from . import sensitivity
 from .eval_imagenet import PAPER_IMAGENET, local_weights
@@ -224,11 +226,15 @@ class Store:
         d = self.root / part / _slug(name)
         marker = d / "unit.pt"
         key = jsonable(key)
-        if marker.is_file():
-            saved = torch.load(marker, map_location="cpu", weights_only=False)
+        if marker.is_file():   # tensors and plain containers only (weights_only), like every file this suite reads
+            try:
+                saved = torch.load(marker, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise ConfigError(f"refused to load {marker}: {refused_content(e)}; remove it (the unit is then "
+                                  "computed again)") from None
             if saved.get("key") == key:
                 self.reused.append(f"{part}/{name}")
-                return saved["result"]
+                return _result_from_plain(saved["result"], d)
         started = time.perf_counter()
         result = compute()
         self.seconds[f"{part}/{name}"] = time.perf_counter() - started
@@ -237,7 +243,25 @@ class Store:
                 io.write_predictions(df, d / f"{tname}.csv.gz")
             else:
                 io.write_table(df, d / tname)
+        for fname, fig in result.figures.items():
+            io.write_figure(fig, d / f"figure_{_slug(fname)}")
         io.write_json({"key": key, "raw": result.raw, "wall_s": self.seconds[f"{part}/{name}"]}, d / "unit.json")
-        io.save_checkpoint({"key": key, "result": result}, marker)
+        io.save_checkpoint({"key": key, "result": _plain_result(result)}, marker)
         self.computed.append(f"{part}/{name}")
-        return result
+        return _result_from_plain(_plain_result(result), d)
+
+
+def _plain_result(result: Result) -> dict:
+    """A unit's Result as plain containers (weights_only-loadable): tables column by column with their
+    dtypes, raw as JSON values, figures by name (their files lie beside unit.pt)."""
+    tables = {name: {"columns": [str(c) for c in df.columns], "data": [df[c].tolist() for c in df.columns],
+                     "dtypes": [str(t) for t in df.dtypes]} for name, df in result.tables.items()}
+    return {"tables": tables, "raw": json.loads(json.dumps(jsonable(result.raw))), "summary": result.summary,
+            "figures": list(result.figures)}
+
+
+def _result_from_plain(plain: dict, unit_dir: Path) -> Result:
+    tables = {name: pd.DataFrame(dict(zip(t["columns"], t["data"])), columns=t["columns"]).astype(
+        dict(zip(t["columns"], t["dtypes"]))) for name, t in plain["tables"].items()}
+    figures = {name: unit_dir / f"figure_{_slug(name)}" for name in plain["figures"]}
+    return Result(tables=tables, figures=figures, raw=plain["raw"], summary=plain["summary"])

@@ -31,7 +31,7 @@ from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci, verdict
 from bagnet.train import evaluate_model
 
-from .common import model_overrides, train_models
+from .common import estimate_training, model_overrides, train_models
 from .scrambling import scramble_batch
 
 REPORT_TABLE1 = {  # the 15-Scene reproducibility report, Table 1 (val, test, scrambled test)
@@ -88,6 +88,17 @@ def task(ctx) -> Result:
     cfg = ctx.cfg
     models = table1_models(cfg)
     release_files = check_all_weights(ctx, models)
+    seed_models = {label: models[label] for label in cfg.table1.get("seed_models") or [] if label in models}
+    extra_seeds = list(cfg.table1.get("extra_seeds") or []) if seed_models else []
+
+    def seed_overrides(seed: int) -> list[str]:
+        extra = [f"seed={seed}"]
+        if ctx.with_overrides(*extra).cfg.run_name == cfg.run_name:   # a run_name= without the seed
+            extra.append(f"run_name={cfg.run_name}-seed{seed}")
+        return extra
+    if ctx.dist.is_main and cfg.table1.get("estimate", True):
+        estimate_training(ctx, {"": (models, []), **{f" seed {s}": (seed_models, seed_overrides(s))
+                                                     for s in extra_seeds}})
     rows, raw, per_image = [], {}, {}
     for label, (sub, summary) in train_models(ctx, models).items():
         row, raw[label], per_image[label] = evaluate_row(ctx, label, sub, summary)
@@ -99,14 +110,10 @@ def task(ctx) -> Result:
     if cfg.table1.get("reference") in per_image:
         tables["contrasts"] = contrasts(per_image, cfg.table1.reference, cfg.seed,
                                         [list(p) for p in cfg.table1.get("contrast_pairs") or []])
-    seed_models = {label: models[label] for label in cfg.table1.get("seed_models") or [] if label in models}
-    if seed_models and cfg.table1.get("extra_seeds"):
+    if extra_seeds:
         seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in seed_models]
-        for seed in cfg.table1.extra_seeds:
-            extra = [f"seed={seed}"]
-            if ctx.with_overrides(*extra).cfg.run_name == cfg.run_name:   # a run_name= without the seed
-                extra.append(f"run_name={cfg.run_name}-seed{seed}")
-            for label, (sub, summary) in train_models(ctx, seed_models, *extra).items():
+        for seed in extra_seeds:
+            for label, (sub, summary) in train_models(ctx, seed_models, *seed_overrides(seed)).items():
                 row, raw[f"{label} seed {seed}"], _ = evaluate_row(ctx, label, sub, summary)
                 seed_rows.append({"seed": seed, **row})
         seeds = pd.DataFrame(seed_rows)
@@ -275,11 +282,13 @@ def protocol_note(cfg: DictConfig) -> str:
         sched = (f"val after every epoch, best-val checkpoint (ties count), lr x{t.factor} after every {t.patience} "
                  f"epochs without a new best, stop after {t.early_stop} such epochs in a row, at most {t.epochs} epochs")
     else:
-        sched = f"{t.schedule} schedule, {t.epochs} epochs"
-    prep = ("squashed to that size, no crop, no augmentation" if d.get("resize") == "squash"
-            and not d.get("train_augment", True) else "random-resized-crop training, centre-crop evaluation")
-    return (f"{d.image_size} px images ({prep}); {t.optimizer} lr {t.lr:g}, batch {t.batch_size}, label smoothing "
-            f"{t.label_smoothing:g}; {sched}")
+        sched = f"{t.warmup_epochs:g} warmup epochs then a {t.schedule} schedule, {t.epochs} epochs, best-val checkpoint"
+    evaluation = "squashed to that size, no crop" if d.get("resize") == "squash" else "centre crop"
+    training = (f"random-resized crops (scale {d.crop_scale[0]:g}-{d.crop_scale[1]:g}) and flips"
+                if d.get("train_augment", True) else "the same, no augmentation")
+    return (f"{d.image_size} px images (evaluation: {evaluation}; training: {training}); {t.optimizer} lr {t.lr:g}, "
+            f"weight decay {t.weight_decay:g}, batch {t.batch_size}, label smoothing {t.label_smoothing:g}, "
+            f"precision {t.precision}; {sched}")
 
 
 def table1_header(cfg: DictConfig, prov: dict) -> str:
@@ -287,9 +296,11 @@ def table1_header(cfg: DictConfig, prov: dict) -> str:
     start = ("ImageNet-pretrained starts (the authors' BagNet release, pytorchcv's weights for the baselines), "
              "each with a fresh Linear(in, 15) head" if init == "imagenet" else
              "every model from scratch (random init; the report fine-tuned ImageNet-pretrained models)")
-    return (f"Table 1 of the 15-Scene reproducibility report, reproduced with `experiment=table1` (the report's "
-            f"protocol as its notebooks ran it, {REPORT_REPO}; docs/report_protocol.md), profile "
-            f"`{cfg.profile_name}`, `init={init}`: {start}; {protocol_note(cfg)}; BagNet width "
+    recipe = (f"the report's protocol as its notebooks ran it, {REPORT_REPO}; docs/report_protocol.md"
+              if init == "imagenet" else "the report's data split, evaluation images and scrambling; trained by the "
+              "from-scratch recipe of configs/init/scratch.yaml, not the report's fine-tuning protocol")
+    return (f"Table 1 of the 15-Scene reproducibility report, reproduced with `experiment=table1` ({recipe}), "
+            f"profile `{cfg.profile_name}`, `init={init}`: {start}; {protocol_note(cfg)}; BagNet width "
             f"{'64' if init == 'imagenet' else cfg.bagnet_width}, seed {cfg.seed}. Scrambled = test images cut "
             f"into a {cfg.table1.scramble_grid}x{cfg.table1.scramble_grid} grid, tiles permuted (seeded)"
             f"{tile_note(cfg)}. `report *` columns are the published numbers; `init` says how each model of ours "

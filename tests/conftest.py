@@ -1,9 +1,17 @@
-"""Shared test setup: every test starts from the same random state; real datasets beside the checkout."""
+"""Shared test setup: every test starts from the same random state; real datasets beside the checkout;
+the runner in-process and as a command; tiny runs and image folders."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from bagnet.config import compose
+from bagnet.run import run_task
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 DATA = {"scene15": Path(os.environ.get("SCENE15_ROOT", SHARED / "scene15")),
@@ -39,3 +47,56 @@ def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
         elif isinstance(m, torch.nn.Linear) and m.bias is not None:
             m.bias.data.normal_(0, 0.2)
     return model.eval()
+
+
+# ---------------------------------------------------------------- the runner, tiny runs, image folders
+REPO = Path(__file__).resolve().parents[1]
+# one tiny training run: 1 epoch of 1 step at 64 px
+TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "data.val_per_class=3",
+        "data.test_per_class=3", "debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+        "trainer.batch_size=4", "device=cpu", "model=bagnet9", "model.width=4"]
+
+
+def run(tmp_path: Path, *overrides: str):
+    """``python -m bagnet.run <overrides>`` in-process; returns (config, Result)."""
+    overrides = [*overrides, f"paths.root_dir={tmp_path}"]
+    cfg = compose(overrides)
+    return cfg, run_task(cfg, overrides)
+
+
+def config(tmp_path: Path, *overrides: str):
+    return compose([*overrides, f"paths.root_dir={tmp_path}"])
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bagnet.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    return lines[0]
+
+
+def image_folder(root: Path, classes=("a", "b"), n: int = 5, seed: int = 0, bad: dict | None = None) -> Path:
+    """``root/train/<class>/*.png`` (distinct random images); ``bad``: {split: count} undecodable files
+    added to class ``classes[0]`` (a ``val/`` split is then created with ``n`` good images per class)."""
+    rng = np.random.default_rng(seed)
+    splits = ["train"] + [s for s in (bad or {}) if s != "train"]
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    for split, count in (bad or {}).items():
+        for i in range(count):
+            (root / split / classes[0] / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return root
+
+
+def folder_args(root: Path, *extra: str) -> list[str]:
+    return ["data=imagefolder", f"data.root={root}", "data.image_size=32", "data.workers=0", "debug=fast",
+            "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.batch_size=4", "device=cpu",
+            "model=bagnet9", "model.width=4", *extra]

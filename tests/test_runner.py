@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from bagnet import create_model
 from bagnet.config import CONFIG_DIR, validate
+from bagnet.errors import Interrupted
 from bagnet.models import list_models
 from bagnet.seeding import seed_everything
 from bagnet.tasks import Context, fit_run
@@ -106,7 +107,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # stands in for a kill mid-epoch
         return real(*a, **k)
     monkeypatch.setattr(T, "train_one_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="after 1/3 epochs; run the same command again to resume"):
         task_train(killed)
     monkeypatch.setattr(T, "train_one_epoch", real)
     # a torn temp file from a write killed mid-way must not matter

@@ -65,9 +65,12 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0,
                  dist_info: DistInfo = DistInfo(), workers: int = 0,
                  device: torch.device | str = "cpu") -> DataLoader:
     """train: a seeded shuffle per epoch (call ``loader.sampler.set_epoch(e)``), padded shards under DDP;
-    eval: dataset order, unpadded shards. Batches are (images, labels); the last batch may be short."""
+    eval: dataset order, unpadded shards. Batches are (images, labels); the last batch may be short (in
+    training not a single image)."""
     sampler = EpochSampler(len(dataset), seed, shuffle=train, rank=dist_info.rank,
                            world_size=dist_info.world_size, pad=train)
+    # training drops a last batch of one image only: BatchNorm cannot normalise a single sample
+    drop_last = train and batch_size > 1 and len(sampler) % batch_size == 1
     return DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, persistent_workers=workers > 0, drop_last=False,
+                      num_workers=workers, persistent_workers=workers > 0, drop_last=drop_last,
                       pin_memory=torch.device(device).type == "cuda")

@@ -248,6 +248,9 @@ def build_synthetic(cfg, seed: int, mean, std):
     names = cfg.get("classes") or [c.name for c in SYNTHETIC_CLASSES]
     num = cfg.get("num_classes")
     if num:
+        if not 2 <= int(num) <= len(names):
+            raise DataError(f"data.num_classes={num}: the synthetic probe has {len(names)} classes "
+                            f"({', '.join(names)}); choose 2 to {len(names)}")
         names = list(names)[: int(num)]
     unknown = [n for n in names if n not in CLASS_BY_NAME]
     if unknown:
