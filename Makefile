@@ -42,7 +42,7 @@ train-bagnet33: setup
 
 sweep-patch: setup
 	$(RUN) -m task=train model=bagnet model.patch_size=9,17,33 data=$(DATA) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
-	$(PY) scripts/collect_sweep.py runs/train/$(DATA) --out results/sweep_patch/$(DATA)
+	$(PY) scripts/collect_sweep.py $${BAGNET_RUNS_DIR:-runs}/train/$(DATA) --out results/sweep_patch/$(DATA)
 
 # Table 1 by the report's protocol (configs/experiment/table1.yaml). INIT=imagenet (the report's: authors'
 # BagNet release + pytorchcv ImageNet weights, checked before training; offline: put the files in

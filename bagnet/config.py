@@ -89,6 +89,7 @@ class TrainerConfig:
     progress: bool = True
     resume: bool = True
     max_steps_per_epoch: Optional[int] = None
+    max_eval_images: Optional[int] = None  # smoke runs: validate and evaluate a seeded subset of each split
     bn_recalibrate_batches: int = 16
 
     def __post_init__(self):
@@ -119,6 +120,8 @@ class TrainerConfig:
                f"'{self.precision}'; valid: auto, fp32, bf16, fp16")
         _check(self.channels_last in ("auto", True, False), f"{k}.channels_last", "valid: auto, true, false")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, f"{k}.max_steps_per_epoch",
+               "must be null or >= 1")
+        _check(self.max_eval_images is None or self.max_eval_images >= 1, f"{k}.max_eval_images",
                "must be null or >= 1")
 
 

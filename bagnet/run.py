@@ -78,7 +78,7 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                     io.write_result(result, ctx.out_dir, provenance(config=as_dict(cfg), device=device,
                                                                      seed=cfg.seed, wall_s=wall_s, **models))
                 where = ctx.out_dir
-            print(f"done: {cfg.task}: {result.summary} ({wall_s / 60:.1f} min) -> {where}", flush=True)
+            print(f"done: {cfg.task}: {result.summary} (this command: {wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:
         cleanup()
     return result

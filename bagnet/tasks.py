@@ -342,6 +342,9 @@ def fit_run(ctx: Context) -> dict:
             for stale in ("summary.json", "eval/metrics.json"):
                 (run_dir / stale).unlink(missing_ok=True)
         prov = prepare_run_dir(cfg, run_dir, ctx.device) if ctx.dist.is_main else {}
+        if ctx.dist.is_main:
+            print(f"training {cfg.model.tag} on {cfg.data.name} ({cfg.trainer.epochs} epochs, seed {cfg.seed}) -> "
+                  f"{run_dir}", flush=True)
         try:
             summary = fit(as_dict(cfg), data, run_dir, ctx.device, ctx.dist)
         except KeyboardInterrupt:   # Ctrl-C, or SIGTERM (the runner turns it into this)
@@ -365,7 +368,7 @@ def train(ctx: Context) -> Result:
     s = fit_run(ctx)
     ev = " ".join(f"{split} {m['top1']:.3f}/{m['top5']:.3f}" for split, m in s.get("eval", {}).items())
     return Result(summary=f"{cfg.model.tag} on {cfg.data.name}: best val top-1 {s['best_val_top1']:.3f}; "
-                          f"top-1/top-5 {ev}; {s['train_wall_s']:.0f}s ({s['precision']})")
+                          f"top-1/top-5 {ev}; training took {s['train_wall_s'] / 60:.1f} min ({s['precision']})")
 
 
 def evaluate(ctx: Context) -> Result:

@@ -162,6 +162,8 @@ def run_identity(cfg: Mapping) -> dict:
     if t.get("schedule") != "plateau_halving":
         for k in PLATEAU_KEYS:
             t.pop(k, None)
+    if t.get("max_eval_images") is None:       # added later: uncapped runs keep their identity
+        t.pop("max_eval_images", None)
     for k, default in NEW_DATA_DEFAULTS.items():
         if d.get(k, default) == default:
             d.pop(k, None)
@@ -216,7 +218,8 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     seed_everything(cfg["seed"])
 
     train_loader = build_loader(data.train, t["batch_size"], True, cfg["seed"], dist_info, t["workers"], device)
-    val_loader = build_loader(data.val, t["eval_batch_size"], False, cfg["seed"], dist_info, t["workers"], device)
+    val_loader = build_loader(capped(data.val, t.get("max_eval_images"), cfg["seed"]), t["eval_batch_size"], False,
+                              cfg["seed"], dist_info, t["workers"], device)
     steps_per_epoch = math.ceil(len(train_loader) / t["accum_steps"])
     if t.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, math.ceil(t["max_steps_per_epoch"] / t["accum_steps"]))
@@ -311,6 +314,19 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             "final": history[-1] if history else {}}
 
 
+def capped(dataset, max_images: int | None, seed: int):
+    """``dataset``, or a seeded random subset of ``max_images`` of it (in dataset order) for smoke runs."""
+    if not max_images or max_images >= len(dataset):
+        return dataset
+    from torch.utils.data import Subset
+    from .seeding import generator
+    keep = sorted(torch.randperm(len(dataset), generator=generator(seed, 11))[:max_images].tolist())
+    subset = Subset(dataset, keep)
+    if hasattr(dataset, "samples"):      # predictions name each image's file
+        subset.samples = [dataset.samples[i] for i in keep]
+    return subset
+
+
 def saved_config(run_dir: Path) -> dict | None:
     """The config a run dir was last started with (its config.yaml), or None."""
     path = Path(run_dir) / "config.yaml"
@@ -348,7 +364,7 @@ def evaluate_model(model: nn.Module, data: DataBundle, splits: list[str], cfg: M
         model = model.to(memory_format=torch.channels_last)
     out = {}
     for split in splits:
-        ds = data.split(split)
+        ds = capped(data.split(split), t.get("max_eval_images"), cfg["seed"])
         loader = build_loader(ds, t["eval_batch_size"], False, cfg["seed"], dist_info, t["workers"], device)
         metrics, df = evaluate(model, loader, precision, device, channels_last,
                                t["progress"] and dist_info.is_main, desc=f"{split}{suffix}", transform=transform)

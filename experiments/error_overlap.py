@@ -160,7 +160,10 @@ def scatter_figure(acc: dict, counts: np.ndarray, pairs: list[tuple[str, str]], 
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"{b} class {metric}"); ax.set_ylabel(f"{a} class {metric}")
-        ax.set_title(f"r = {pearson(x, y):.2f}", fontsize=9)
+        flat = [m for m, v in ((b, x), (a, y)) if len(v) and np.ptp(v) == 0]
+        ax.set_title(f"r = {pearson(x, y):.2f}" if not flat else
+                     f"r undefined: {flat[0]} has {metric} {(x if flat[0] == b else y)[0]:.2f} on every class",
+                     fontsize=9)
     fig.suptitle(f"Class-wise {metric} accuracy")
     return fig
 

@@ -75,9 +75,12 @@ def check_all_weights(ctx, models: dict) -> dict:
                 files[label] = check_weights(m["name"], **model_kwargs(m))
             except WeightsError as e:
                 missing.append(f"{label}: {e}")
-    if missing:
-        raise WeightsError(f"init={ctx.cfg.init}: {len(missing)} weights file(s) missing (nothing was trained):\n"
-                           + "\n".join(missing))
+    if missing:   # each file's url and where to put it on stdout; the error itself is one short line
+        print(f"init={ctx.cfg.init}: weights files missing:\n" + "\n".join(f"  {m}" for m in missing), flush=True)
+        raise WeightsError(f"init={ctx.cfg.init}: {len(missing)} of {len(models)} weights files missing, nothing was "
+                           f"trained (missing: {', '.join(m.split(':')[0] for m in missing)}; their urls are listed "
+                           "above): put them in $BAGNET_WEIGHTS_DIR, or train from random weights with init=scratch "
+                           "(make reproduce-table1 INIT=scratch)")
     return files
 
 

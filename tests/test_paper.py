@@ -105,6 +105,7 @@ def paper_run(tmp_path_factory, weights_dir):
     return {"cfg": cfg, "overrides": overrides, "result": result, "seen": seen, "loaded": loaded, "after": after}
 
 
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 @needs_imagenette
 def test_paper_writes_every_table_and_figure(paper_run):
     cfg, result = paper_run["cfg"], paper_run["result"]
@@ -152,6 +153,7 @@ def test_paper_writes_every_table_and_figure(paper_run):
     assert sorted(paper_run["loaded"]) == sorted([s["name"] for s in MODELS.values()] + ["vgg19"])
 
 
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 @needs_imagenette
 def test_tf32_is_off_while_the_pipeline_runs_and_restored_after(paper_run):
     seen = paper_run["seen"]
@@ -164,6 +166,7 @@ def test_tf32_is_off_while_the_pipeline_runs_and_restored_after(paper_run):
     assert written["cudnn_allow_tf32"] is False
 
 
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 @needs_imagenette
 def test_a_killed_run_recomputes_only_what_is_missing(paper_run):
     cfg, first = paper_run["cfg"], paper_run["result"]

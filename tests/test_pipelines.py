@@ -31,6 +31,7 @@ def run(tmp_path: Path, *overrides: str, edit=None):
     return cfg, run_task(cfg, overrides)
 
 
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 def test_table1_pipeline_tiny(tmp_path):
     seeds = ["table1.extra_seeds=[1]", "table1.seed_models=[BagNet-33]"]
     cfg, result = run(tmp_path, "task=table1", "experiment=table1", "init=scratch", *TINY, *seeds)
@@ -99,6 +100,7 @@ def test_table1_pipeline_tiny(tmp_path):
             assert set(res.tables["accuracy"]["model"]) == labels
 
 
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 def test_demo_pipeline_tiny(tmp_path):
     cfg, demo = run(tmp_path, "task=demo", "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
                     "demo.patches_images=4", "signatures.scrambling.num_images=16",

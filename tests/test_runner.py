@@ -75,6 +75,7 @@ def test_profiles_compose():
     assert gpu.model.width == 64 and gpu.data.image_size == 224
 
 
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 def test_short_synthetic_run_beats_chance(tmp_path):
     cfg = make_cfg("model=small_cnn", "model.width=16", "trainer.epochs=4", "trainer.max_steps_per_epoch=null",
                    "trainer.batch_size=32", "trainer.optimizer=adamw", "trainer.lr=0.003", tmp_path=tmp_path)
@@ -137,8 +138,11 @@ def test_sweep_creates_one_run_dir_per_patch_size(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     runs = sorted(p.parent.parent.name for p in (tmp_path / "runs/train/synthetic").glob("*/*/summary.json"))
     assert runs == ["bagnet17_w4", "bagnet33_w4", "bagnet9_w4"]
-    out = subprocess.run([sys.executable, "scripts/collect_sweep.py", str(tmp_path / "runs/train/synthetic"),
-                          "--out", str(tmp_path / "sweep")], cwd=REPO, capture_output=True, text=True)
+    collect = [sys.executable, "scripts/collect_sweep.py", str(tmp_path / "runs/train/synthetic"),
+               "--out", str(tmp_path / "sweep")]
+    out = subprocess.run(collect, cwd=REPO, capture_output=True, text=True)   # debug runs are not the sweep's
+    assert out.returncode != 0 and "no finished runs named seed*" in out.stderr, out.stderr
+    out = subprocess.run([*collect, "--run-name", "debug-seed*"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert sorted(table["patch_size"]) == [9, 17, 33]

@@ -39,13 +39,21 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 def build_imagenet(cfg: dict, seed: int, mean, std):
     root = cfg.get("root")
-    hint = ("set data.root=/path/to/imagenet (or IMAGENET_ROOT; make eval-imagenet: IMAGENET_ROOT=/path/to/imagenet, "
-            "make train: DATA_ROOT=/path/to/imagenet)")
-    if not root or not Path(root).is_dir():
+    if cfg.get("name") == "imagenette":
+        hint = "set data.root=/path/to/imagenette (or IMAGENETTE_ROOT; make train: DATA_ROOT=/path/to/imagenette)"
+    else:
+        hint = ("set data.root=/path/to/imagenet (or IMAGENET_ROOT; make eval-imagenet / make reproduce-paper: "
+                "IMAGENET_ROOT=/path/to/imagenet; make train: DATA_ROOT=/path/to/imagenet)")
+    if not root:
+        raise DataError(f"data.root is not set; expected {LAYOUT}; {hint}")
+    if not Path(root).is_dir():
         raise DataError(f"data root {root} not found; expected {LAYOUT}; {hint}")
     root = Path(root)
     val_dir = root / cfg.get("val_dir", "val")
     if not val_dir.is_dir():
+        if root.name in ("train", "val"):
+            raise DataError(f"data.root={root} is a split folder: give its parent ({root.parent}), which holds "
+                            "train/ and val/")
         raise DataError(f"data root {root} has no val/ folder; expected {LAYOUT}; {hint}")
     if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in val_dir.iterdir()):
         raise DataError(f"{val_dir} holds images directly, not <wnid>/ folders; sort it with "
