@@ -34,25 +34,44 @@ def _merge(best: dict, cand: dict, k: int) -> dict:
     return {f: v[order] for f, v in both.items()}
 
 
-def _candidates(x, labels, index, scores, mask, k, q, stride=8) -> dict:
-    """Top-k entries of scores [B, h, w] restricted to images where mask [B] holds; crops only those."""
+def _candidates(x, labels, index, scores, mask, k, q, stride=8, max_per_image: int | None = 2) -> dict:
+    """Top-k entries of scores [B, h, w] restricted to images where mask [B] holds; crops only those.
+
+    Non-maximum suppression: a window is skipped when a higher one already kept in the same image overlaps
+    it (both offsets < q), or when that image already gave ``max_per_image`` windows (None: no cap, no
+    suppression, the plain top-k). Images differ between batches, so merging batches keeps both rules."""
     b, h, w = scores.shape
     flat = scores.masked_fill(~mask[:, None, None], float("-inf")).reshape(-1)
     n = int(mask.sum()) * h * w
-    top = flat.topk(min(k, n))
-    img, pos = top.indices // (h * w), top.indices % (h * w)
+    pool = flat.topk(min(k if max_per_image is None else 32 * k, n))
+    keep, per_image = [], {}
+    for value, i in zip(pool.values.tolist(), pool.indices.tolist()):
+        if len(keep) == k:
+            break
+        if max_per_image is not None:
+            im, r, c = i // (h * w), (i % (h * w)) // w, i % w
+            taken = per_image.setdefault(im, [])
+            if len(taken) >= max_per_image or any(abs(r - r2) * stride < q and abs(c - c2) * stride < q
+                                                  for r2, c2 in taken):
+                continue
+            taken.append((r, c))
+        keep.append((value, i))
+    values = torch.tensor([v for v, _ in keep], dtype=scores.dtype)
+    flat_index = torch.tensor([i for _, i in keep], dtype=torch.long, device=scores.device)
+    img, pos = flat_index // (h * w), flat_index % (h * w)
     rows, cols = stride * (pos // w), stride * (pos % w)
     patches = torch.stack([x[i, :, r: r + q, c: c + q] for i, r, c in zip(img.tolist(), rows.tolist(),
                                                                             cols.tolist())]) \
         if len(img) else x.new_empty(0, 3, q, q)
-    return {"logits": top.values.cpu(), "patches": patches.cpu(), "image_index": index[img.cpu()],
+    return {"logits": values.cpu(), "patches": patches.cpu(), "image_index": index[img.cpu()],
             "location": torch.stack([rows, cols], 1).cpu(), "label": labels[img].cpu()}
 
 
 @torch.no_grad()
 def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Dataset | Iterable,
                             classes: Sequence[int], k: int = 8, per_class_images: int | None = None,
-                            device: str | torch.device = "cpu", batch_size: int = 32) -> dict:
+                            device: str | torch.device = "cpu", batch_size: int = 32,
+                            max_per_image: int | None = 2) -> dict:
     """Scan a split and return, per class, its most predictive patches and strongest distractors.
 
     Args:
@@ -61,11 +80,14 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
             Image indices count samples in iteration order, so give an unshuffled loader.
         classes: class ids to report.
         per_class_images: scan at most this many images of each label (None: all).
+        max_per_image: at most this many windows from one image, none overlapping another of the same image
+            (non-maximum suppression); None: the plain top-k (overlapping neighbours included).
 
     Returns:
         {c: {"class": d, "distractor": d}} with d = {"logits": [n], "patches": [n, 3, q, q]
         (normalised, as fed to the model), "image_index": [n], "location": [n, 2] top-left
-        (row, col) in the image, "label": [n] label of the source image}, sorted by logit, n <= k.
+        (row, col) in the image, "label": [n] label of the source image}, sorted by logit, n <= k; and
+        "scanned": {"class": images of c scanned, "distractor": images of other classes scanned}.
     """
     net = unwrap(model).to(device).eval()
     q = net.patch_size
@@ -81,14 +103,14 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
         labels = torch.as_tensor(labels)
         index = torch.arange(offset, offset + len(labels))
         offset += len(labels)
-        if per_class_images is not None:
-            keep = []
-            for i, y in enumerate(labels.tolist()):
-                seen[y] = seen.get(y, 0) + 1
-                if seen[y] <= per_class_images:
-                    keep.append(i)
-            if not keep:
-                continue
+        keep = []
+        for i, y in enumerate(labels.tolist()):
+            seen[y] = seen.get(y, 0) + 1
+            if per_class_images is None or seen[y] <= per_class_images:
+                keep.append(i)
+        if not keep:
+            continue
+        if len(keep) < len(labels):
             x, labels, index = x[keep], labels[keep], index[keep]
         x = x.to(device=device, dtype=dtype)
         logits = net.patch_logits(x)[:, cls_t]                                 # [B, C, h, w]
@@ -97,6 +119,9 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
             own = labels_d == c
             for kind, mask in (("class", own), ("distractor", ~own)):
                 if mask.any():
-                    cand = _candidates(x, labels, index, logits[:, j], mask, k, q)
+                    cand = _candidates(x, labels, index, logits[:, j], mask, k, q, max_per_image=max_per_image)
                     best[c][kind] = _merge(best[c][kind], cand, k)
+    scanned = {y: n if per_class_images is None else min(n, per_class_images) for y, n in seen.items()}
+    for c in classes:   # images scanned: of the class itself, and of every other class (its distractors)
+        best[c]["scanned"] = {"class": scanned.get(c, 0), "distractor": sum(n for y, n in scanned.items() if y != c)}
     return best

@@ -20,6 +20,7 @@ from torch.optim import lr_scheduler
 from . import io
 from .checkpoint import load_checkpoint, model_kwargs, rng_state, set_rng_state
 from .data import DataBundle, build_loader
+from .data.loader import capped
 from .distributed import DistInfo, barrier
 from .engine import evaluate, recalibrate_slow_bn, resolve_precision, train_one_epoch
 from .errors import ConfigError
@@ -314,19 +315,6 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             "final": history[-1] if history else {}}
 
 
-def capped(dataset, max_images: int | None, seed: int):
-    """``dataset``, or a seeded random subset of ``max_images`` of it (in dataset order) for smoke runs."""
-    if not max_images or max_images >= len(dataset):
-        return dataset
-    from torch.utils.data import Subset
-    from .seeding import generator
-    keep = sorted(torch.randperm(len(dataset), generator=generator(seed, 11))[:max_images].tolist())
-    subset = Subset(dataset, keep)
-    if hasattr(dataset, "samples"):      # predictions name each image's file
-        subset.samples = [dataset.samples[i] for i in keep]
-    return subset
-
-
 def saved_config(run_dir: Path) -> dict | None:
     """The config a run dir was last started with (its config.yaml), or None."""
     path = Path(run_dir) / "config.yaml"
@@ -374,33 +362,3 @@ def evaluate_model(model: nn.Module, data: DataBundle, splits: list[str], cfg: M
         out[split] = (metrics, df)
     return out
 
-
-def estimate_train_seconds(cfg: Mapping, data: DataBundle, device: torch.device, steps: int = 2) -> dict:
-    """Time ``steps`` optimizer steps of ``cfg``'s model on real training batches (after one warm-up step)
-    and extrapolate to the whole run: epochs x steps per epoch, plus one pass over val per epoch at
-    about a third of a training step's cost per image. Weights are thrown away; nothing is written."""
-    t = cfg["trainer"]
-    loader = build_loader(data.train, t["batch_size"], True, cfg["seed"], DistInfo(), 0, device)
-    model = create_model(**cfg["model"], num_classes=data.num_classes).to(device)
-    precision = resolve_precision(t["precision"], device)
-    channels_last = use_channels_last(t["channels_last"], device, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion, optimizer = build_criterion(t), build_optimizer(model, t)
-    batches = iter(loader)
-    seconds = []
-    for _ in range(steps + 1):
-        images, labels = next(batches)
-        images = images.to(device, memory_format=torch.channels_last) if channels_last else images.to(device)
-        started = time.perf_counter()
-        with precision.autocast(device):
-            loss = criterion(model(images).float(), labels.to(device))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - started)
-    per_step = sorted(seconds[1:])[len(seconds[1:]) // 2]
-    steps_per_epoch = len(loader) if not t.get("max_steps_per_epoch") else min(len(loader), t["max_steps_per_epoch"])
-    val_steps = len(data.val) / t["batch_size"] / 3
-    return {"s_per_step": per_step, "steps_per_epoch": steps_per_epoch, "epochs": t["epochs"],
-            "total_s": per_step * (steps_per_epoch + val_steps) * t["epochs"]}

@@ -22,7 +22,7 @@ from bagnet.errors import ConfigError  # noqa: E402
 from bagnet.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from bagnet.seeding import generator  # noqa: E402
 from bagnet.tasks import finished_summary, fit_run  # noqa: E402
-from bagnet.train import estimate_train_seconds  # noqa: E402
+from bagnet.estimate import estimate_train_seconds  # noqa: E402
 from bagnet.utils import denormalize  # noqa: E402
 
 @dataclass

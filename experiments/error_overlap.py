@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from bagnet.data.names import display_names
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 from bagnet.stats import correlation_ci, kappa_ci
@@ -97,7 +98,8 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
     labels, pred, top1, top5 = correctness(predictions)
     models = list(predictions)
     n_classes = len(classes) if classes is not None else int(labels.max()) + 1
-    names = list(classes) if classes is not None else [str(c) for c in range(n_classes)]
+    ids = [str(c) for c in classes] if classes is not None else [str(c) for c in range(n_classes)]
+    names = display_names(ids)                # ImageNet wnids -> names; the ids stay in class_id
     counts = np.bincount(labels, minlength=n_classes)
 
     per_class_rows, acc = [], {}
@@ -106,9 +108,9 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
             a1 = np.bincount(labels, weights=top1[m], minlength=n_classes) / counts
             a5 = np.bincount(labels, weights=top5[m], minlength=n_classes) / counts
         acc[m] = {"top1": a1, "top5": a5}
-        per_class_rows += [{"class": c, "class_name": names[c], "model": m, "n": int(counts[c]),
+        per_class_rows += [{"class": c, "class_id": ids[c], "class_name": names[c], "model": m, "n": int(counts[c]),
                             "top1": float(a1[c]), "top5": float(a5[c])} for c in range(n_classes) if counts[c]]
-    per_class = pd.DataFrame(per_class_rows, columns=["class", "class_name", "model", "n", "top1", "top5"])
+    per_class = pd.DataFrame(per_class_rows, columns=["class", "class_id", "class_name", "model", "n", "top1", "top5"])
 
     pair_rows = []
     for a, b in itertools.combinations(models, 2):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 from pathlib import Path
 
@@ -15,9 +16,13 @@ from bagnet import io
 from bagnet.provenance import provenance
 
 
-def collect(root: Path) -> pd.DataFrame:
+def collect(root: Path, run_name: str = "seed*") -> pd.DataFrame:
+    """Finished runs under ``root`` whose run name matches ``run_name`` (a glob; a sweep's runs are named
+    ``seed<seed>``, so the demo's ``demo-seed0`` and debug=fast's ``debug-seed0`` are left out)."""
     rows = []
     for summary_path in sorted(root.glob("**/summary.json")):
+        if not fnmatch.fnmatch(summary_path.parent.name, run_name):
+            continue
         s = json.loads(summary_path.read_text())
         cfg = (s.get("provenance") or {}).get("config") or {}
         model = cfg.get("model", {})
@@ -36,11 +41,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="a runs/ subtree holding */summary.json")
     ap.add_argument("--out", type=Path, required=True, help="output stem directory (sweep.csv/.md go there)")
+    ap.add_argument("--run-name", default="seed*", help="glob of the run names to collect (default: seed*)")
     args = ap.parse_args()
-    df = collect(args.root)
+    df = collect(args.root, args.run_name)
     if df.empty:
-        raise SystemExit(f"error: no finished runs (summary.json) under {args.root}")
-    io.write_table(df, args.out / "sweep", header=f"Runs collected from `{args.root}`.")
+        raise SystemExit(f"error: no finished runs named {args.run_name} under {args.root} (--run-name picks others)")
+    io.write_table(df, args.out / "sweep", header=f"Runs `{args.run_name}` collected from `{args.root}`.")
     io.write_json({"provenance": provenance(), "runs": df.to_dict(orient="records")}, args.out / "sweep.json")
     print(io.to_markdown(df))
 

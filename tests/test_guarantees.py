@@ -173,7 +173,7 @@ def test_rerunning_a_finished_run_rewrites_nothing(tmp_path, capsys):
     _, result = run(tmp_path, *TINY, "trainer.progress=true")   # not part of the run's identity
     assert {f: f.stat().st_mtime_ns for f in files} == before
     assert json.loads((run_dir / "summary.json").read_text())["train_wall_s"] == wall
-    assert f"{wall:.0f}s" in result.summary and "reusing the finished run" in capsys.readouterr().out
+    assert f"training took {wall / 60:.1f} min" in result.summary and "reusing the finished run" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- 5. results folders

@@ -173,6 +173,21 @@ def test_most_predictive_patches_finds_planted_pattern():
     assert set(few[0]["distractor"]["image_index"].tolist()) <= {1, 3}
 
 
+
+def test_predictive_patches_are_distinct_windows_at_most_two_per_image():
+    m, x, y, pattern = _planted_dataset()
+    x[4, :, 24:33, 24:33] = pattern                  # a second, separate copy in image 4
+    for i in (0, 2):                                  # and in two more class-0 images
+        x[i, :, 8:17, 8:17] = 0.9 * pattern
+    res = most_predictive_patches(m, TensorDataset(x, y), classes=[0], k=4)[0]["class"]
+    windows = list(zip(res["image_index"].tolist(), map(tuple, res["location"].tolist())))
+    assert windows[0][0] == 4 and {(4, (8, 16)), (4, (24, 24))} <= set(windows)
+    for n, (i, (r, c)) in enumerate(windows):        # no two overlapping windows of one image, <= 2 each
+        assert sum(j == i for j, _ in windows) <= 2
+        assert all(not (abs(r - r2) < 9 and abs(c - c2) < 9) for j, (r2, c2) in windows[:n] if j == i)
+    plain = most_predictive_patches(m, TensorDataset(x, y), classes=[0], k=4, max_per_image=None)[0]["class"]
+    assert (plain["logits"] >= res["logits"]).all()   # the plain top-k is the upper bound, position by position
+
 # ------------------------------------------------------------------------------------------------
 # Figures.
 # ------------------------------------------------------------------------------------------------

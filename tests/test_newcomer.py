@@ -34,7 +34,8 @@ def test_progress_bar_counts_the_capped_steps_from_epoch_1(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     bars = [s for s in r.stderr.replace("\r", "\n").splitlines() if s.startswith("epoch ")]
     assert bars and all(b.startswith("epoch 1:") for b in bars), bars[:3]
-    assert any("3/3" in b for b in bars) and not any("/21" in b for b in bars), bars[-3:]
+    assert all("/3 [" in b for b in bars if "it/s" in b or "s/it" in b), bars[-3:]   # total: the capped steps
+    assert not any("/21 [" in b for b in bars), bars[-3:]
 
 
 def test_debug_fast_caps_evaluation_too(tmp_path):
@@ -50,10 +51,58 @@ def test_debug_fast_caps_evaluation_too(tmp_path):
 
 def test_the_time_estimate_measures_steps_and_extrapolates(tmp_path):
     from bagnet.config import as_dict
-    from bagnet.train import estimate_train_seconds
+    from bagnet.estimate import estimate_train_seconds
     import torch
     cfg = config(tmp_path, *TINY, "trainer.epochs=3", "trainer.max_steps_per_epoch=2")
     est = estimate_train_seconds(as_dict(cfg), build_data(cfg.data, seed=0), torch.device("cpu"))
     assert est["steps_per_epoch"] == 2 and est["epochs"] == 3 and est["s_per_step"] > 0
     assert est["total_s"] >= est["s_per_step"] * 2 * 3
     assert not (tmp_path / "runs").exists()                           # measuring writes nothing
+
+
+def test_imagenet_classes_are_shown_by_name_and_the_wnid_is_kept():
+    import numpy as np
+    import pandas as pd
+    from bagnet.data.names import display_names
+    from experiments.error_overlap import run as error_overlap
+    assert display_names(["n01440764", "n03888257", "bedroom"]) == ["tench", "parachute", "bedroom"]
+    labels = np.array([0, 0, 1, 1])
+    preds = {m: pd.DataFrame({"index": range(4), "label": labels, "pred": labels,
+                              **{f"top5_{k}": labels for k in range(5)}}) for m in ("A", "B")}
+    per_class = error_overlap(preds, ["n01440764", "n03888257"], {}).tables["per_class"]
+    assert list(per_class["class_name"][:2]) == ["tench", "parachute"]
+    assert list(per_class["class_id"][:2]) == ["n01440764", "n03888257"]
+
+
+def test_heatmap_and_patch_figures_are_titled_with_class_names():
+    import torch
+    from bagnet import create_model
+    from experiments.explain import heatmaps_result, patches_result
+    classes = ["n01440764", "n03888257"]
+    data = torch.utils.data.TensorDataset(torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 0, 1]))
+    model = create_model("bagnet", patch_size=9, width=4, num_classes=2).eval()
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    heat = heatmaps_result({"BagNet-9": model}, data, classes, mean, std, num_images=2)
+    titles = [ax.get_title() for ax in heat.figures["heatmaps"].axes]
+    assert {"tench", "parachute"} & set(titles) and not any(t.startswith("n0") for t in titles)
+    assert {"label", "label_name"} <= set(heat.tables["heatmaps"].columns)
+    patches = patches_result({"BagNet-9": model}, data, classes, mean, std, k=2)
+    assert "most predictive for 'tench'" in [ax.get_title(loc="left") for ax in patches.figures[
+        "patches_n01440764"].axes]
+    assert set(patches.tables["patches"]["class_name"]) == {"tench", "parachute"}
+
+
+def test_explaining_another_split_than_the_checkpoint_was_trained_with_is_refused(tmp_path):
+    from bagnet.errors import ConfigError
+    from conftest import run
+    root = image_folder(tmp_path / "nette", classes=("n01440764", "n03888257"), n=10)
+    (root / "val").mkdir()
+    for c in ("n01440764", "n03888257"):
+        (root / "val" / c).mkdir()
+        for p in sorted((root / "train" / c).iterdir())[:2]:
+            p.rename(root / "val" / c / p.name)
+    data = ["data=imagenette", f"data.root={root}", "data.image_size=48", "data.label_space=compact"]
+    cfg, _ = run(tmp_path, *data, "data.val_from_train=0.25", *TINY[5:])
+    with pytest.raises(ConfigError, match=r"data\.val_from_train: 0\.25 -> 0\.5"):   # its training images
+        run(tmp_path, "task=heatmaps", *data, "data.val_from_train=0.5", f"checkpoint={cfg.run_dir}", "split=val",
+            *TINY[5:])

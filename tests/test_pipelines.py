@@ -84,7 +84,7 @@ def test_table1_pipeline_tiny(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
     # make signatures: experiment=signatures finds exactly these seven runs and VGG-16 trained by the same recipe
-    vgg, _ = run(tmp_path, "task=train", "model=vgg16", "experiment=table1", "init=scratch", *TINY,
+    vgg, _ = run(tmp_path, "task=train", "model=vgg16_bn", "experiment=table1", "init=scratch", *TINY,
                  "trainer.fused_optimizer=true")
     labels = set(table["model"]) | {"VGG-16"}
     for name in ("error_overlap", "scrambling"):
@@ -319,7 +319,7 @@ def test_signatures_find_the_table1_runs_of_their_init(init, profile):
     t1 = compose(["experiment=table1", *common])
     expected = {label: compose(["task=train", "experiment=table1", *common, *model_overrides(spec)]).run_dir
                 for label, spec in table1_models(t1).items()}
-    vgg = ["model=vgg16", *(["model.pretrained=true"] if init == "imagenet" else [])]   # the Makefile's
+    vgg = ["model=vgg16", "model.pretrained=true"] if init == "imagenet" else ["model=vgg16_bn"]   # the Makefile's
     expected["VGG-16"] = compose(["task=train", "experiment=table1", *common, *vgg]).run_dir
     sig = compose(["experiment=signatures", "task=scrambling", *common])
     assert {k: str(v) for k, v in sig.models.items()} == expected

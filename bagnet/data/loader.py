@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..distributed import DistInfo
 from ..seeding import generator, sample_seed
 
-__all__ = ["EpochSampler", "SeededDataset", "build_loader"]
+__all__ = ["EpochSampler", "SeededDataset", "build_loader", "capped"]
 
 
 class EpochSampler(Sampler):
@@ -74,3 +74,14 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0,
     return DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, persistent_workers=workers > 0, drop_last=drop_last,
                       pin_memory=torch.device(device).type == "cuda")
+
+
+def capped(dataset, max_images: int | None, seed: int):
+    """``dataset``, or a seeded random subset of ``max_images`` of it (in dataset order) for smoke runs."""
+    if not max_images or max_images >= len(dataset):
+        return dataset
+    keep = sorted(torch.randperm(len(dataset), generator=generator(seed, 11))[:max_images].tolist())
+    subset = Subset(dataset, keep)
+    if hasattr(dataset, "samples"):      # predictions name each image's file
+        subset.samples = [dataset.samples[i] for i in keep]
+    return subset
