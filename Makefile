@@ -61,9 +61,11 @@ signatures: setup
 	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
 	  $(RUN) task=$$t experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
 
-# heatmaps and predictive patches of the demo's trained BagNets (make demo first) -> runs/heatmaps/demo/
+# heatmaps and predictive patches of the demo's trained BagNets (make demo first) -> runs/heatmaps/demo/;
+# IMAGES=<file or folder>: your own image files instead (a figure each; a folder named like a class is its label)
+IMAGES ?=
 heatmaps: setup
-	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(ARGS)
+	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),images=$(abspath $(IMAGES))) $(ARGS)
 	$(RUN) task=patches experiment=demo out_dir=runs/patches/demo $(ARGS)
 
 eval-imagenet: setup

@@ -125,3 +125,15 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
     for c in classes:   # images scanned: of the class itself, and of every other class (its distractors)
         best[c]["scanned"] = {"class": scanned.get(c, 0), "distractor": sum(n for y, n in scanned.items() if y != c)}
     return best
+
+
+@torch.no_grad()
+def top_windows(model: nn.Module, image: torch.Tensor, target: int, k: int = 3) -> dict:
+    """The ``k`` highest-logit q x q windows of one image [3, H, W] for class ``target``, distinct (no two
+    overlapping): the same entries as :func:`most_predictive_patches` gives for one image."""
+    net = unwrap(model).eval()
+    p = next(net.parameters())
+    x = image[None].to(p.device, p.dtype)
+    scores = net.patch_logits(x)[:, target]
+    return _candidates(x, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), scores,
+                       torch.ones(1, dtype=torch.bool, device=x.device), k, net.patch_size, max_per_image=k)

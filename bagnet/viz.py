@@ -118,3 +118,35 @@ def patches_figure(result_for_class: Mapping[str, Mapping[str, torch.Tensor]], c
         axes[r, 0].set_title(title, fontsize=8, loc="left")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.12, top=0.9, wspace=0.1, hspace=0.6)
     return fig
+
+
+def explain_image_figure(image: torch.Tensor, maps: Mapping[str, torch.Tensor], patches: torch.Tensor,
+                         patch_scores: Sequence[float], title: str, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         percentile: float = 99.0, panel_inches: float = 2.4, dpi: int = 100) -> Figure:
+    """One image explained: the image, one heatmap per entry of ``maps`` (e.g. predicted and true class;
+    each with its colour bar: red = evidence for the class, blue = against), and the image's highest-scoring
+    patches for the first entry with their logits."""
+    rgb = denormalize(image[None], mean, std)[0]
+    k = len(patches)
+    fig = Figure(figsize=(panel_inches * (1 + len(maps)) + 0.9 * max(k, 1), panel_inches + 0.7), dpi=dpi)
+    grid = fig.add_gridspec(2, 1 + len(maps) + max(k, 1), height_ratios=[1, 1],
+                            width_ratios=[1] * (1 + len(maps)) + [0.45] * max(k, 1))
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(rgb)
+    ax.set_title("image", fontsize=8)
+    _off(ax)
+    for j, (name, h) in enumerate(maps.items(), 1):
+        ax = fig.add_subplot(grid[:, j])
+        im = _show_heatmap(ax, _np(h), rgb, percentile)
+        ax.set_title(name, fontsize=8)
+        _off(ax)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    for j in range(k):
+        ax = fig.add_subplot(grid[0, 1 + len(maps) + j])
+        ax.imshow(denormalize(patches[j][None], mean, std)[0], interpolation="nearest")
+        ax.set_xlabel(f"{patch_scores[j]:.2f}", fontsize=7)
+        _off(ax)
+        if j == 0:
+            ax.set_title(f"top patches ({next(iter(maps))})", fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=9)
+    return fig

@@ -1,19 +1,23 @@
 """Heatmaps and most predictive patches as Results (tables + figures), for the runner and the demo."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
 import torch.nn as nn
+from PIL import Image
 
+from bagnet.data.folder import IMAGE_EXTENSIONS, load_rgb
 from bagnet.data.names import display_names
+from bagnet.data.transforms import ToNormalizedTensor
 from bagnet.errors import ConfigError
 from bagnet.heatmaps import heatmap
 from bagnet.models import is_bagnet
-from bagnet.patches import most_predictive_patches
+from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
-from bagnet.viz import compare_bagnets_figure, patches_figure
+from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
 
 from .common import eval_indices, load_batch
 
@@ -85,8 +89,13 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
 
 
 def heatmaps_task(ctx) -> Result:
-    """The ``heatmaps`` task: exact heatmaps of the BagNets among ``cfg.models`` on ``num_images`` images."""
+    """The ``heatmaps`` task: exact heatmaps of the BagNets among ``cfg.models`` on ``num_images`` images of
+    ``split``, or, with ``images=<file, folder or list>``, on those image files (a figure each)."""
     data = ctx.data
+    if ctx.cfg.get("images"):
+        images = ctx.cfg.images if isinstance(ctx.cfg.images, str) else list(ctx.cfg.images)
+        return images_result(ctx.models(), image_files(images), data.classes, data.mean, data.std,
+                             int(data.image_size), ctx.device)
     return heatmaps_result(ctx.models(), data.split(ctx.cfg.split), data.classes, data.mean, data.std,
                            ctx.cfg.num_images, ctx.cfg.seed, ctx.device)
 
@@ -96,3 +105,64 @@ def patches_task(ctx) -> Result:
     data = ctx.data
     return patches_result(ctx.models(), data.split(ctx.cfg.split), data.classes, data.mean, data.std, k=8,
                           per_class_images=ctx.cfg.patches_images, device=ctx.device)
+
+
+# ---------------------------------------------------------------- a user's own image files
+def image_files(images) -> list[Path]:
+    """``images``: a file, a folder (its image files, recursively, sorted) or a list of either."""
+    items = [images] if isinstance(images, (str, Path)) else list(images)
+    files = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ConfigError(f"images: {item} is neither an image file nor a folder")
+    if not files:
+        raise ConfigError(f"images: no image files in {', '.join(map(str, items))}")
+    return files
+
+
+def load_image(path: Path, size: int, mean, std) -> torch.Tensor:
+    """The file as the model sees it: RGB, short side resized to ``size`` (aspect kept, no crop), normalised."""
+    img = load_rgb(path)
+    scale = size / min(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    return ToNormalizedTensor(mean, std)(img)
+
+
+def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classes: Sequence[str], mean, std,
+                  size: int, device="cpu", k: int = 3) -> Result:
+    """Each image file explained by each BagNet: its prediction, the heatmaps of the predicted class and (when
+    the file's folder names a class) of the true class, and its top patches for the predicted class."""
+    names = display_names(classes)
+    by_folder = {c.lower(): i for i, c in enumerate(classes)} | {n.lower(): i for i, n in enumerate(names)}
+    rows, figures = [], {}
+    for name, model in _bagnets(models).items():
+        model = model.to(device).eval()
+        for path in files:
+            x = load_image(path, size, mean, std)
+            if min(x.shape[1:]) < model.patch_size:
+                raise ConfigError(f"{path}: {tuple(x.shape[1:])} px is smaller than {name}'s {model.patch_size} px "
+                                  "patches")
+            with torch.inference_mode():
+                logits = model(x[None].to(device)).float().cpu()[0]
+            pred, true = int(logits.argmax()), by_folder.get(path.parent.name.lower())
+            targets = {f"predicted: {names[pred]}": pred}
+            if true is not None and true != pred:
+                targets[f"true: {names[true]}"] = true
+            with torch.inference_mode():
+                maps = {t: heatmap(model, x[None].to(device), target=c).float().cpu()[0] for t, c in targets.items()}
+            top = top_windows(model, x.to(device), pred, k)
+            rows.append({"model": name, "file": str(path), "height": x.shape[1], "width": x.shape[2],
+                         "pred": classes[pred], "pred_name": names[pred], "pred_logit": float(logits[pred]),
+                         "true": classes[true] if true is not None else None,
+                         "true_name": names[true] if true is not None else None,
+                         "top_patch_logits": [round(float(v), 4) for v in top["logits"]]})
+            verdict = "" if true is None else (" (correct)" if true == pred else f" (true: {names[true]})")
+            title = f"{name} on {path.name}: predicts {names[pred]}{verdict}"
+            figures[f"explain_{name}_{path.stem}"] = explain_image_figure(x, maps, top["patches"],
+                                                                          top["logits"].tolist(), title, mean, std)
+    return Result(tables={"images": pd.DataFrame(rows)}, figures=figures, raw={"files": [str(f) for f in files]},
+                  summary=f"{len(files)} image file(s) x {len(_bagnets(models))} BagNet(s)")

@@ -106,3 +106,27 @@ def test_explaining_another_split_than_the_checkpoint_was_trained_with_is_refuse
     with pytest.raises(ConfigError, match=r"data\.val_from_train: 0\.25 -> 0\.5"):   # its training images
         run(tmp_path, "task=heatmaps", *data, "data.val_from_train=0.5", f"checkpoint={cfg.run_dir}", "split=val",
             *TINY[5:])
+
+
+def test_heatmaps_of_a_users_own_image_files(tmp_path):
+    import pandas as pd
+    from PIL import Image as PILImage
+    from conftest import run
+    root = image_folder(tmp_path / "photos", classes=("cat", "dog"), n=6)
+    data = ["data=imagefolder", f"data.root={root}", "data.image_size=32", *TINY[5:]]
+    cfg, _ = run(tmp_path, *data)
+    mine = tmp_path / "mine" / "dog"                      # a folder named like a class: its true label
+    mine.mkdir(parents=True)
+    PILImage.new("RGB", (61, 40), (200, 30, 30)).save(mine / "wide.png")     # any size, not square
+    PILImage.new("RGB", (40, 40), (30, 200, 30)).save(tmp_path / "mine" / "loose.jpg")
+    _, result = run(tmp_path, "task=heatmaps", *data, f"checkpoint={cfg.run_dir}", f"images={tmp_path / 'mine'}",
+                    f"out_dir={tmp_path / 'out'}")
+    table = result.tables["images"].set_index(result.tables["images"]["file"].map(lambda f: f.rsplit("/", 1)[-1]))
+    assert set(table.index) == {"wide.png", "loose.jpg"}
+    assert table.loc["wide.png", "true"] == "dog" and pd.isna(table.loc["loose.jpg", "true"])
+    assert table.loc["wide.png", "height"] == 32 and table.loc["wide.png", "width"] == 49   # short side 32
+    fig = result.figures[next(f for f in result.figures if f.endswith("_wide"))]
+    assert "predicts" in fig._suptitle.get_text()
+    labels = [ax.get_label() for ax in fig.axes]
+    assert "<colorbar>" in labels                                                   # each heatmap has its bar
+    assert (tmp_path / "out" / "images.csv").is_file()
