@@ -62,7 +62,8 @@ def _np(h) -> np.ndarray:
 def compare_bagnets_figure(images: torch.Tensor, heatmaps: Mapping[str, torch.Tensor],
                            titles: Sequence[str] | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                            percentile: float = 99.0, panel_inches: float = 2.0, dpi: int = 100) -> Figure:
-    """One row per image: the image, then each model's heatmap [B, H, W] (e.g. BagNet-9/17/33)."""
+    """One row per image: the image, then each model's heatmap [B, H, W] (e.g. BagNet-9/17/33), each with its
+    colour bar (logits; red = evidence for the class, blue = against, symmetric per panel)."""
     rgb = denormalize(images, mean, std)
     names = list(heatmaps)
     b, ncol = rgb.shape[0], 1 + len(names)
@@ -72,8 +73,9 @@ def compare_bagnets_figure(images: torch.Tensor, heatmaps: Mapping[str, torch.Te
         axes[i, 0].imshow(rgb[i])
         axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
         for j, name in enumerate(names, 1):
-            _show_heatmap(axes[i, j], _np(heatmaps[name][i]), rgb[i], percentile)
+            im = _show_heatmap(axes[i, j], _np(heatmaps[name][i]), rgb[i], percentile)
             axes[i, j].set_title(name, fontsize=8)
+            fig.colorbar(im, ax=axes[i, j], fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
         for ax in axes[i]:
             _off(ax)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.05, hspace=0.15)

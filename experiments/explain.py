@@ -49,7 +49,9 @@ def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[
                              "pred": classes[pred], "pred_name": names[pred], "true_logit": float(logits[k, labels[k]]),
                              "heat_min": float(h[k].min()), "heat_max": float(h[k].max()),
                              "heat_mean": float(h[k].mean())})
-    titles = [names[int(y)] for y in labels]
+    last = rows[-len(idx):]          # the largest-q BagNet's predictions, for the titles
+    titles = [f"{names[int(y)]}" + ("" if r["pred_name"] == names[int(y)] else f" (predicted: {r['pred_name']})")
+              for y, r in zip(labels, last)]
     fig = compare_bagnets_figure(images, maps, titles, mean, std)
     return Result(tables={"heatmaps": pd.DataFrame(rows)}, figures={"heatmaps": fig},
                   raw={"indices": idx, "stride": stride},

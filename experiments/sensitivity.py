@@ -348,7 +348,7 @@ def curve_figure(curves: pd.DataFrame):
         ax.set_title(f"target: {t}")
         ax.set_xlabel("masked regions n")
     axes[0, 0].set_ylabel("true-class logit drop")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # beside the curves, not on them
     return fig
 
 
