@@ -7,6 +7,7 @@ against the checkpoint being resumed.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -248,7 +249,8 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, best_acc, history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
-        wall_before = ckpt.get("train_wall_s", sum(h.get("epoch_s", 0.0) for h in history))
+        wall_before = ckpt.get("train_wall_s", sum(h.get("epoch_s", 0.0) for h in history)) + lost_s(run_dir)
+        (run_dir / LOST_FILE).unlink(missing_ok=True)   # now inside wall_before, saved with the next checkpoint
         if dist_info.is_main:
             print(f"resuming {run_dir} from epoch {start_epoch}/{t['epochs']}", flush=True)
 
@@ -265,46 +267,53 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     progress = t["progress"] and dist_info.is_main
     fingerprint = data.fingerprint()
     started = time.perf_counter()
-    for epoch in range(start_epoch, t["epochs"]):
-        if per_epoch and scheduler.should_stop:   # a resumed run that had already stopped early
-            break
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        metrics = train_one_epoch(train_model, criterion, train_loader, optimizer, None if per_epoch else scheduler,
-                                  scaler, precision,
-                                  device, epoch, t["accum_steps"], channels_last, progress,
-                                  t.get("max_steps_per_epoch"))
-        recalibrate_slow_bn(model, train_loader, precision, device, epoch, t["bn_recalibrate_batches"],
-                            channels_last)
-        val, _ = evaluate(model, val_loader, precision, device, channels_last, progress, desc="val")
-        metrics.update(epoch=epoch + 1, val_top1=val["top1"], val_top5=val["top5"],
-                       lr=lr if per_epoch else optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0)
-        history.append(metrics)
-        # plateau_halving: ties are a new best (the notebook's >=, the last epoch reaching the best is kept)
-        is_best = scheduler.step(val["top1"]) if per_epoch else val["top1"] > best_acc
-        best_acc = max(best_acc, val["top1"])
-        if dist_info.is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rng_state(),
-                     "identity": run_identity(cfg), "identity_version": IDENTITY_VERSION,
-                     "train_wall_s": wall_before + time.perf_counter() - started,
-                     "model_spec": spec, "precision": precision.name, "data_fingerprint": fingerprint}
-            # best first: a kill between the two writes then loses nothing that last.pt would not redo.
-            if is_best:
-                io.save_checkpoint({**state, "rng": None}, ckpt_dir / "best.pt")
-            io.save_checkpoint(state, last_path)
-            io.write_table(pd.DataFrame(history), run_dir / "metrics")
-            io.write_json(history, run_dir / "metrics.json")
-            print(f"epoch {epoch + 1}/{t['epochs']}: loss {metrics['train_loss']:.3f} "
-                  f"train {metrics['train_acc']:.3f} val {val['top1']:.3f} "
-                  f"({metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_s']:.0f}s)", flush=True)
-        barrier()
-        if per_epoch and scheduler.should_stop:
+    epoch_started = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, t["epochs"]):
+            if per_epoch and scheduler.should_stop:   # a resumed run that had already stopped early
+                break
+            t0 = epoch_started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            metrics = train_one_epoch(train_model, criterion, train_loader, optimizer, None if per_epoch else scheduler,
+                                      scaler, precision,
+                                      device, epoch, t["accum_steps"], channels_last, progress,
+                                      t.get("max_steps_per_epoch"))
+            recalibrate_slow_bn(model, train_loader, precision, device, epoch, t["bn_recalibrate_batches"],
+                                channels_last)
+            val, _ = evaluate(model, val_loader, precision, device, channels_last, progress, desc="val")
+            metrics.update(epoch=epoch + 1, val_top1=val["top1"], val_top5=val["top5"],
+                           lr=lr if per_epoch else optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0)
+            history.append(metrics)
+            # plateau_halving: ties are a new best (the notebook's >=, the last epoch reaching the best is kept)
+            is_best = scheduler.step(val["top1"]) if per_epoch else val["top1"] > best_acc
+            best_acc = max(best_acc, val["top1"])
             if dist_info.is_main:
-                print(f"early stop after epoch {epoch + 1}: {t['early_stop']} epochs without a new best val "
-                      f"top-1 ({best_acc:.3f})", flush=True)
-            break
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                         "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rng_state(),
+                         "identity": run_identity(cfg), "identity_version": IDENTITY_VERSION,
+                         "train_wall_s": wall_before + time.perf_counter() - started,
+                         "model_spec": spec, "precision": precision.name, "data_fingerprint": fingerprint}
+                # best first: a kill between the two writes then loses nothing that last.pt would not redo.
+                if is_best:
+                    io.save_checkpoint({**state, "rng": None}, ckpt_dir / "best.pt")
+                io.save_checkpoint(state, last_path)
+                io.write_table(pd.DataFrame(history), run_dir / "metrics")
+                io.write_json(history, run_dir / "metrics.json")
+                print(f"epoch {epoch + 1}/{t['epochs']}: loss {metrics['train_loss']:.3f} "
+                      f"train {metrics['train_acc']:.3f} val {val['top1']:.3f} "
+                      f"({metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_s']:.0f}s)", flush=True)
+            barrier()
+            if per_epoch and scheduler.should_stop:
+                if dist_info.is_main:
+                    print(f"early stop after epoch {epoch + 1}: {t['early_stop']} epochs without a new best val "
+                          f"top-1 ({best_acc:.3f})", flush=True)
+                break
+
+    except KeyboardInterrupt:   # the unfinished epoch's time counts too, once the run resumes
+        if dist_info.is_main:
+            io.write_json({"lost_s": lost_s(run_dir) + time.perf_counter() - epoch_started}, run_dir / LOST_FILE)
+        raise
 
     stop = scheduler.stop_epoch if per_epoch else None
     # train_wall_s: over every process that worked on the run (a resumed run counts its earlier ones)
@@ -313,6 +322,15 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             "train_wall_s": wall_before + time.perf_counter() - started,
             "precision": precision.name, "channels_last": channels_last,
             "final": history[-1] if history else {}}
+
+
+LOST_FILE = "interrupted_s.json"   # time of epochs interrupted by Ctrl-C / SIGTERM, not yet in a checkpoint
+
+
+def lost_s(run_dir: Path) -> float:
+    """Seconds spent in interrupted epochs since the last checkpoint (a kill -9 leaves no record)."""
+    path = Path(run_dir) / LOST_FILE
+    return float(json.loads(path.read_text())["lost_s"]) if path.is_file() else 0.0
 
 
 def saved_config(run_dir: Path) -> dict | None:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,25 @@ def test_crafted_paper_unit_is_refused_without_running_its_code(tmp_path):
     with pytest.raises(ConfigError, match="refused to load .*unit.pt"):
         Store(tmp_path / "store").unit("accuracy", "M", {}, lambda: None)
     assert not marker.exists()
+
+
+def test_time_of_an_interrupted_epoch_counts_in_the_training_time(tmp_path, monkeypatch):
+    import bagnet.train as T
+    real = T.train_one_epoch
+
+    def slow_then_interrupted(*a, **k):
+        if a[8] == 1:
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(T, "train_one_epoch", slow_then_interrupted)
+    with pytest.raises(Exception, match="interrupted while training"):
+        run(tmp_path, *TINY, "trainer.epochs=2")
+    cfg = config(tmp_path, *TINY, "trainer.epochs=2")
+    lost = json.loads((Path(cfg.run_dir) / T.LOST_FILE).read_text())["lost_s"]
+    assert lost >= 0.5
+    monkeypatch.setattr(T, "train_one_epoch", real)
+    run(tmp_path, *TINY, "trainer.epochs=2")
+    summary = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+    assert summary["train_wall_s"] >= lost          # the interrupted half-epoch is in the total
+    assert not (Path(cfg.run_dir) / T.LOST_FILE).exists()
