@@ -30,6 +30,8 @@ PUBLISHED = {
     "report: DenseNet-121": (0.933, 0.918, 0.57), "report: DenseNet-169": (0.953, 0.922, 0.58),
     "report: CBAM-ResNet-50": (0.953, 0.934, 0.73), "report: BagNet-9": (0.853, 0.840),
     "report: BagNet-17": (0.913, 0.905), "report: BagNet-33": (0.947, 0.925, 0.90),
+    # berenslab/bagnetsv2 README: the authors' BagNet-33 on ImageNet val, top-1 / top-5 (%)
+    "bagnetsv2: BagNet-33 fp32 / TF32 / fp16": (66.70, 87.00, 64.23, 85.31, 57.96, 80.34),
 }
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
