@@ -74,7 +74,9 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                     note = check_results_dir(cfg, ctx.out_dir)
                     if note:
                         print(note, flush=True)
-                    models = {"models": model_provenance(as_dict(cfg)["models"], cfg.seed)} if cfg.get("models") else {}
+                    used = as_dict(cfg)["models"] or ({cfg.model.tag: str(cfg.checkpoint)} if cfg.get("checkpoint")
+                                                      else {})
+                    models = {"models": model_provenance(used, cfg.seed)} if used else {}
                     io.write_result(result, ctx.out_dir, provenance(config=as_dict(cfg), device=device,
                                                                      seed=cfg.seed, wall_s=wall_s, **models))
                 where = ctx.out_dir

@@ -168,6 +168,18 @@ def sensitivity_verdicts(root: Path, folder: str = SIGNATURES) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ timings, bench
+def block_photos(root: Path, folder: str = "photos/patches") -> str:
+    """The model behind the real-photo figures: what it is and how well it learned (from its provenance)."""
+    _, prov = load(root, folder)
+    (name, m), = prov["models"].items()
+    test = m["top1"]["test"]
+    cfg = prov.get("config") or {}
+    return (f"`{name}`: trained from random weights for {m['epochs']} epochs on the imagenette-mini training "
+            f"images at {cfg.get('data', {}).get('image_size')} px; test top-1 "
+            f"{fmt_ci(test['top1'], test['lo'], test['hi'])} over {test['n']} images (chance "
+            f"{1 / len(cfg.get('data', {}).get('classes') or range(10)):.2f}). " + source(prov, folder))
+
+
 def block_timings(root: Path) -> str:
     rows = []
     for raw in sorted(Path(root).glob("**/raw.json")):
@@ -272,7 +284,7 @@ def block_headline(root: Path) -> str:
 BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder under it])
     "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
     "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
-    "signature-models": block_signature_models,
+    "signature-models": block_signature_models, "photos": block_photos,
 }
 
 

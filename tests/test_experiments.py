@@ -206,7 +206,7 @@ def test_error_overlap_known_answers():
     assert abs(indep["kappa"]) < 0.03 and indep["both_wrong_ratio"] == pytest.approx(1.0, abs=0.05)
     assert p.loc[("b", "b_list")]["kappa"] == pytest.approx(1.0)   # list-valued top5 column parsed
     pc = res.tables["per_class"]
-    assert list(pc.columns) == ["class", "class_name", "model", "n", "top1", "top5"] and len(pc) == 4 * k
+    assert list(pc.columns) == ["class", "class_id", "class_name", "model", "n", "top1", "top5"] and len(pc) == 4 * k
     assert set(res.figures) == {"class_accuracy_scatter", "kappa_matrix"}
 
 
