@@ -32,6 +32,9 @@ PUBLISHED = {
     "report: BagNet-17": (0.913, 0.905), "report: BagNet-33": (0.947, 0.925, 0.90),
     # berenslab/bagnetsv2 README: the authors' BagNet-33 on ImageNet val, top-1 / top-5 (%)
     "bagnetsv2: BagNet-33 fp32 / TF32 / fp16": (66.70, 87.00, 64.23, 85.31, 57.96, 80.34),
+    # inspire-group/patch-defense-leaderboard (ImageNet, one 2% patch): certified / clean top-1 (%), and undefended
+    "leaderboard: PatchGuard / Clipped BagNet-17, -33": (13.3, 54.4, 6.9, 61.2, 7.1, 49.5, 1.9, 60.3),
+    "leaderboard: PatchGuard + masked training; undefended BagNet-17, -33": (26.0, 54.6, 24.1, 60.4, 58.8, 66.6),
 }
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
