@@ -66,7 +66,7 @@ def test_certified_masked_maps_survive_every_attack(threshold):
     certified = [m for m in maps() if certify_masking(m, 0, w, threshold)]
     assert len(certified) >= 10
     assert all(survives(m, defend) for m in certified)
-    for m in certified:                                        # an attacker spreading moderate evidence
+    for m in certified[:20]:                                   # an attacker spreading moderate evidence
         for rows, cols in REACHED:
             for t, v in itertools.product((1, 2), (1.0, 5.0, 20.0)):
                 attacked = m.clone()

@@ -135,9 +135,13 @@ def _tampered(tmp_path, change) -> Path:
     ])
 def test_bad_checkpoints_end_in_one_line(tmp_path, name, change, expect):
     path = _tampered(tmp_path, change)
-    r = run_cli(*TINY, "task=eval", f"checkpoint={path}", f"paths.root_dir={tmp_path}", "run_name=ev")
-    line = one_error_line(r.stderr)
-    assert r.returncode == 2 and str(path) in line and expect in line, line
+    if name == "shapes":                                                   # the command line: one line, exit 2
+        r = run_cli(*TINY, "task=eval", f"checkpoint={path}", f"paths.root_dir={tmp_path}", "run_name=ev")
+        line = one_error_line(r.stderr)
+        assert r.returncode == 2 and str(path) in line and expect in line, line
+    with pytest.raises(ConfigError, match=expect) as e:
+        run(tmp_path, *TINY, "task=eval", f"checkpoint={path}", "run_name=ev")
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=expect) as e:                  # the same through an experiment's models
         run(tmp_path, *TINY, "task=scrambling", f"+models.X={path}")
     assert str(path) in str(e.value) and "\n" not in str(e.value)
