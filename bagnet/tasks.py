@@ -301,6 +301,13 @@ def _locked(ctx: Context, run_dir: Path, what: str):
     return io.dir_lock(run_dir, what) if ctx.dist.is_main else nullcontext()
 
 
+def _reused(ctx: Context, run_dir: Path, data: DataBundle) -> dict | None:
+    done = finished_summary(ctx.cfg, run_dir, data)
+    if done is not None and ctx.dist.is_main:
+        print(f"reusing the finished run {run_dir}", flush=True)
+    return done
+
+
 # ---------------------------------------------------------------- the library's tasks
 def fit_run(ctx: Context) -> dict:
     """Train ``cfg.model`` into ``cfg.run_dir`` (resuming it, or returning a finished run's saved
@@ -324,19 +331,15 @@ def fit_run(ctx: Context) -> dict:
     if (run_dir / "summary.json").is_file() and not os.access(run_dir, os.W_OK):
         # a read-only run dir (a shared, finished run): reusing it needs no lock
         check_run_dir(cfg, run_dir)
-        done = finished_summary(cfg, run_dir, data)
+        done = _reused(ctx, run_dir, data)
         if done is not None:
-            if ctx.dist.is_main:
-                print(f"reusing the finished run {run_dir}", flush=True)
             return done
     with _locked(ctx, run_dir, "training run"):
         if ctx.dist.is_main:
             io.remove_orphaned_temps(run_dir)
             check_run_dir(cfg, run_dir)
-        done = finished_summary(cfg, run_dir, data)
+        done = _reused(ctx, run_dir, data)
         if done is not None:
-            if ctx.dist.is_main:
-                print(f"reusing the finished run {run_dir}", flush=True)
             return done
         if ctx.dist.is_main:   # the run changes from here: it is no longer finished until summary.json is rewritten
             for stale in ("summary.json", "eval/metrics.json"):
