@@ -287,7 +287,8 @@ def protocol_note(cfg: DictConfig) -> str:
     else:
         sched = f"{t.warmup_epochs:g} warmup epochs then a {t.schedule} schedule, {t.epochs} epochs, best-val checkpoint"
     evaluation = "squashed to that size, no crop" if d.get("resize") == "squash" else "centre crop"
-    training = (f"random-resized crops (scale {d.crop_scale[0]:g}-{d.crop_scale[1]:g}) and flips"
+    scale = d.get("crop_scale")          # photo datasets only (the synthetic probe is never cropped)
+    training = ((f"random-resized crops (scale {scale[0]:g}-{scale[1]:g}) and flips" if scale else "augmentation on")
                 if d.get("train_augment", True) else "the same, no augmentation")
     return (f"{d.image_size} px images (evaluation: {evaluation}; training: {training}); {t.optimizer} lr {t.lr:g}, "
             f"weight decay {t.weight_decay:g}, batch {t.batch_size}, label smoothing {t.label_smoothing:g}, "
