@@ -28,7 +28,11 @@ def estimate_train_seconds(cfg: Mapping, data: DataBundle, device: torch.device,
     batches = iter(loader)
     seconds = []
     for _ in range(steps + 1):
-        images, labels = next(batches)
+        try:
+            images, labels = next(batches)
+        except StopIteration:            # a tiny dataset: fewer batches than steps to time
+            batches = iter(loader)
+            images, labels = next(batches)
         images = images.to(device, memory_format=torch.channels_last) if channels_last else images.to(device)
         started = time.perf_counter()
         with precision.autocast(device):
