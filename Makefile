@@ -58,8 +58,7 @@ reproduce-table1: setup
 signatures: setup
 	$(RUN) task=train experiment=table1 init=$(INIT) $(if $(filter imagenet,$(INIT)),model=vgg16 model.pretrained=true,model=vgg16_bn) \
 	  trainer.fused_optimizer=true $(DATA_ARG) profile=$(PROFILE) $(ARGS)
-	for t in scrambling additivity error_overlap sensitivity heatmaps patches; do \
-	  $(RUN) task=$$t experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS) || exit 1; done
+	$(RUN) task=signatures experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 
 # heatmaps and predictive patches of the demo's trained BagNets (make demo first) -> runs/heatmaps/demo/;
 # IMAGES=<file or folder>: your own image files instead (a figure each; a folder named like a class is its label)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,9 +26,21 @@ def as_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
+def store_schemas() -> None:
+    """Put the structured-config schemas into Hydra's ConfigStore before a compose: the library's own
+    (``trainer/schema``), then the functions named by ``schemas`` in configs/config.yaml (dotted paths, like
+    ``tasks``: the library imports no experiment)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.utils import get_method
+    ConfigStore.instance().store(group="trainer", name="schema", node=TrainerNode)
+    for path in OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").get("schemas", []):
+        get_method(path)()
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``python -m bagnet.run <overrides>`` would run with (inside or outside a Hydra app)."""
     from hydra import compose as hydra_compose, initialize_config_dir
+    store_schemas()
     from hydra.core.global_hydra import GlobalHydra
     if GlobalHydra.instance().is_initialized():
         return hydra_compose("config", overrides=list(overrides))
@@ -63,33 +75,39 @@ def _check(cond: bool, key: str, msg: str) -> None:
 # ---------------------------------------------------------------- trainer
 @dataclass
 class TrainerConfig:
+    """The ``trainer`` group: the home of every key and its default. Stored in Hydra's ConfigStore as
+    ``trainer/schema`` (:data:`TrainerNode`); configs/trainer/default.yaml states only what differs."""
     epochs: int = 30
     batch_size: int = 64
     eval_batch_size: int = 128
-    optimizer: str = "sgd"               # sgd | adamw | adam (one group, the COMP6248 notebooks')
+    optimizer: str = "sgd"               # sgd | adamw | adam (one param group, as the COMP6248 notebooks)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5.0e-5
-    schedule: str = "cosine"             # cosine | step | constant | plateau_halving
-    warmup_epochs: float = 1.0
-    step_size: int = 30
+    schedule: str = "cosine"             # cosine | step | constant | plateau_halving (per epoch, on val top-1)
+    warmup_epochs: float = 1
+    step_size: int = 30                  # schedule=step: epochs per decay
     gamma: float = 0.1
-    patience: int = 3                    # plateau_halving: epochs without a new best (since the last decay) per decay
+    patience: int = 3                    # plateau_halving: lr x factor after this many epochs without a new best
+                                         # (counted since the last decay)
     early_stop: int = 16                 # plateau_halving: stop after this many consecutive epochs without a new best
+                                         # (ties are a new best)
     factor: float = 0.5                  # plateau_halving: lr multiplier per decay
-    restart_optimizer: bool = True       # plateau_halving: a decay clears the optimizer's state (a new Adam)
+    restart_optimizer: bool = True       # plateau_halving: a decay clears the optimizer state (the notebooks' new Adam)
     label_smoothing: float = 0.1
-    accum_steps: int = 1
-    precision: str = "auto"              # auto | fp32 | bf16 | fp16
+    accum_steps: int = 1                 # gradient accumulation
+    precision: str = "auto"              # auto (bf16 on CUDA and CPUs with avx512_bf16/AMX) | fp32 | bf16 | fp16 (CUDA)
     channels_last: Any = "auto"          # auto | true | false
-    compile: bool = False
-    fused_optimizer: bool = False        # adam / adamw: torch's fused kernel (same rule, faster for large models)
-    workers: int = 0
+    compile: bool = False                # torch.compile the training model
+    fused_optimizer: bool = False        # adam / adamw: torch's fused kernel (same update; not in a run's identity)
+    workers: int = 0                     # DataLoader processes (configs/trainer/default.yaml: the data config's)
     progress: bool = True
-    resume: bool = True
+    resume: bool = True                  # continue from <run_dir>/checkpoints/last.pt when it exists
     max_steps_per_epoch: Optional[int] = None
-    max_eval_images: Optional[int] = None  # smoke runs: validate and evaluate a seeded subset of each split
+    max_eval_images: Optional[int] = None  # smoke runs (debug=fast): val/test on a seeded subset of this many images
+    # Before each validation, re-estimate BN layers whose momentum is tiny (the BagNet stem's 0.001, as
+    # released) from this many training batches; otherwise short runs evaluate with stale statistics.
     bn_recalibrate_batches: int = 16
 
     def __post_init__(self):
@@ -123,6 +141,22 @@ class TrainerConfig:
                "must be null or >= 1")
         _check(self.max_eval_images is None or self.max_eval_images >= 1, f"{k}.max_eval_images",
                "must be null or >= 1")
+
+
+def untyped_node(schema: type, name: str) -> type:
+    """``schema``'s keys and defaults, every type ``Any``: the ConfigStore node of a group. Types are checked by
+    :func:`validate`, which names the key in one line (exit 2) before anything is written; a typed node would make
+    Hydra refuse a wrong type while composing, in its own message, and turn an int it was given into a float."""
+    def default(f):
+        if f.default_factory is not MISSING:
+            return field(default_factory=f.default_factory)
+        return field(default=f.default)
+    node = make_dataclass(name, [(f.name, Any, default(f)) for f in fields(schema)])
+    node.__module__ = __name__     # importable by name: a composed config pickles (sweeps, launchers)
+    return node
+
+
+TrainerNode = untyped_node(TrainerConfig, "TrainerNode")
 
 
 # ---------------------------------------------------------------- data

@@ -10,17 +10,15 @@ import datetime as dt
 import json
 import math
 import os
-import socket
-import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from filelock import SoftFileLock, Timeout
 
 from .errors import LockError
 from .result import Result, Text
@@ -158,129 +156,99 @@ def write_predictions(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------- directory locks
-_HELD: set[Path] = set()   # locks this process holds
+# filelock's SoftFileLock does the locking: an O_EXCL marker naming its holder (PID, host, process start), written
+# or rolled back (a failed write, e.g. a full disk, leaves no marker), removed on release, and taken over once its
+# holder is no longer running on this host (a run killed with -9). By hand, where filelock has no API for it:
+# naming the holder in the refusal, the takeover note, and markers that name nobody (see _remove_unreadable).
+UNREADABLE_LOCK_STALE_S = 60   # a holder writes its lock within milliseconds of creating it
 
 
 @contextmanager
 def dir_lock(directory: str | os.PathLike, what: str = "run dir"):
     """Hold ``directory/.lock`` for the block: one process at a time may write ``directory``.
 
-    The lock file is created with O_CREAT|O_EXCL and names the holder (PID, host, start time, command);
-    it is removed when the block ends, however it ends. A second process is refused
-    (:class:`LockError`, naming the holder). A lock whose process is no longer running on this host
-    is stale (a run killed with -9) and is taken over, with a note.
-    """
+    A second process is refused (:class:`LockError`, naming the holder); a lock left by a process that is no
+    longer running on this host is taken over, with a note."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / LOCK_NAME
-    key = lock.resolve()
-    if key in _HELD:
-        raise RuntimeError(f"{lock} is already held by this process")
-    token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                        "since": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                        "command": " ".join(sys.argv)[:500], "token": uuid.uuid4().hex})
-    _acquire(lock, token, what)
-    _HELD.add(key)
+    path = directory / LOCK_NAME
+    lock = SoftFileLock(path, timeout=0, is_singleton=True)   # one instance per path: a second hold is a bug
+    if lock.is_locked:
+        raise RuntimeError(f"{path} is already held by this process")
+    left = _holder(path)
+    if _remove_unreadable(path):
+        print(f"note: taking over the stale lock of {directory}: its file is unreadable and older than "
+              f"{UNREADABLE_LOCK_STALE_S} s (a write killed mid-way)", flush=True)
+    _acquire(lock, path, what)
+    if left is not None:   # filelock took over a marker that named another process: it had died
+        print(f"note: taking over the stale lock of {directory}: process {left[0]} on {left[1]} is not running",
+              flush=True)
     try:
-        yield lock
+        yield path
     finally:
-        _HELD.discard(key)
-        try:
-            if lock.read_text() == token:
-                lock.unlink()
-        except FileNotFoundError:
-            pass
+        lock.release()
 
 
-def _acquire(lock: Path, token: str, what: str) -> None:
-    for _ in range(20):
+def _acquire(lock: SoftFileLock, path: Path, what: str) -> None:
+    for _ in range(3):   # the holder may release between our attempt and our reading its marker: try again
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            raw = _read_lock(lock)
-            if raw is None:          # removed meanwhile: try again
+            lock.acquire()
+            return
+        except Timeout:
+            if not path.exists():
                 continue
-            holder = _parse_lock(raw)
-            if not _is_stale(holder, lock):
-                who = (f"process {holder['pid']} on {holder['host']} (since {holder.get('since', '?')})"
-                       if holder else "an unknown process (unreadable lock file)")
-                raise LockError(f"{lock.parent} ({what}) is in use by {who}; wait for it to finish, or "
-                                f"remove {lock} if that process is gone") from None
-            if _remove_if_unchanged(lock, raw):
-                why = (f"process {holder['pid']} on {holder['host']} is not running" if holder else
-                       f"its file is unreadable and older than {UNREADABLE_LOCK_STALE_S} s (a write that failed)")
-                print(f"note: taking over the stale lock of {lock.parent}: {why}", flush=True)
-            continue
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(token)
-        except OSError as e:       # e.g. disk full: an empty lock file would block the directory for good
-            lock.unlink(missing_ok=True)
-            raise LockError(f"cannot write the lock file {lock} ({e.strerror or e}); free space or fix the "
+            holder = _holder(path)
+            who = (f"process {holder[0]} on {holder[1]} (since {_mtime(path)})" if holder
+                   else "an unknown process (unreadable lock file)")
+            raise LockError(f"{path.parent} ({what}) is in use by {who}; wait for it to finish, or "
+                            f"remove {path} if that process is gone") from None
+        except OSError as e:   # e.g. disk full or a read-only folder; filelock has removed its half-written marker
+            raise LockError(f"cannot write the lock file {path} ({e.strerror or e}); free space or fix the "
                             "permissions, then run again") from None
-        return
-    raise LockError(f"could not lock {lock.parent} ({what}): other processes keep taking it")
+    raise LockError(f"could not lock {path.parent} ({what}): other processes keep taking it")
 
 
-def _read_lock(lock: Path) -> str | None:
-    """The lock file's text; None if it disappeared. Waits briefly for a lock being written."""
-    for _ in range(10):
-        try:
-            raw = lock.read_text()
-        except FileNotFoundError:
-            return None
-        if _parse_lock(raw) is not None:
-            return raw
-        time.sleep(0.1)            # just created by O_EXCL, its holder is writing it
-    return raw
-
-
-def _parse_lock(raw: str) -> dict | None:
+def _holder(path: Path) -> tuple[str, str] | None:
+    """(PID, host) that the lock file names, or None (no file, or it names nobody). filelock has no public reader
+    of its marker's host; it writes ``PID\\nhost\\n[start]\\n``. The JSON locks of this project before filelock
+    name their holder too, so a run of an earlier version is refused, not taken over."""
     try:
-        holder = json.loads(raw)
-        int(holder["pid"]), str(holder["host"])
-        return holder
-    except (ValueError, TypeError, KeyError):
+        raw = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
         return None
-
-
-UNREADABLE_LOCK_STALE_S = 60   # a holder writes its lock within milliseconds of creating it
-
-
-def _is_stale(holder: dict | None, lock: Path) -> bool:
-    """True if the holder is a process of this host that is not running (another host: cannot tell), or
-    the lock file is unreadable and older than :data:`UNREADABLE_LOCK_STALE_S`."""
-    if holder is None:
-        try:
-            return time.time() - lock.stat().st_mtime > UNREADABLE_LOCK_STALE_S
-        except FileNotFoundError:
-            return False
-    if holder["host"] != socket.gethostname():
-        return False
-    pid = int(holder["pid"])
-    if pid == os.getpid():         # not held by us (checked above): left by an earlier process with our PID
-        return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:        # alive, another user's
+        old = json.loads(raw)
+        return str(int(old["pid"])), str(old["host"])
+    except (ValueError, TypeError, KeyError):
+        pass
+    lines = raw.splitlines()
+    return (lines[0], lines[1]) if raw.endswith("\n") and len(lines) in (2, 3) and lines[0].isdigit() else None
+
+
+def _mtime(path: Path) -> str:
+    try:
+        return dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    except FileNotFoundError:
+        return "?"
+
+
+def _remove_unreadable(path: Path) -> bool:
+    """Remove a lock file that names nobody and is older than :data:`UNREADABLE_LOCK_STALE_S`: a write killed
+    mid-way. filelock keeps an empty marker for good (an old filelock's holder writes none) and takes over a torn
+    one only after watching it for 2 s. Checked and removed under a flock on the directory, so two takers cannot
+    remove each other's fresh lock."""
+    if not path.exists() or _holder(path) is not None:
         return False
-    return False
-
-
-def _remove_if_unchanged(lock: Path, raw: str) -> bool:
-    """Remove the stale ``lock`` if it still holds ``raw``; takers are serialised by flock on the dir."""
     import fcntl
-    dfd = os.open(lock.parent, os.O_RDONLY)
+    dfd = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(dfd, fcntl.LOCK_EX)
         try:
-            if lock.read_text() != raw:
-                return False       # someone else took it over first
+            if _holder(path) is not None or time.time() - path.stat().st_mtime <= UNREADABLE_LOCK_STALE_S:
+                return False
+            path.unlink()
         except FileNotFoundError:
             return False
-        lock.unlink()
         return True
     finally:
         os.close(dfd)              # releases the flock

@@ -31,24 +31,28 @@ from omegaconf import DictConfig
 
 from . import io
 from .checkpoint import model_provenance
-from .config import CONFIG_DIR, as_dict, compose, validate
+from .config import CONFIG_DIR, as_dict, compose, store_schemas, validate
 from .distributed import cleanup, init_distributed
 from .engine import resolve_device
 from .errors import ConfigError, Interrupted, UserError
 from .provenance import provenance
 from .result import Result
 from .tasks import Context
+from .train import identity_diff
 
 # Config keys that cannot change a task's results: where files go, the device, progress bars, workers,
 # and which function implements each task name (code, which the provenance's commit records).
 RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "trainer.progress", "trainer.workers",
-                   "data.workers", "tasks")
+                   "data.workers", "tasks", "schemas")
 
 
 def task_function(cfg: DictConfig):
     if cfg.task not in cfg.tasks:
         raise ConfigError(f"unknown task '{cfg.task}'; valid: {', '.join(sorted(cfg.tasks))}")
     return get_method(cfg.tasks[cfg.task])
+
+
+_depth = 0   # run_task calls in progress (a pipeline runs its sub-tasks through it)
 
 
 def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
@@ -62,7 +66,9 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     dist = init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    ctx = Context(cfg, device, dist, list(overrides))
+    ctx = Context(cfg, device, dist, list(overrides), runner=run_task)
+    global _depth
+    _depth += 1
     try:
         started = time.perf_counter()
         result = fn(ctx)
@@ -82,7 +88,9 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                 where = ctx.out_dir
             print(f"done: {cfg.task}: {result.summary} (this command: {wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:
-        cleanup()
+        _depth -= 1
+        if _depth == 0:     # a pipeline's sub-tasks (ctx.run_task) leave the process group to the outermost
+            cleanup()
     return result
 
 
@@ -106,14 +114,6 @@ def saved_results(out_dir: Path) -> Path | None:
     return next(iter(sorted(out_dir.glob("*/raw.json"))), None)
 
 
-def changed_values(saved, new, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every key of ``saved`` whose value ``new`` changes (or drops). Keys only in
-    ``new`` are ignored: a key added to the configs since is a newer default, not another experiment."""
-    if isinstance(saved, dict) and isinstance(new, dict):
-        return [d for k in sorted(saved) for d in changed_values(saved[k], new.get(k, "<absent>"), f"{prefix}{k}.")]
-    return [] if saved == new else [f"{prefix[:-1]}: {saved} -> {new}"]
-
-
 def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
     """Refuse results in ``out_dir`` made by another config (unless ``overwrite=true``); the note to
     print when they are replaced, None when there are none."""
@@ -125,8 +125,9 @@ def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
     except (OSError, ValueError):
         prov = {}
     saved = prov.get("config")
-    diff = (changed_values(results_identity(saved), results_identity(as_dict(cfg))) if isinstance(saved, dict)
-            else [f"{raw} records no config"])
+    # keys only the new config has are newer defaults, not another experiment: ignored
+    diff = (identity_diff(results_identity(saved), results_identity(as_dict(cfg)), added=False, missing="<absent>")
+            if isinstance(saved, dict) else [f"{raw} records no config"])
     made = f"made {prov.get('time', '?')} by commit {str(prov.get('git_commit', '?'))[:12]}"
     shown = "; ".join(d if len(d) <= 160 else d[:157] + "..." for d in diff[:3])
     shown += f"; {len(diff) - 3} more" if len(diff) > 3 else ""
@@ -146,8 +147,14 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt   # SIGTERM (a scheduler, kill) ends a run as Ctrl-C does: one line, files intact
 
 
+def main() -> None:
+    """``python -m bagnet.run`` / ``bagnet-run``: the schemas first, then Hydra composes and runs."""
+    store_schemas()
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     signal.signal(signal.SIGTERM, _terminate)
     try:

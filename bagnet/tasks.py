@@ -13,9 +13,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-import pandas as pd
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
@@ -41,6 +40,7 @@ class Context:
     device: torch.device = torch.device("cpu")
     dist: DistInfo = field(default_factory=DistInfo)
     overrides: list[str] = field(default_factory=list)   # the command line's, to compose sub-configs
+    runner: Callable | None = None    # the runner's run_task(cfg, overrides): a pipeline's sub-tasks write as tasks do
 
     @cached_property
     def data(self) -> DataBundle:
@@ -55,11 +55,12 @@ class Context:
         overrides = merge_overrides(self.overrides, extra)
         cfg = compose(overrides)
         validate(cfg)
-        return Context(cfg, self.device, self.dist, overrides)
+        return Context(cfg, self.device, self.dist, overrides, self.runner)
 
-    def signature_cfg(self, name: str) -> dict:
-        """``signatures.<name>`` plus the run's seed and device."""
-        return {**as_dict(self.cfg.signatures.get(name, {})), "seed": self.cfg.seed, "device": str(self.device)}
+    def run_task(self, *extra: str):
+        """This run's command line plus ``extra`` run as a task of its own (its own out_dir and provenance)."""
+        sub = self.with_overrides(*extra)
+        return self.runner(sub.cfg, sub.overrides)
 
     def models(self) -> dict[str, nn.Module]:
         """``cfg.models`` (name -> run dir / checkpoint, or a model config), on the device, in eval mode;
@@ -85,20 +86,6 @@ class Context:
             check_classes(mspec, data, f"models.{name} ({spec})")
             return model
         return create_model(**as_dict(spec), num_classes=data.num_classes)
-
-    def predictions(self) -> dict[str, pd.DataFrame]:
-        """Per-image predictions on ``cfg.split`` for every model: a run's saved ones when there, else computed."""
-        cfg = self.cfg
-        out = {}
-        for name, spec in (dict(cfg.models) or {cfg.model.tag: None}).items():
-            saved = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
-            if saved is not None and saved.is_file():   # the run's own predictions: only of these very images
-                check_run_data(spec, cfg, f"models.{name}", same_images=True)
-                out[name] = pd.read_csv(saved)
-                continue
-            model = self.model(name, spec).eval()
-            out[name] = evaluate_model(model, self.data, [cfg.split], as_dict(cfg), self.device)[cfg.split][1]
-        return out
 
 
 # Data keys that do not change which images are in which split (training augmentation, loading).

@@ -182,10 +182,13 @@ def checkpoint_identity(ckpt: Mapping, saved_cfg: Mapping | None = None) -> dict
     return identity
 
 
-def identity_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested configs ('key: old -> new')."""
+def identity_diff(a: Any, b: Any, prefix: str = "", added: bool = True, missing: Any = None) -> list[str]:
+    """Human-readable differences between two nested configs ('key: old -> new'). A key one side lacks reads
+    as ``missing`` there; ``added=False`` ignores keys only ``b`` has (a newer default, not another config)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in identity_diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        keys = sorted(set(a) | set(b)) if added else sorted(a)
+        return [d for k in keys
+                for d in identity_diff(a.get(k, missing), b.get(k, missing), f"{prefix}{k}.", added, missing)]
     return [] if a == b else [f"{prefix[:-1]}: {a} -> {b}"]
 
 

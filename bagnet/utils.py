@@ -43,16 +43,6 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def pearson(x, y) -> float:
-    """Pearson correlation over the finite pairs; NaN when either side is constant or has fewer than two points."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalised [..., 3, H, W] -> displayable values in [0, 1] (same dtype)."""
     m = torch.as_tensor(mean, dtype=images.dtype).view(3, 1, 1)

@@ -13,17 +13,15 @@ import torch
 from matplotlib.figure import Figure
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .utils import denormalize
 
-__all__ = ["denormalize", "edge_map", "heatmap_figure", "compare_bagnets_figure", "patches_figure"]
+__all__ = ["to_rgb", "edge_map", "heatmap_figure", "compare_bagnets_figure", "patches_figure"]
 
 
-def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """[B, 3, H, W] (or [3, H, W]) normalised -> float [B, H, W, 3] (or [H, W, 3]) in [0, 1]."""
-    x = images.detach().cpu().double()
-    m = torch.tensor(mean, dtype=x.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(3, 1, 1)
-    x = (x * s + m).clamp(0, 1)
-    return x.movedim(-3, -1).numpy()
+def to_rgb(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """[B, 3, H, W] (or [3, H, W]) normalised -> float64 [B, H, W, 3] (or [H, W, 3]) in [0, 1], for imshow
+    (:func:`bagnet.utils.denormalize` in the channels-last layout)."""
+    return denormalize(images.detach().cpu().double(), mean, std).movedim(-3, -1).numpy()
 
 
 def edge_map(rgb: np.ndarray) -> np.ndarray:
@@ -64,7 +62,7 @@ def compare_bagnets_figure(images: torch.Tensor, heatmaps: Mapping[str, torch.Te
                            percentile: float = 99.0, panel_inches: float = 2.0, dpi: int = 100) -> Figure:
     """One row per image: the image, then each model's heatmap [B, H, W] (e.g. BagNet-9/17/33), each with its
     colour bar (logits; red = evidence for the class, blue = against, symmetric per panel)."""
-    rgb = denormalize(images, mean, std)
+    rgb = to_rgb(images, mean, std)
     names = list(heatmaps)
     b, ncol = rgb.shape[0], 1 + len(names)
     fig = Figure(figsize=(panel_inches * ncol, panel_inches * b), dpi=dpi)
@@ -104,7 +102,7 @@ def patches_figure(result_for_class: Mapping[str, Mapping[str, torch.Tensor]], c
     axes = np.asarray(fig.subplots(2, k, squeeze=False))
     for r, (kind, title) in enumerate(rows):
         d = result_for_class[kind]
-        rgb = denormalize(d["patches"], mean, std) if len(d["logits"]) else []
+        rgb = to_rgb(d["patches"], mean, std) if len(d["logits"]) else []
         for j in range(k):
             ax = axes[r, j]
             _off(ax)
@@ -128,7 +126,7 @@ def explain_image_figure(image: torch.Tensor, maps: Mapping[str, torch.Tensor], 
     """One image explained: the image, one heatmap per entry of ``maps`` (e.g. predicted and true class;
     each with its colour bar: red = evidence for the class, blue = against), and the image's highest-scoring
     patches for the first entry with their logits."""
-    rgb = denormalize(image[None], mean, std)[0]
+    rgb = to_rgb(image[None], mean, std)[0]
     k = len(patches)
     fig = Figure(figsize=(panel_inches * (1 + len(maps)) + 0.9 * max(k, 1), panel_inches + 0.7), dpi=dpi)
     grid = fig.add_gridspec(2, 1 + len(maps) + max(k, 1), height_ratios=[1, 1],
@@ -145,7 +143,7 @@ def explain_image_figure(image: torch.Tensor, maps: Mapping[str, torch.Tensor], 
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     for j in range(k):
         ax = fig.add_subplot(grid[0, 1 + len(maps) + j])
-        ax.imshow(denormalize(patches[j][None], mean, std)[0], interpolation="nearest")
+        ax.imshow(to_rgb(patches[j][None], mean, std)[0], interpolation="nearest")
         ax.set_xlabel(f"{patch_scores[j]:.2f}", fontsize=7)
         _off(ax)
         if j == 0:

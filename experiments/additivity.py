@@ -50,13 +50,15 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from bagnet.errors import ConfigError
 from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.seeding import generator
-from bagnet.stats import ratio_ci
-from bagnet.utils import jsonable, pearson, unwrap
+from bagnet.stats import pearson, ratio_ci
+from bagnet.utils import jsonable, unwrap
 
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, models_task, occluder_fill,
+from .registry import Experiment, register
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, occluder_fill,
                      prepare_model, resolve_data, typed_cfg)
 
 @dataclass
@@ -67,6 +69,12 @@ class Config(ExperimentConfig):
     num_images: Optional[int] = 32
     occluder: str = "zero"
     blur_sigma: float = 4.0
+    placement: str = "random"   # random | parts (an occluder on each of two known parts) | both
+    # parts: the data's ``parts(index)`` boxes (the synthetic probe and the controls know where their
+    # parts are); random pairs almost never hit two sparse parts, so a global model looks additive
+
+
+PLACEMENTS = ("random", "parts", "both")
 
 
 def chebyshev_gap(a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
@@ -86,6 +94,24 @@ def sample_pairs(h: int, w: int, size: int, bins, per_bin: int, gen: torch.Gener
         sel = torch.nonzero((d >= lo) & (d < up)).flatten()[:per_bin]
         keep_a.append(a[sel]); keep_b.append(b[sel]); keep_bin.append(torch.full((len(sel),), k))
     return torch.cat(keep_a), torch.cat(keep_b), torch.cat(keep_bin)
+
+
+def part_pairs(boxes, h: int, w: int, size: int, bins) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An s x s occluder centred on each of two known parts, for every pair of ``boxes`` ((y0, x0, y1, x1)),
+    corners clamped into the image; pairs whose gap falls outside ``bins`` are dropped."""
+    def corner(box):
+        y0, x0, y1, x1 = box
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        return [min(max(cy - size // 2, 0), h - size), min(max(cx - size // 2, 0), w - size)]
+    pairs = [(corner(p), corner(q)) for i, p in enumerate(boxes) for q in boxes[i + 1:]]
+    if not pairs:
+        return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    a, b = torch.tensor([p for p, _ in pairs]), torch.tensor([q for _, q in pairs])
+    gap = chebyshev_gap(a, b, size)
+    edges = torch.tensor(list(bins))
+    bin_id = torch.bucketize(gap, edges, right=True) - 1
+    keep = (bin_id >= 0) & (bin_id < len(bins) - 1)
+    return a[keep], b[keep], bin_id[keep]
 
 
 def occlude(image: torch.Tensor, fill: torch.Tensor, corners, size: int) -> torch.Tensor:
@@ -112,38 +138,46 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         std=None) -> Result:
     """Interaction of occluding two patches vs their distance (see module doc).
 
-    cfg keys (defaults): patch_sizes [8, 16], distance_bins [0, 4, 8, 16, 32, 64, 128], pairs_per_bin 4,
-    num_images 32, occluder 'zero', blur_sigma 4.0, seed 0, device 'cpu', batch_size 64, dtype None,
-    progress True.
+    Keys and defaults: :class:`Config`.
     """
     cfg = typed_cfg(Config, cfg, "signatures.additivity")
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     bins = list(cfg["distance_bins"])
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
-    # records[(model, size)] -> lists of per-pair arrays
-    rec = {(m, s): {"bin": [], "gap": [], "joint": [], "summed": []} for m in models for s in cfg["patch_sizes"]}
+    if cfg["placement"] not in PLACEMENTS:
+        raise ConfigError(f"signatures.additivity.placement: '{cfg['placement']}' is not one of {', '.join(PLACEMENTS)}")
+    placements = ["random", "parts"] if cfg["placement"] == "both" else [cfg["placement"]]
+    if "parts" in placements and not hasattr(dataset, "parts"):
+        raise ConfigError("signatures.additivity.placement=parts needs data that knows where its parts are "
+                          "(a parts(index) method: the synthetic probe); use placement=random")
+    # records[(model, size, placement)] -> lists of per-pair arrays
+    rec = {(m, s, p): {"bin": [], "gap": [], "joint": [], "summed": []}
+           for m in models for s in cfg["patch_sizes"] for p in placements}
     colour = mean_colour(dataset, indices) if cfg["occluder"] == "dataset_mean" else None
     for idx, images, labels in iter_batches(dataset, indices, 1, cfg["progress"], "additivity"):
         image, label = images[0], int(labels[0])
         fill = occluder_fill(image, cfg["occluder"], mean, std, cfg["blur_sigma"], colour)
-        for size in cfg["patch_sizes"]:
-            a, b, bin_id = sample_pairs(*image.shape[-2:], size, bins, cfg["pairs_per_bin"],
-                                        generator(cfg["seed"], idx[0], size))
+        for size, placement in ((s, p) for s in cfg["patch_sizes"] for p in placements):
+            if placement == "random":
+                a, b, bin_id = sample_pairs(*image.shape[-2:], size, bins, cfg["pairs_per_bin"],
+                                            generator(cfg["seed"], idx[0], size))
+            else:
+                a, b, bin_id = part_pairs(dataset.parts(idx[0]), *image.shape[-2:], size, bins)
             if not len(a):
                 continue
             gap = chebyshev_gap(a, b, size)
             for m, model in models.items():
                 e = pair_effects(model, image, label, a, b, size, fill, cfg["batch_size"])
-                r = rec[m, size]
+                r = rec[m, size, placement]
                 r["bin"].append(bin_id.numpy()); r["gap"].append(gap.numpy())
                 r["joint"].append(e["delta_ab"].numpy()); r["summed"].append((e["delta_a"] + e["delta_b"]).numpy())
-    rows, raw_pairs = [], {}
-    for (m, size), r in rec.items():
+    rows, raw_pairs = {p: [] for p in placements}, {}
+    for (m, size, placement), r in rec.items():
         if not r["bin"]:
             continue
         arr = {k: np.concatenate(v) for k, v in r.items()}
-        raw_pairs[f"{m}/{size}"] = {k: v.tolist() for k, v in arr.items()}
+        raw_pairs[f"{m}/{size}" + ("" if placement == "random" else "/parts")] = {k: v.tolist() for k, v in arr.items()}
         q = getattr(unwrap(models[m]), "patch_size", None)
         for k, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
             sel = arr["bin"] == k
@@ -155,30 +189,29 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             nan = float("nan")
             ni = (ratio_ci(inter, np.abs(joint), seed=cfg["seed"]) if mean_joint > 0 and len(inter) > 1
                   else (nan, nan, nan))
-            rows.append({"model": m, "patch_size": size, "bin": f"[{lo}, {hi})", "bin_lo": lo, "bin_hi": hi,
+            rows[placement].append({"model": m, "patch_size": size, "bin": f"[{lo}, {hi})", "bin_lo": lo, "bin_hi": hi,
                          "n_pairs": int(sel.sum()), "pearson_r": pearson(joint, summed),
                          "mean_abs_interaction": float(inter.mean()), "mean_abs_joint": mean_joint,
                          "normalized_interaction": float(inter.mean()) / mean_joint if mean_joint > 0 else nan,
                          "normalized_interaction_lo": ni[1], "normalized_interaction_hi": ni[2],
                          "max_abs_interaction": float(inter.max()),
                          "exact_zero_from": float(q - 1) if is_bagnet(models[m]) else float("nan")})
-    table = pd.DataFrame(rows, columns=["model", "patch_size", "bin", "bin_lo", "bin_hi", "n_pairs", "pearson_r",
-                                        "mean_abs_interaction", "mean_abs_joint", "normalized_interaction",
-                                        "normalized_interaction_lo", "normalized_interaction_hi",
-                                        "max_abs_interaction", "exact_zero_from"])
+    columns = ["model", "patch_size", "bin", "bin_lo", "bin_hi", "n_pairs", "pearson_r", "mean_abs_interaction",
+               "mean_abs_joint", "normalized_interaction", "normalized_interaction_lo", "normalized_interaction_hi",
+               "max_abs_interaction", "exact_zero_from"]
+    tables = {("interaction" if p == "random" else "interaction_parts"): pd.DataFrame(rows[p], columns=columns)
+              for p in placements}
+    table = tables.get("interaction", next(iter(tables.values())))
     far = table.groupby("model")["normalized_interaction"].apply(lambda s: s.iloc[-1] if len(s) else float("nan"))
     summary = "additivity (normalised interaction, farthest bin): " + " | ".join(
         f"{m} {v:.3g}" for m, v in far.items())
-    return Result(tables={"interaction": table},
+    return Result(tables=tables,
                   figures={"interaction_vs_distance": interaction_figure(table),
                            "joint_vs_sum": scatter_figure(raw_pairs, bins)},
-                  raw=jsonable({"n_images": len(indices), "occluder": cfg["occluder"], "pairs": raw_pairs}),
+                  raw=jsonable({"n_images": len(indices), "occluder": cfg["occluder"], "distance_bins": bins,
+                               "pairs": raw_pairs}),
                   summary=summary)
 
-
-def task(ctx) -> Result:
-    """The ``additivity`` task: :func:`run` on ``cfg.models`` and ``cfg.split``."""
-    return models_task(ctx, "additivity", run)
 
 
 def interaction_figure(table: pd.DataFrame):
@@ -225,3 +258,9 @@ def scatter_figure(raw_pairs: dict, bins):
 def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
     """The figures that the saved tables alone determine (for scripts/render_results.py)."""
     return {"interaction_vs_distance": interaction_figure(tables["interaction"])} if "interaction" in tables else {}
+
+
+register(Experiment("additivity", Config, run, per_model=True, version=2,   # 2: occluders on known parts
+                    figures=lambda tables, raw: {**figures_from_tables(tables),
+                                                 "joint_vs_sum": scatter_figure(raw["pairs"], raw["distance_bins"])},
+                    summary="signature 2: interaction of two occluded patches vs their distance"))

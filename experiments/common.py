@@ -153,14 +153,6 @@ def mean_colour(dataset, indices, batch_size: int = 64) -> torch.Tensor:
     return (total / max(count, 1)).float()
 
 
-def models_task(ctx, name: str, run) -> "Result":  # noqa: F821  (bagnet.result.Result)
-    """A signature as a runner task: ``run(models, dataset, signatures.<name>, classes, mean, std)`` on
-    ``cfg.models`` and ``cfg.split``."""
-    data = ctx.data
-    return run(ctx.models(), data.split(ctx.cfg.split), ctx.signature_cfg(name), classes=data.classes,
-               mean=data.mean, std=data.std)
-
-
 def model_overrides(spec) -> list[str]:
     """A pipeline's model entry as Hydra overrides: ``"bagnet33"`` -> ``[model=bagnet33]``;
     ``{option: small_cnn, width: 16, trainer: {epochs: 8}}`` -> ``[model=small_cnn, model.width=16,

@@ -13,8 +13,8 @@ from bagnet.checkpoint import load_run
 from bagnet.result import Result
 from bagnet.stats import CI, bootstrap_ci, fmt_ci, paired_bootstrap_ci
 
-from . import additivity, error_overlap, scrambling, sensitivity
 from .common import train_models
+from .suite import Store, data_key, model_key, run_experiment, signature_cfg, split_data
 from .explain import heatmaps_result, patches_result
 
 
@@ -26,13 +26,14 @@ def task(ctx) -> Result:
     test = data.split("test")
     models = {k: load_run(r / "checkpoints" / "best.pt")[0].eval().to(ctx.device) for k, r in runs.items()}
     preds = {k: pd.read_csv(r / "eval" / "predictions_test.csv.gz") for k, r in runs.items()}
-    kw = dict(classes=data.classes, mean=data.mean, std=data.std)
     acc = kind_accuracy(preds, data.classes, data.info.get("class_kinds", {}))
     parts = {"accuracy": Result(tables={"accuracy": acc}, summary="accuracy per class kind")}
-    parts["scrambling"] = scrambling.run(models, test, ctx.signature_cfg("scrambling"), **kw)
-    parts["additivity"] = additivity.run(models, test, ctx.signature_cfg("additivity"), **kw)
-    parts["error_overlap"] = error_overlap.run(preds, data.classes, ctx.signature_cfg("error_overlap"))
-    parts["sensitivity"] = sensitivity.run(models, test, ctx.signature_cfg("sensitivity"), **kw)
+    # the four signatures through the suite runner: each (signature, unit) saved in the run dir and reused
+    store = Store(Path(cfg.run_dir), progress=False)
+    key = {**data_key(ctx), "model_keys": {k: model_key(str(r)) for k, r in runs.items()}}
+    for name in SIGNATURES:
+        parts[name] = run_experiment(name, models, split_data(ctx, "test"), signature_cfg(ctx, name),
+                                     predictions=preds, store=store, key=key)
     bagnets = {k: m for k, m in models.items() if k in d.bagnets}
     parts["heatmaps"] = heatmaps_result(bagnets, test, data.classes, data.mean, data.std, d.heatmap_images,
                                         cfg.seed, ctx.device)
@@ -48,6 +49,9 @@ def task(ctx) -> Result:
     held = sum(c["holds"] for c in checks)
     return Result(parts=parts, summary=f"{held}/{len(checks)} expected effects held",
                   readme=lambda prov: demo_readme(checks, prov["wall_s"], prov, cfg, findings))
+
+
+SIGNATURES = ("scrambling", "additivity", "error_overlap", "sensitivity")
 
 
 def kind_accuracy(predictions: dict[str, pd.DataFrame], classes: list[str], kinds: dict[str, str]) -> pd.DataFrame:

@@ -40,9 +40,10 @@ import pandas as pd
 from bagnet.data.names import display_names
 from bagnet.errors import ConfigError
 from bagnet.result import Result
-from bagnet.stats import correlation_ci, kappa_ci
-from bagnet.utils import jsonable, pearson
+from bagnet.stats import correlation_ci, kappa_ci, pearson
+from bagnet.utils import jsonable
 
+from .registry import Experiment, register
 from .common import ExperimentConfig, typed_cfg
 
 @dataclass
@@ -91,8 +92,7 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
         cfg: Mapping | None = None) -> Result:
     """Class-wise and per-image error overlap of every model pair (see module doc).
 
-    cfg keys (defaults): pairs None (all pairs), scatter_metric 'top5'; seed/device etc. are accepted
-    and ignored (no randomness, no forward passes).
+    Keys and defaults: :class:`Config`.
     """
     cfg = typed_cfg(Config, cfg, "signatures.error_overlap")
     labels, pred, top1, top5 = correctness(predictions)
@@ -147,10 +147,6 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
                   summary=summary)
 
 
-def task(ctx) -> Result:
-    """The ``error_overlap`` task: :func:`run` on the per-image predictions of ``cfg.models`` on ``cfg.split``."""
-    return run(ctx.predictions(), ctx.data.classes, ctx.signature_cfg("error_overlap"))
-
 
 def scatter_figure(acc: dict, counts: np.ndarray, pairs: list[tuple[str, str]], metric: str):
     n = max(len(pairs), 1)
@@ -199,3 +195,8 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame], metric: str = "top5"
     plot_pairs = list(zip(pairs["model_a"], pairs["model_b"]))
     return {"class_accuracy_scatter": scatter_figure(acc, counts, plot_pairs, metric),
             "kappa_matrix": kappa_figure(pairs, models)}
+
+
+register(Experiment("error_overlap", Config, run, inputs="predictions",
+                    figures=lambda tables, raw: figures_from_tables(tables),
+                    summary="signature 3: class-wise accuracy correlation, shared errors and kappa per model pair"))

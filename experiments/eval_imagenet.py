@@ -19,10 +19,10 @@ from bagnet.models.weights import HASH_RE
 from bagnet.result import Result
 from bagnet.train import evaluate_model
 
-PAPER_IMAGENET = {  # top-1, top-5 (fractions). BagNets: the paper; baselines: torchvision's model docs.
-    "BagNet-9": (None, None), "BagNet-17": (None, 0.805), "BagNet-33": (None, 0.876),
-    "ResNet-50": (0.7613, 0.9286), "VGG-16": (0.7159, 0.9038), "DenseNet-169": (0.7560, 0.9281),
-}
+from . import published
+
+# top-1, top-5 (fractions). BagNets: the paper; baselines: torchvision's model docs (experiments/published.yaml).
+PAPER_IMAGENET = {m: (top1, top5) for m, (top1, top5, _) in published.imagenet_accuracy().items()}
 
 
 def local_weights(release_file: str, weights_dir: str | None) -> str | None:

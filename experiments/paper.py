@@ -13,7 +13,7 @@ With the authors' BagNet weights and torchvision's ImageNet weights, on the ILSV
                   kappa / shared-error rates (Sec. 4, ``experiments.error_overlap``)
   sensitivity/    target-logit drop vs number of occluded regions ranked by the BagNet-33 heatmap, by
                   captum attributions of the target itself, and at random (Sec. 4, ``experiments.sensitivity``
-                  plus epsilon-LRP from :mod:`experiments.paper_lrp`)
+                  with epsilon-LRP, :mod:`experiments.lrp`, as one more method)
   patches/        BagNet-33 heatmaps and most predictive patches for a fixed list of classes (Sec. 3)
 
 Numerics: TF32 is switched off for the whole run (``torch.backends.cuda.matmul.allow_tf32 = False``,
@@ -48,18 +48,15 @@ from bagnet.errors import ConfigError
 from bagnet.models import default_cfg
 from bagnet.result import Result
 
-from . import additivity, error_overlap, explain, sensitivity
+from . import explain, sensitivity
 from . import paper_setup as setup
 from .common import eval_indices, forward, load_batch, topk_correct, typed_cfg
 from .eval_imagenet import local_weights
-from .paper_lrp import lrp_logit_drops, lrp_support
 from .paper_report import (
     accuracy_figure,
-    close_figures,
     headline_table,
     loss_figure,
     readme,
-    summarise_drops,
     texture_figure,
 )
 from .paper_setup import (
@@ -68,13 +65,12 @@ from .paper_setup import (
     PUBLISHED_TEXTURE,
     Models,
     PaperConfig,
-    Store,
     Tf32Guard,
-    _digest,
     numerics_state,
     tf32_off,
 )
 from .scrambling import examples_figure, scramble_batch
+from .suite import SplitData, Store, digest as _digest, run_experiment
 from .texture_synthesis import TextureConfig
 
 
@@ -102,6 +98,10 @@ class Paper:
     def key(self, part: str, model: str | None = None, **extra) -> dict:
         return {"part": part, "cfg": self.cfg[part], "data": self.data_key,
                 "model": self.models.key(model) if model else None, **extra}
+
+    def suite_key(self) -> dict:
+        """What a suite unit of this run depends on besides its config: the data and the models' weights."""
+        return {"data": self.data_key, "model_keys": {m: self.models.key(m) for m in self.labels}}
 
     def sig_cfg(self, part: str, **extra) -> dict:
         return {**self.cfg[part], "seed": self.seed, "device": str(self.device), "progress": self.cfg["progress"],
@@ -216,32 +216,20 @@ class Paper:
 
     # -- 3. interactions of image parts
     def interactions(self) -> Result:
-        c = self.cfg["interactions"]
-        tables, pairs = [], {}
-        for m in tqdm(self.labels, desc="interactions", disable=not self.cfg["progress"], leave=False):
-            def compute(m=m):
-                r = additivity.run({m: self.models[m]}, self.dataset, self.sig_cfg("interactions"),
-                                   classes=self.classes, mean=self.mean, std=self.std)
-                close_figures(r)
-                return Result(tables=r.tables, raw=r.raw, summary=r.summary)
-            r = self.store.unit("interactions", m, self.key("interactions", m), compute)
-            tables.append(r.tables["interaction"])
-            pairs.update(r.raw["pairs"])
-        table = pd.concat(tables, ignore_index=True)
-        return Result(tables={"interaction": table},
-                      figures={"interaction_vs_distance": additivity.interaction_figure(table),
-                               "joint_vs_sum": additivity.scatter_figure(pairs, c["distance_bins"])},
-                      raw={"pairs": pairs, "occluder": c["occluder"], "n_images": r.raw.get("n_images")},
-                      header="Masking two s x s parts A, B (occluder: 0 in normalised space = the mean colour): "
-                             "interaction = Delta(A u B) - Delta(A) - Delta(B) of the true-class logit, per "
-                             "edge-to-edge gap bin. BagNet-q: exactly 0 from a gap of q-1 px (column exact_zero_from).")
+        r = run_experiment("additivity", self.models, self.dataset, self.sig_cfg("interactions"), store=self.store,
+                           key=self.suite_key(), part="interactions")
+        r.header = ("Masking two s x s parts A, B (occluder: 0 in normalised space = the mean colour): "
+                    "interaction = Delta(A u B) - Delta(A) - Delta(B) of the true-class logit, per "
+                    "edge-to-edge gap bin. BagNet-q: exactly 0 from a gap of q-1 px (column exact_zero_from).")
+        return r
 
     # -- 4. error distribution
     def errors(self, preds: dict[str, pd.DataFrame]) -> Result:
         c = dict(self.cfg["errors"])
         if not c["pairs"]:
             c["pairs"] = [[self.bagnet, m] for m in self.cnns]
-        r = error_overlap.run(preds, self.classes, c)
+        r = run_experiment("error_overlap", self.models, SplitData(self.dataset, self.classes, self.mean, self.std), c,
+                           predictions=preds)
         pairs = r.tables["pairs"]
         paper = pairs[(pairs.model_a == self.bagnet) | (pairs.model_b == self.bagnet)].copy()
         r.tables["bagnet_vs_cnns"] = paper[["model_a", "model_b", "n", "r_top5", "r_top1", "kappa", "both_wrong",
@@ -253,47 +241,19 @@ class Paper:
     # -- 5. feature sensitivity
     def sensitivity(self) -> Result:
         c = self.cfg["sensitivity"]
-        targets = c["targets"] or self.cnns
-        methods = [m for m in c["methods"] if m != "lrp"]
-        drops, curves, support = [], [], {}
-        # each CNN, then the BagNet scored by its own heatmap (the control for a negative result)
-        units = list(dict.fromkeys([*targets, self.bagnet]))
-        for t in tqdm(units, desc="sensitivity", disable=not self.cfg["progress"], leave=False):
-            def compute(t=t):
-                cfg = self.sig_cfg("sensitivity", targets=[t], bagnet=self.bagnet, methods=methods,
-                                   bagnet_control=False)
-                r = sensitivity.run({t: self.models[t], self.bagnet: self.models[self.bagnet]}, self.dataset, cfg,
-                                    classes=self.classes, mean=self.mean, std=self.std)
-                close_figures(r)
-                table, curve = r.tables["logit_drop"], r.tables["curves"]
-                reason = lrp_support(self.models[t]) if "lrp" in c["methods"] else "not requested"
-                if reason is None:
-                    d = lrp_logit_drops(self.models[t], self.dataset, cfg)
-                    row, crow = summarise_drops(t, "lrp", d, c["report_n"])
-                    row["control"] = t == self.bagnet
-                    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
-                    curve = pd.concat([curve, pd.DataFrame(crow)], ignore_index=True)
-                return Result(tables={"logit_drop": table, "curves": curve},
-                              raw={**r.raw, "lrp": reason or "computed"})
-            r = self.store.unit("sensitivity", t, self.key("sensitivity", t, bagnet=self.models.key(self.bagnet)),
-                                compute)
-            drops.append(r.tables["logit_drop"]); curves.append(r.tables["curves"]); support[t] = r.raw["lrp"]
-        table = pd.concat(drops, ignore_index=True)
-        occl = table[table.method == "occlusion"].set_index("target")["auc"]
-        table["auc_vs_occlusion"] = [r.auc / occl[r.target] if occl.get(r.target) else float("nan")
-                                     for r in table.itertuples()]
-        curves = pd.concat(curves, ignore_index=True)
-        order = list(dict.fromkeys(["DenseNet-169", *targets]))        # the paper's headline target first
-        curves = curves.sort_values("target", key=lambda s: s.map({t: i for i, t in enumerate(order)}), kind="stable")
-        return Result(tables={"logit_drop": table, "curves": curves},
-                      figures={"logit_drop_vs_n": sensitivity.curve_figure(curves)},
-                      raw={"lrp_support": support, "bagnet": self.bagnet, "targets": targets,
-                           "n_images": int(table["n_images"].max()) if len(table) else 0},
-                      header=f"Drop of the target's true-class logit when the top-n {c['region']} x {c['region']} "
-                             f"regions are set to 0 (normalised = mean colour), regions ranked by the {self.bagnet} "
-                             "heatmap (computed without the target), by captum attributions of the target itself, "
-                             "by single-region occlusion (greedy reference) and at random. lrp: epsilon-LRP where "
-                             "captum supports the model (raw.json lrp_support says why not elsewhere).")
+        cfg = self.sig_cfg("sensitivity", targets=c["targets"] or self.cnns, bagnet=self.bagnet)
+        r = run_experiment("sensitivity", self.models, self.dataset, cfg, store=self.store, key=self.suite_key())
+        curves = r.tables["curves"]
+        order = list(dict.fromkeys(["DenseNet-169", *cfg["targets"]]))        # the paper's headline target first
+        r.tables["curves"] = curves.sort_values("target", key=lambda s: s.map({t: i for i, t in enumerate(order)}),
+                                                kind="stable")
+        r.figures = {"logit_drop_vs_n": sensitivity.curve_figure(r.tables["curves"])}
+        r.header = (f"Drop of the target's true-class logit when the top-n {c['region']} x {c['region']} "
+                    f"regions are set to 0 (normalised = mean colour), regions ranked by the {self.bagnet} "
+                    "heatmap (computed without the target), by captum attributions of the target itself, "
+                    "by single-region occlusion (greedy reference) and at random. lrp: epsilon-LRP where "
+                    "captum supports the model (raw.json lrp_support says why not elsewhere).")
+        return r
 
     # -- 6. heatmaps and most predictive patches
     def patches(self) -> Result:

@@ -3,27 +3,17 @@ the schema of the ``paper:`` config block, the published numbers, TF32 switched 
 pretrained models loaded from release files, and the per-(part, unit) store a killed run resumes from."""
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
-import re
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
-from bagnet import io
 from bagnet.checkpoint import model_kwargs
 from bagnet.errors import ConfigError
 from bagnet.models import create_model, default_cfg
-from bagnet.result import Result
-from bagnet.utils import jsonable, refused_content
 
 from . import sensitivity
 from .eval_imagenet import PAPER_IMAGENET, local_weights
@@ -31,21 +21,13 @@ from .texture_synthesis import GATYS_LAYERS
 
 PARTS = ["accuracy", "texture", "interactions", "errors", "sensitivity", "patches"]
 
-# Published numbers (fractions) and where they come from. "abstract": verified in the paper's abstract
-# (arXiv 1904.00760 / OpenReview SkfMWhAqYQ); "torchvision": the weights' own documented accuracy
-# (torchvision.models.*_Weights.meta); "unverified": quoted in this project's issues, the paper's body
-# text could not be read here.
-PUBLISHED_ACCURACY = {  # model -> (top1, top5, source)
-    "BagNet-9": (None, None, ""),
-    "BagNet-17": (None, PAPER_IMAGENET["BagNet-17"][1], "unverified (abstract: 'AlexNet performance')"),
-    "BagNet-33": (None, PAPER_IMAGENET["BagNet-33"][1], "abstract"),
-    "AlexNet": (0.56522, 0.79066, "torchvision"),
-    "VGG-16": (*PAPER_IMAGENET["VGG-16"], "torchvision"),
-    "ResNet-50": (*PAPER_IMAGENET["ResNet-50"], "torchvision"),
-    "ResNet-152": (0.78312, 0.94046, "torchvision"),
-    "DenseNet-169": (*PAPER_IMAGENET["DenseNet-169"], "torchvision"),
-}
-PUBLISHED_TEXTURE = {"VGG-16": (0.901, 0.794, "unverified")}  # top-5 clean -> texturised
+# Published numbers (fractions) and where they come from: experiments/published.yaml, each with its source and
+# whether it was verified ("abstract": the paper's abstract; "torchvision": the weights' own documented accuracy;
+# "unverified": quoted in this project's issues, the paper's body text could not be read here).
+from .published import imagenet_accuracy, texture_top5  # noqa: E402  (kept beside the names it defines)
+
+PUBLISHED_ACCURACY = imagenet_accuracy()   # model -> (top1, top5, source)
+PUBLISHED_TEXTURE = texture_top5()         # model -> (top-5 clean, top-5 texturised, source)
 
 
 # ---------------------------------------------------------------- config (schema of `paper:`)
@@ -181,7 +163,7 @@ def load_model(spec: dict, weights_dir: str | None, mean, std, label: str) -> nn
     return create_model(**spec, pretrained=True, num_classes=1000)
 
 
-class Models:
+class Models(Mapping):
     """Label -> pretrained model, loaded on first use, on the device, eval mode, TF32-guarded."""
 
     def __init__(self, specs: dict, weights_dir, device, mean, std, guard: Tf32Guard):
@@ -197,71 +179,14 @@ class Models:
             self._cache[label] = model.to(self.device).eval()
         return self._cache[label]
 
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
     def key(self, label: str) -> dict:
         spec = dict(self.specs[label])
         release = default_cfg(spec["name"], **model_kwargs(spec))
         spec["weights"] = spec.get("weights") or local_weights(release["file"], self.weights_dir) or "download"
         return spec
-
-
-# ---------------------------------------------------------------- resumable units
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()[:12]
-
-
-class Store:
-    """Saved (part, unit) Results under ``root``; a unit is reused only if its key is unchanged."""
-
-    def __init__(self, root: Path, progress: bool = True):
-        self.root, self.progress = Path(root), progress
-        self.computed: list[str] = []
-        self.reused: list[str] = []
-        self.seconds: dict[str, float] = {}
-
-    def unit(self, part: str, name: str, key: dict, compute: Callable[[], Result]) -> Result:
-        d = self.root / part / _slug(name)
-        marker = d / "unit.pt"
-        key = jsonable(key)
-        if marker.is_file():   # tensors and plain containers only (weights_only), like every file this suite reads
-            try:
-                saved = torch.load(marker, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise ConfigError(f"refused to load {marker}: {refused_content(e)}; remove it (the unit is then "
-                                  "computed again)") from None
-            if saved.get("key") == key:
-                self.reused.append(f"{part}/{name}")
-                return _result_from_plain(saved["result"], d)
-        started = time.perf_counter()
-        result = compute()
-        self.seconds[f"{part}/{name}"] = time.perf_counter() - started
-        for tname, df in result.tables.items():   # readable copies; unit.pt (last) marks the unit done
-            if len(df) > 500:
-                io.write_predictions(df, d / f"{tname}.csv.gz")
-            else:
-                io.write_table(df, d / tname)
-        for fname, fig in result.figures.items():
-            io.write_figure(fig, d / f"figure_{_slug(fname)}")
-        io.write_json({"key": key, "raw": result.raw, "wall_s": self.seconds[f"{part}/{name}"]}, d / "unit.json")
-        io.save_checkpoint({"key": key, "result": _plain_result(result)}, marker)
-        self.computed.append(f"{part}/{name}")
-        return _result_from_plain(_plain_result(result), d)
-
-
-def _plain_result(result: Result) -> dict:
-    """A unit's Result as plain containers (weights_only-loadable): tables column by column with their
-    dtypes, raw as JSON values, figures by name (their files lie beside unit.pt)."""
-    tables = {name: {"columns": [str(c) for c in df.columns], "data": [df[c].tolist() for c in df.columns],
-                     "dtypes": [str(t) for t in df.dtypes]} for name, df in result.tables.items()}
-    return {"tables": tables, "raw": json.loads(json.dumps(jsonable(result.raw))), "summary": result.summary,
-            "figures": list(result.figures)}
-
-
-def _result_from_plain(plain: dict, unit_dir: Path) -> Result:
-    tables = {name: pd.DataFrame(dict(zip(t["columns"], t["data"])), columns=t["columns"]).astype(
-        dict(zip(t["columns"], t["dtypes"]))) for name, t in plain["tables"].items()}
-    figures = {name: unit_dir / f"figure_{_slug(name)}" for name in plain["figures"]}
-    return Result(tables=tables, figures=figures, raw=plain["raw"], summary=plain["summary"])

@@ -28,7 +28,8 @@ from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci
 
-from .common import ExperimentConfig, eval_indices, iter_batches, models_task, resolve_data, typed_cfg
+from .registry import Experiment, register
+from .common import ExperimentConfig, eval_indices, iter_batches, resolve_data, typed_cfg
 
 DEFENCES = ("undefended", "clipped", "masking", "masking_detect")
 
@@ -42,6 +43,7 @@ class Config(ExperimentConfig):
     attack_steps: int = 20
     attack_locations: int = 3
     num_images: Optional[int] = 256
+    batch_size: int = 32
 
 
 def patch_sizes(cfg: Mapping, image_px: int) -> list[int]:
@@ -161,6 +163,6 @@ def certified_figure(table: pd.DataFrame):
     return fig
 
 
-def task(ctx) -> Result:
-    """The ``patch_robustness`` task: :func:`run` on the BagNets of ``cfg.models`` (or ``checkpoint=``)."""
-    return models_task(ctx, "patch_robustness", run)
+
+register(Experiment("patch_robustness", Config, run,
+                    summary="certified robustness to one adversarial square patch"))

@@ -26,7 +26,8 @@ from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 
-from .common import ExperimentConfig, eval_indices, iter_batches, models_task, resolve_data, topk_correct, typed_cfg
+from .registry import Experiment, register
+from .common import ExperimentConfig, eval_indices, iter_batches, resolve_data, topk_correct, typed_cfg
 
 MODES = ("fp32", "bf16", "fp16", "tf32")
 
@@ -114,6 +115,5 @@ def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, class
                           + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
 
 
-def task(ctx) -> Result:
-    """The ``precision`` task: :func:`run` on ``cfg.models`` (or ``checkpoint=``) and ``cfg.split``."""
-    return models_task(ctx, "precision", run)
+
+register(Experiment("precision", Config, run, summary="how fp32 / bf16 / fp16 / TF32 change the answers"))

@@ -53,7 +53,8 @@ from bagnet.seeding import generator
 from bagnet.stats import bootstrap_ci, derangement, ratio_ci
 from bagnet.utils import jsonable
 
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, models_task, prepare_model, resolve_data,
+from .registry import Experiment, register
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, prepare_model, resolve_data,
                      to_hwc, topk_correct, typed_cfg)
 
 
@@ -151,8 +152,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         std=None) -> Result:
     """Top-1/top-5 of every model on clean, g x g scrambled and texturised images (see module doc).
 
-    cfg keys (defaults): grids [2, 4, 8], texture True, texture_patch 33, texture_candidates 8,
-    num_images 512, num_examples 4, seed 0, device 'cpu', batch_size 64, dtype None, progress True.
+    Keys and defaults: :class:`Config`.
     """
     cfg = typed_cfg(Config, cfg, "signatures.scrambling")
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
@@ -199,10 +199,6 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                   raw=jsonable(raw), summary=summary)
 
 
-def task(ctx) -> Result:
-    """The ``scrambling`` task: :func:`run` on ``cfg.models`` and ``cfg.split``."""
-    return models_task(ctx, "scrambling", run)
-
 
 def accuracy_figure(table: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
@@ -242,3 +238,7 @@ def examples_figure(examples: dict[str, torch.Tensor], mean, std):
 def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
     """The figures that the saved tables alone determine (for scripts/render_results.py)."""
     return {"accuracy_vs_grid": accuracy_figure(tables["accuracy"])} if "accuracy" in tables else {}
+
+
+register(Experiment("scrambling", Config, run, figures=lambda tables, raw: figures_from_tables(tables),
+                    summary="signature 1: accuracy on clean, g x g tile-scrambled and texturised images"))

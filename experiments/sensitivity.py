@@ -6,17 +6,20 @@ logit more than regions ranked by attribution methods computed on DenseNet-169 i
 sensitive to the same local features that a bag-of-local-features model uses.
 
 Protocol, for every target model T (``targets``, default every non-BagNet model) and image x of class y:
-  * regions: the non-overlapping k x k grid (k = ``region``, default 8); remainder rows/columns when
-    k does not divide H or W belong to no region and are never masked.
+  * regions: the non-overlapping k x k grid, k = ``region``; None (the default) = :func:`region_for` the
+    heatmap BagNet's q: 8 px up to q = 17, 16 px at q = 33. A region's BagNet score sums the patches
+    *centred* in it, while masking it changes every patch that overlaps it; with regions much smaller
+    than q the two disagree and even the BagNet's own heatmap cannot find its evidence (proven on the
+    hand-built BagNets of experiments/controls.py: at q = 33 8 px regions reach 0.72 of occlusion's AUC
+    on the BagNet itself, 16 px regions 0.95; tests/test_instruments.py). Remainder rows/columns when k
+    does not divide H or W belong to no region and are never masked; nor are, for any method, regions
+    all of whose pixels lie within (q - 1) / 2 px of the border: the heatmap scores them from patches
+    that reach into its zero padding, patches the BagNet itself never sees (``raw['regions']``).
   * a method gives a map [H, W]; a region's score is the sum of the map inside it; regions are masked
     in descending score order (ties by region index):
       - bagnet: the dense heatmap of the BagNet ``bagnet`` (default: the first BagNet among the models)
         for class y, ``bagnet.heatmaps.heatmap`` with stride ``heatmap_stride`` (1 = exact; s > 1 fills
         each s x s cell with the patch centred at its top-left pixel). Needs no access to T.
-      - bagnet_overlap (ours, not the paper's): the same heatmap, but a region's score is the sum over every
-        patch that overlaps it (the region dilated by q // 2), i.e. the patch logits that masking it
-        changes. For a BagNet target this ranks regions by their exact contribution (up to what the masked
-        patches then score), which the centred sum of ``bagnet`` does not: the control's ground truth.
       - saliency (captum's |gradient|, summed over channels), input_x_gradient,
         integrated_gradients (zero baseline, ``ig_steps`` steps), deeplift (zero baseline): captum
         attributions of T for class y, summed over channels (signed, except saliency).
@@ -34,7 +37,8 @@ Metrics per method and target: mean drop at n in ``report_n`` and ``auc`` = mean
 n = 1..N (area under the curve / N); ``auc_vs_occlusion`` = auc / auc of occlusion.
 Deviations: the paper masks with DenseNet-169 on ImageNet at 224 px; we use whatever models and
 images are given. The paper's set of attribution methods differs in detail (it includes e.g.
-epsilon-LRP); we use captum's Saliency, InputXGradient, IntegratedGradients, DeepLift and Occlusion.
+epsilon-LRP); we use captum's Saliency, InputXGradient, IntegratedGradients, DeepLift and Occlusion, and
+epsilon-LRP (``lrp``, experiments/lrp.py) for targets captum's LRP covers (``raw['lrp_support']`` says why not).
 
 Returns Result with
   tables: ``logit_drop`` — target, method, n_images, drop_<n> for n in report_n, auc, auc_vs_occlusion;
@@ -66,10 +70,13 @@ from bagnet.seeding import generator, seed_everything
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 from bagnet.utils import jsonable, unwrap
 
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, models_task, occluder_fill,
+from .registry import Experiment, register
+from .lrp import lrp_maps, lrp_support
+from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, occluder_fill,
                      prepare_model, resolve_data, typed_cfg)
 
-METHODS = ["bagnet", "bagnet_overlap", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
+METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
+OPTIONAL_METHODS = ["lrp"]   # epsilon-LRP (experiments/lrp.py): only for models captum's LRP covers
 
 
 @dataclass
@@ -77,7 +84,7 @@ class Config(ExperimentConfig):
     targets: Optional[list[str]] = None   # model names; None = every non-BagNet model (every model if all are BagNets)
     bagnet: Optional[str] = None          # model name of the heatmap BagNet; None = the first BagNet given
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    region: int = 8
+    region: Optional[int] = None          # px; None = region_for(q of the heatmap BagNet) (8 without a BagNet)
     max_regions: int = 10
     report_n: list[int] = field(default_factory=lambda: [1, 5, 10])
     ig_steps: int = 32
@@ -129,10 +136,15 @@ def region_scores(maps: torch.Tensor, k: int) -> torch.Tensor:
     return m.reshape(b, h // k, k, w // k, k).sum((2, 4))
 
 
-def rank_regions(maps: torch.Tensor, k: int) -> torch.Tensor:
-    """Region indices (row-major over the region grid) by descending score: LongTensor [B, R]."""
+def rank_regions(maps: torch.Tensor, k: int, last: torch.Tensor | None = None) -> torch.Tensor:
+    """Region indices (row-major over the region grid) by descending score: LongTensor [B, R]; regions
+    marked in ``last`` (bool [R]) come after every other, in their own score order."""
     s = region_scores(maps.double(), k).flatten(1)
-    return torch.sort(-s, dim=1, stable=True).indices
+    order = torch.sort(-s, dim=1, stable=True).indices
+    if last is None:
+        return order
+    # a stable sort on "marked" keeps the score order within the unmarked and within the marked regions
+    return torch.gather(order, 1, torch.sort(last[order].long(), dim=1, stable=True).indices)
 
 
 def masked_images(images: torch.Tensor, order: torch.Tensor, k: int, n_max: int,
@@ -151,6 +163,12 @@ def masked_images(images: torch.Tensor, order: torch.Tensor, k: int, n_max: int,
     return torch.where(mask, fill[:, None], images[:, None])
 
 
+def region_for(q: int | None) -> int:
+    """The default region side for a BagNet-q: the multiple of 8 nearest q / 2 (at least 8), so a region
+    holds the centres of the patches that masking it mostly removes."""
+    return 8 if q is None else 8 * max(1, round(q / 16))
+
+
 def padded_region_mask(h: int, w: int, k: int, q: int) -> torch.Tensor:
     """Bool [R]: regions all of whose pixels are scored by a heatmap patch that reaches into the zero
     padding (within (q-1)//2 px of the border): their BagNet score rests on padded patches only."""
@@ -161,24 +179,11 @@ def padded_region_mask(h: int, w: int, k: int, q: int) -> torch.Tensor:
     return padded.view(h // k, k, w // k, k).permute(0, 2, 1, 3).reshape(-1, k * k).all(1)
 
 
-def overlap_maps(hm: torch.Tensor, k: int, q: int) -> torch.Tensor:
-    """A map [B, H, W] whose k x k region sums are the sums of ``hm`` over each region dilated by q // 2
-    (every patch centre whose q x q patch overlaps the region), spread evenly over the region."""
-    b, h, w = hm.shape
-    r = q // 2
-    padded = F.pad(hm.double()[:, None], (r, r, r, r))
-    sums = F.avg_pool2d(padded, k + 2 * r, stride=k)[:, 0] * (k + 2 * r) ** 2     # [B, H // k, W // k]
-    out = torch.zeros(b, h, w, dtype=hm.dtype)
-    rh, rw = sums.shape[-2] * k, sums.shape[-1] * k
-    out[:, :rh, :rw] = (sums / k ** 2).repeat_interleave(k, 1).repeat_interleave(k, 2).to(hm.dtype)
-    return out
-
-
 def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Mapping,
                      bagnet: nn.Module | None = None, indices=None, stats: dict | None = None,
-                     fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Map [B, H, W] of ``method`` (see module doc); ``target`` is an :func:`attribution_copy`;
-    ``fill`` is the occluder (occlusion's baseline; None = 0)."""
+                     fill: torch.Tensor | None = None, original: nn.Module | None = None) -> torch.Tensor:
+    """Map [B, H, W] of ``method`` (see module doc); ``target`` is an :func:`attribution_copy` of
+    ``original``; ``fill`` is the occluder (occlusion's baseline; None = 0)."""
     from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Occlusion, Saliency
 
     b, c, h, w = images.shape
@@ -188,11 +193,10 @@ def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, label
     p = next(target.parameters())
     x = images.to(p.device, p.dtype)
     y = labels.to(p.device)
-    if method in ("bagnet", "bagnet_overlap"):
+    if method == "bagnet":
         s = int(cfg["heatmap_stride"])
         hm = heatmap(bagnet, images, target=labels, stride=s).cpu()
-        hm = hm.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
-        return hm if method == "bagnet" else overlap_maps(hm, k, unwrap(bagnet).patch_size)
+        return hm.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
     if method == "random":
         return _random_maps(h, w, k, cfg["seed"], indices)
     if method == "saliency":
@@ -211,8 +215,10 @@ def attribution_maps(method: str, target: nn.Module, images: torch.Tensor, label
         baseline = 0.0 if fill is None else fill.to(p.device, p.dtype)
         a = Occlusion(target).attribute(x, sliding_window_shapes=(c, k, k), strides=(c, k, k), baselines=baseline,
                                         target=y, perturbations_per_eval=cfg["batch_size"])
+    elif method == "lrp":
+        return lrp_maps(original, images, labels)
     else:
-        raise ConfigError(f"unknown method '{method}'; known: {METHODS}")
+        raise ConfigError(f"unknown method '{method}'; known: {METHODS + OPTIONAL_METHODS}")
     return a.detach().sum(1).cpu()
 
 
@@ -233,10 +239,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         std=None) -> Result:
     """Logit drop of each target when masking regions ranked by each method (see module doc).
 
-    cfg keys (defaults): targets None, bagnet None, methods [bagnet, saliency, input_x_gradient,
-    integrated_gradients, deeplift, occlusion, random], region 8, max_regions 10, report_n [1, 5, 10],
-    ig_steps 32, internal_batch_size 64, heatmap_stride 1, num_images 32, batch_size 16, seed 0,
-    device 'cpu', dtype None, progress True.
+    Keys and defaults: :class:`Config`.
     """
     cfg = typed_cfg(Config, cfg, "signatures.sensitivity")
     seed_everything(cfg["seed"])
@@ -251,15 +254,20 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         if name not in models:
             raise ConfigError(f"model '{name}' not given; models: {list(models)}")
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
-    k, n_max = cfg["region"], cfg["max_regions"]
+    q = unwrap(models[bag_name]).patch_size if bag_name else None
+    k = cfg["region"] = cfg["region"] or region_for(q)
+    n_max = cfg["max_regions"]
     colour = mean_colour(dataset, indices) if cfg["occluder"] == "dataset_mean" else None
-    padded_top: list[np.ndarray] = []                # per image: padded-only regions among the BagNet's top N
+    excluded = None                                  # bool [R], from the first batch's image size
 
     drops = {(t, m): [] for t in targets for m in methods}        # lists of [B, N] arrays
-    raw = {"attribution_copy_max_abs_diff": {}, "deeplift_mean_abs_delta": {}, "ig_mean_abs_delta": {}}
+    raw = {"attribution_copy_max_abs_diff": {}, "deeplift_mean_abs_delta": {}, "ig_mean_abs_delta": {},
+           **({"lrp_support": {}} if "lrp" in methods else {})}
     for t in targets:
         model = models[t]
         attr_model = attribution_copy(model)
+        if "lrp" in methods:     # captum's LRP has no rule for skip connections: those targets say why instead
+            raw["lrp_support"][t] = lrp_support(model) or "computed"
         stats: dict = {}
         for idx, images, labels in iter_batches(dataset, indices, cfg["batch_size"], cfg["progress"],
                                                 f"sensitivity {t}"):
@@ -268,15 +276,20 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             raw["attribution_copy_max_abs_diff"][t] = max(raw["attribution_copy_max_abs_diff"].get(t, 0.0),
                                                           float((check - logits).abs().max()))
             f0 = logits.gather(1, labels[:, None]).double()                             # [B, 1]
+            if excluded is None:     # regions whose BagNet score rests on padded patches only: never masked
+                excluded = padded_region_mask(*images.shape[-2:], k, q) if q else torch.zeros(
+                    (images.shape[-2] // k) * (images.shape[-1] // k), dtype=torch.bool)
+                if excluded.all():   # images too small for an interior: every region is a candidate
+                    excluded = torch.zeros_like(excluded)
+                n_max = min(n_max, int((~excluded).sum()))
             fill = (None if cfg["occluder"] == "zero" else
                     occluder_fill(images, cfg["occluder"], mean, std, cfg["blur_sigma"], colour))
             for method in methods:
-                maps = attribution_maps(method, attr_model, images, labels, cfg,
-                                        bagnet=models.get(bag_name), indices=idx, stats=stats, fill=fill)
-                order = rank_regions(maps, k)
-                if method == "bagnet" and t == targets[0]:
-                    padded = padded_region_mask(*images.shape[-2:], k, unwrap(models[bag_name]).patch_size)
-                    padded_top.append(padded[order[:, :n_max]].sum(1).numpy())
+                if method == "lrp" and raw["lrp_support"][t] != "computed":
+                    continue
+                maps = attribution_maps(method, attr_model, images, labels, cfg, bagnet=models.get(bag_name),
+                                        indices=idx, stats=stats, fill=fill, original=model)
+                order = rank_regions(maps, k, last=excluded)
                 x = masked_images(images, order, k, n_max, fill)                    # [B, N, C, H, W]
                 out = forward(model, x.flatten(0, 1), cfg["batch_size"]).view(len(idx), x.shape[1], -1)
                 f = out.gather(2, labels[:, None, None].expand(-1, x.shape[1], 1))[..., 0].double()
@@ -286,6 +299,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                 raw[name][t] = float(np.mean(stats[key]))
 
     rows, curve_rows, comparisons = [], [], []
+    drops = {key: parts for key, parts in drops.items() if parts}       # lrp: only the targets it supports
     per_image_auc = {key: np.concatenate(parts).mean(1) for key, parts in drops.items()}
     for (t, method), parts in drops.items():
         d = np.concatenate(parts)                                  # [n_images, N]
@@ -299,8 +313,8 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         auc = bootstrap_ci(per_image_auc[t, method], seed=cfg["seed"])
         row.update(auc=auc.estimate, auc_lo=auc.lo, auc_hi=auc.hi, control=t == bag_name)
         rows.append(row)
-        for heat in ("bagnet", "bagnet_overlap"):                    # paired: the same images and target
-            if method in ("bagnet", heat) or (t, heat) not in per_image_auc:
+        for heat in ("bagnet",):                                     # paired: the same images and target
+            if method == heat or (t, heat) not in per_image_auc:
                 continue
             diff = paired_bootstrap_ci(per_image_auc[t, heat], per_image_auc[t, method], seed=cfg["seed"])
             comparisons.append({"target": t, "control": t == bag_name, "heatmap": heat, "method": method,
@@ -314,12 +328,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     table["auc_vs_occlusion"] = [r.auc / occl[r.target] if r.target in occl and occl[r.target] != 0 else float("nan")
                                  for r in table.itertuples()]
     curves = pd.DataFrame(curve_rows)
-    padded_counts = np.concatenate(padded_top) if padded_top else np.zeros(0)
-    raw.update({"n_images": len(indices), "bagnet": bag_name, "targets": targets, "methods": methods,
+    raw.update({"n_images": len(indices), "bagnet": bag_name, "region": k, "targets": targets, "methods": methods,
                 "occluder": cfg["occluder"], "curves": curves.to_dict(orient="records"),
-                "padded_regions_in_bagnet_top_n": {
-                    "mean": float(padded_counts.mean()) if len(padded_counts) else None,
-                    "max": int(padded_counts.max()) if len(padded_counts) else None, "of_top_n": n_max}})
+                "regions": {"side_px": k, "candidates": int((~excluded).sum()) if excluded is not None else 0,
+                            "excluded_padded_only": int(excluded.sum()) if excluded is not None else 0,
+                            "masked_up_to": n_max}})
     summary = "sensitivity (auc of logit drop): " + " | ".join(
         f"{t}: " + ", ".join(f"{r.method} {r.auc:.3g}" for r in table[table.target == t].itertuples())
         for t in targets)
@@ -328,9 +341,17 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                   raw=jsonable(raw), summary=summary)
 
 
-def task(ctx) -> Result:
-    """The ``sensitivity`` task: :func:`run` on ``cfg.models`` and ``cfg.split``."""
-    return models_task(ctx, "sensitivity", run)
+
+def units(models: Mapping[str, nn.Module], cfg: Mapping) -> list:
+    """One unit per target, with the heatmap BagNet beside it (its rows do not depend on the other
+    targets), then the BagNet scored by its own heatmap (the control)."""
+    from .suite import Unit
+    bag = cfg.get("bagnet") or next((n for n, m in models.items() if is_bagnet(m)), None)
+    targets = list(cfg.get("targets") or ([n for n, m in models.items() if not is_bagnet(m)] or list(models)))
+    if cfg.get("bagnet_control", True) and bag and bag not in targets:
+        targets.append(bag)
+    return [Unit(t, list(dict.fromkeys([t] + ([bag] if bag else []))),
+                 {"targets": [t], "bagnet": bag, "bagnet_control": False}) for t in targets]
 
 
 def curve_figure(curves: pd.DataFrame):
@@ -355,3 +376,8 @@ def curve_figure(curves: pd.DataFrame):
 def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
     """The figures that the saved tables alone determine (for scripts/render_results.py)."""
     return {"logit_drop_vs_n": curve_figure(tables["curves"])} if "curves" in tables else {}
+
+
+register(Experiment("sensitivity", Config, run, units=units, version=2,   # 2: regions from q, padded-only excluded
+                    figures=lambda tables, raw: figures_from_tables(tables),
+                    summary="signature 4: logit drop when occluding the regions each method ranks first"))

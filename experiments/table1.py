@@ -26,19 +26,17 @@ from bagnet import io
 from bagnet.checkpoint import load_run, model_kwargs
 from bagnet.config import as_dict
 from bagnet.errors import WeightsError
+from bagnet.models import is_bagnet
 from bagnet.models.releases import check_weights, locate_weights
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci, verdict
 from bagnet.train import evaluate_model
 
+from . import published
 from .common import estimate_training, model_overrides, train_models
 from .scrambling import scramble_batch
 
-REPORT_TABLE1 = {  # the 15-Scene reproducibility report, Table 1 (val, test, scrambled test)
-    "ResNet-50": (0.913, 0.907, 0.50), "DenseNet-121": (0.933, 0.918, 0.57),
-    "DenseNet-169": (0.953, 0.922, 0.58), "CBAM-ResNet-50": (0.953, 0.934, 0.73),
-    "BagNet-9": (0.853, 0.840, None), "BagNet-17": (0.913, 0.905, None), "BagNet-33": (0.947, 0.925, 0.90),
-}
+REPORT_TABLE1 = published.report_table1()   # the 15-Scene report's Table 1: model -> (val, test, scrambled test)
 
 
 
@@ -155,19 +153,21 @@ def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict, pd.Da
     row = {"model": label}
     for split, c in clean.items():
         row.update(with_ci(split, bootstrap_ci(c.to_numpy(), seed=cfg.seed)))
-    grids = {"scrambled test": t1.scramble_grid}
+    grids = {"scrambled test": (t1.scramble_grid, "kept")}   # column -> (grid, its kept column)
     same_px = same_tile_grid(data.image_size, t1.scramble_grid, t1.get("report_tile_px"))
     if same_px:  # the report's tile size in pixels (its 4x4 grid on 224 px images = 56 px tiles)
-        grids[f"scrambled test ({t1.report_tile_px} px tiles)"] = same_px
+        scrambled_column, kept_column = tile_columns(t1.report_tile_px)
+        grids[scrambled_column] = (same_px, kept_column)
     scrambled, per_image = {}, {"test": clean["test"]}
-    for column, g in grids.items():
+    for column, (g, kept) in grids.items():
         m, scr_df = evaluate_model(model, data, ["test"], as_dict(sub.cfg), ctx.device,
                                    transform=scramble_transform(g, cfg.seed, data.mean, data.std),
                                    suffix=f" scrambled {g}x{g}")["test"]
-        io.write_predictions(scr_df, run_dir / "eval" / f"predictions_test_scrambled{g}.csv.gz")
+        if ctx.dist.is_main:   # the one process that writes, holding the run dir's lock as its training did
+            with io.dir_lock(run_dir):
+                io.write_predictions(scr_df, run_dir / "eval" / f"predictions_test_scrambled{g}.csv.gz")
         s = correct(scr_df).reindex(clean["test"].index)
         row.update(with_ci(column, bootstrap_ci(s.to_numpy(), seed=cfg.seed)))
-        kept = "kept" if g == t1.scramble_grid else f"kept ({t1.report_tile_px} px tiles)"
         row.update(with_ci(kept, ratio_ci(s.to_numpy(), clean["test"].to_numpy(), seed=cfg.seed)))
         scrambled[column] = m
         per_image[column] = s
@@ -180,6 +180,8 @@ def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict, pd.Da
                 "init": "imagenet" if pretrained else "scratch",
                 "epochs": summary["epochs"], "stopped early": summary.get("stopped_early"),
                 "image_size": data.image_size, "width": sub.cfg.model.get("width", "torchvision"),
+                "patch_size": model.patch_size if is_bagnet(model) else None,   # q; None: not a BagNet
+                "report_tile_px": t1.report_tile_px if same_px else None,      # the `(N px tiles)` columns' N
                 "train_s": round(summary["train_wall_s"]), "run_dir": str(run_dir)})
     raw = {"run_dir": str(run_dir), "eval": summary["eval"], "scrambled": scrambled,
            "weights_file": str(loaded) if loaded else None,
@@ -238,19 +240,46 @@ def same_tile_grid(image_size: int, grid: int, tile_px: int | None) -> int | Non
     return g if g != grid and g >= 2 else None   # one tile (or none) per image: nothing to scramble
 
 
+def tile_columns(px: int) -> tuple[str, str]:
+    """The scrambled and kept columns of the grid with the report's tile size of ``px`` pixels."""
+    return f"scrambled test ({px} px tiles)", f"kept ({px} px tiles)"
+
+
+def report_tile_px(table1: pd.DataFrame) -> int | None:
+    """The report's tile size of ``table1``'s extra grid (:func:`tile_columns`); None: no extra grid."""
+    px = with_structure(table1)["report_tile_px"].dropna()
+    return int(px.iloc[0]) if len(px) else None
+
+
+def with_structure(table1: pd.DataFrame) -> pd.DataFrame:
+    """``table1`` with its ``patch_size`` and ``report_tile_px`` columns. Tables written before :func:`task`
+    wrote them (the committed results/table1/cpu-scratch/) get them here, read back from the labels they
+    carry ("BagNet-33", "scrambled test (56 px tiles)"): the one place that parses these display strings."""
+    df = table1.copy()
+    if "patch_size" not in df:
+        df["patch_size"] = [float(m.split("-")[1]) if m.startswith("BagNet-") else None for m in df["model"]]
+    if "report_tile_px" not in df:
+        px = [c.removeprefix("kept (").split(" px")[0] for c in df.columns
+              if c.startswith("kept (") and not c.endswith(("_lo", "_hi"))]
+        df["report_tile_px"] = float(px[0]) if px else None
+    return df
+
+
 def table1_figure(df: pd.DataFrame):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    bag = df[df["model"].str.startswith("BagNet")]
-    q = [int(m.split("-")[1]) for m in bag["model"]]
+    df = with_structure(df)
+    bag = df[df["patch_size"].notna()]
+    q = [int(v) for v in bag["patch_size"]]
     a.plot(q, bag["test"], "o-", label="ours: test")
     a.plot(q, bag["report test"], "s--", label="report: test")
     a.set(xlabel="patch size q", ylabel="top-1 accuracy", title="BagNet accuracy vs patch size", xticks=q)
     a.legend()
     bars = [("test", "clean test"), ("scrambled test", "scrambled test (4x4 grid)")]
-    bars += [(c, c) for c in df.columns if c.startswith("scrambled test (") and not c.endswith(("_lo", "_hi"))]
+    px = report_tile_px(df)
+    bars += [(tile_columns(px)[0],) * 2] if px else []
     w = 0.8 / len(bars)
     for k, (col, label) in enumerate(bars):
         b.bar([i + (k - (len(bars) - 1) / 2) * w for i in range(len(df))], df[col], w, label=label)

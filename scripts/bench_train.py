@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from bagnet import create_model, io
 from bagnet.engine import cpu_has_fast_bf16
 from bagnet.provenance import provenance
+from experiments import published
 
 MODELS = ["bagnet9", "bagnet17", "bagnet33", "resnet50", "densenet169", "vgg16"]
 
@@ -150,8 +151,8 @@ def main() -> None:
               f"channels_last unless `layout` says contiguous; CPU with native bf16 (AVX512-BF16/AMX): "
               f"{cpu_has_fast_bf16() if device.type == 'cpu' else 'n/a'}; "
               f"command: `python scripts/bench_train.py {' '.join(sys.argv[1:])}`. BagNets at {args.cpu_profile_width} width for sizes <= 128 (the cpu profile), "
-              f"full width otherwise; baselines always full width. The paper reports BagNet-33 at ~2.5x "
-              f"ResNet-50's runtime.")
+              f"full width otherwise; baselines always full width. The paper reports BagNet-33 at "
+              f"~{published.section('runtime')['BagNet-33 / ResNet-50 (GPU)']['ratio']:g}x ResNet-50's runtime.")
     md = (header + "\n\n## Throughput\n\n" + io.to_markdown(df) + "\n\n## bf16 vs fp32\n\n"
           + io.to_markdown(speedup) + "\n\n## channels_last vs contiguous\n\n" + io.to_markdown(layout)
           + "\n\n## BagNet-33 / ResNet-50 time ratio\n\n" + io.to_markdown(ratios) + "\n")

@@ -8,7 +8,7 @@ Every raw.json written by bagnet.io.write_result holds its tables; this re-write
 Markdown (with the same header) and redraws the figures that can be drawn from tables alone
 (Table 1, and every experiment module's ``figures_from_tables``), and the all-profile
 ``results/table1/table1.{csv,md}``, and a demo's README.md; then re-renders the number blocks of
-README.md and results/README.md from those files (experiments/readings.py).
+README.md and results/README.md from those files (reports/readings.py).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import pandas as pd
 
 from bagnet import io
 from experiments.demo import rebuild_demo_readme
-from experiments.readings import render_document
 from experiments.table1 import table1_overview
+from reports.readings import render_document
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

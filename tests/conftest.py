@@ -1,5 +1,5 @@
 """Shared test setup: every test starts from the same random state; real datasets beside the checkout;
-the runner in-process and as a command; tiny runs and image folders."""
+tiny BagNets; the runner in-process and as a command; tiny runs and image folders."""
 import os
 import subprocess
 import sys
@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from bagnet.config import compose
+from bagnet.models import create_model
+from bagnet.models.bagnet import BagNet
 from bagnet.run import run_task
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -49,6 +51,16 @@ def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def tiny_bagnet(q: int = 9, width: int = 4, num_classes: int = 5, dtype: torch.dtype = torch.float64, seed: int = 0,
+                kernel3=None) -> BagNet:
+    """A narrow BagNet-q (or the ``kernel3`` layout) in eval mode, seeded, with its norms randomized
+    (:func:`randomize_norms`: BN is not the identity, so exact comparisons cannot pass by accident).
+    float64 by default: exact comparisons."""
+    torch.manual_seed(seed)
+    model = create_model("bagnet", patch_size=q, num_classes=num_classes, width=width, kernel3=kernel3)
+    return randomize_norms(model).to(dtype)
+
+
 # ---------------------------------------------------------------- the runner, tiny runs, image folders
 REPO = Path(__file__).resolve().parents[1]
 # one tiny training run: 1 epoch of 1 step at 64 px
@@ -57,10 +69,13 @@ TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "dat
         "trainer.batch_size=4", "device=cpu", "model=bagnet9", "model.width=4"]
 
 
-def run(tmp_path: Path, *overrides: str):
-    """``python -m bagnet.run <overrides>`` in-process; returns (config, Result)."""
+def run(tmp_path: Path, *overrides: str, edit=None):
+    """``python -m bagnet.run <overrides>`` in-process; ``edit(cfg)`` may change the composed config first;
+    returns (config, Result)."""
     overrides = [*overrides, f"paths.root_dir={tmp_path}"]
     cfg = compose(overrides)
+    if edit:
+        edit(cfg)
     return cfg, run_task(cfg, overrides)
 
 
@@ -68,9 +83,10 @@ def config(tmp_path: Path, *overrides: str):
     return compose([*overrides, f"paths.root_dir={tmp_path}"])
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m bagnet.run <args>`` as a command (what the user sees: stderr, exit code)."""
     return subprocess.run([sys.executable, "-m", "bagnet.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def one_error_line(stderr: str) -> str:

@@ -1,5 +1,6 @@
-"""The layers point one way: bagnet/ (library) <- experiments/ <- bagnet.run (runner). Checked on the
-source with ``ast``: every import, top-level or inside a function, counts."""
+"""The layers point one way: bagnet/ (library) <- experiments/ <- bagnet.run (runner), and reports/ (the
+rendered documents) above experiments/, imported by neither. Checked on the source with ``ast``: every
+import, top-level or inside a function, counts."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("bagnet", "experiments")
+PACKAGES = ("bagnet", "experiments", "reports")
 RUNNER = "bagnet.run"
 
 
@@ -47,10 +48,12 @@ def graph() -> dict[str, set[str]]:
 def test_library_imports_neither_experiments_nor_the_runner():
     for mod, deps in graph().items():
         if mod.startswith("bagnet") and mod != RUNNER:
-            bad = {d for d in deps if d.startswith("experiments") or d == RUNNER}
+            bad = {d for d in deps if d.startswith(("experiments", "reports")) or d == RUNNER}
             assert not bad, f"{mod} imports {sorted(bad)}"
         if mod.startswith("experiments"):
             assert RUNNER not in deps, f"{mod} imports the runner"
+            bad = {d for d in deps if d.startswith("reports")}
+            assert not bad, f"{mod} imports {sorted(bad)} (the rendered documents sit above the experiments)"
 
 
 def test_no_import_cycles_between_files():
@@ -73,7 +76,7 @@ def test_no_import_cycles_between_files():
             visit(m, [m])
 
 
-@pytest.mark.parametrize("folder", ["bagnet", "experiments", "scripts"])
+@pytest.mark.parametrize("folder", ["bagnet", "experiments", "reports", "scripts"])
 def test_files_stay_small(folder):
     long = {str(p.relative_to(REPO)): n for p in (REPO / folder).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -20,7 +21,7 @@ from bagnet.data.folder import ImageListDataset, load_rgb
 from bagnet.data.imagenet import imagenet_wnids
 from bagnet.data.scene15 import SCENE15_CLASSES, list_scene15, split_scene15
 from bagnet.data.transforms import eval_transform
-from conftest import real_data
+from conftest import folder_args, image_folder, real_data, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,14 +251,18 @@ def test_odd_modes_load_as_rgb8(tmp_path):
             load_rgb(f[k])
 
 
-def test_bad_images_are_skipped_and_counted(tmp_path):
-    f = _odd_images(tmp_path)
+def test_bad_images_are_skipped_and_counted(tmp_path, caplog):
+    """Skipped with a warning naming the file (training: the next good image; evaluation: a mean-colour image
+    with the true label), counted across loader workers, and the counts reach a run's summary.json."""
+    f = _odd_images(tmp_path / "odd")
     order = ["gray", "truncated", "cmyk", "garbage"]
     samples = [(str(f[k]), i) for i, k in enumerate(order)]
     tf = eval_transform(16)
     train = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=True)
-    labels = [y for _, y in build_loader(train, 4, train=False)][0].tolist()
+    with caplog.at_level("WARNING"):
+        labels = [y for _, y in build_loader(train, 4, train=False)][0].tolist()
     assert labels == [0, 2, 2, 0] and train.bad_images == 2       # replaced by the next good image
+    assert "skipping undecodable image" in caplog.text and "truncated.jpg" in caplog.text
     ev = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=False)
     x, y = ev[1]
     assert y == 1 and x.shape == (3, 16, 16) and x.abs().max() < 0.05   # mean colour, true label
@@ -268,6 +273,11 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     strict = ImageListDataset(samples, ["a", "b", "c", "d"], tf, train=True, on_bad_image="error")
     with pytest.raises(RuntimeError, match="truncated"):
         strict[1]
+    # a training run: its summary counts the skipped images of every split
+    root = image_folder(tmp_path / "data", n=4, bad={"train": 2, "val": 1})
+    cfg, _ = run(tmp_path, *folder_args(root, "trainer.max_steps_per_epoch=null", "trainer.batch_size=20"))
+    summary = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+    assert summary["bad_images"]["train"] >= 2 and summary["bad_images"]["val"] >= 1, summary["bad_images"]
 
 
 def test_empty_class_folder_and_imagefolder_holdout(tmp_path):

@@ -11,18 +11,9 @@ import torchvision
 from bagnet.models import create_model
 from experiments import additivity, error_overlap, scrambling, sensitivity
 from experiments.sensitivity import attribution_copy, attribution_maps, rank_regions
+from conftest import tiny_bagnet
 
 NO_BAR = {"progress": False}
-
-
-def tiny_bagnet(q: int = 9, dtype=torch.float32) -> nn.Module:
-    torch.manual_seed(0)
-    m = create_model(f"bagnet{q}", num_classes=5, width=4).eval()
-    # non-trivial BN statistics, so the net is not close to linear around 0
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5); mod.bias.data.uniform_(-0.5, 0.5)
-    return m.to(dtype)
 
 
 def tiny_cnn() -> nn.Module:
@@ -51,7 +42,7 @@ def test_scramble_permutes_tiles_and_keeps_remainder():
 
 
 def test_bagnet_patch_logits_inside_tiles_are_a_multiset_invariant():
-    m = tiny_bagnet(9, torch.float64)
+    m = tiny_bagnet(9)
     q, size, g = m.patch_size, 64, 2
     x = torch.randn(1, 3, size, size, dtype=torch.float64)
     y = scrambling.scramble(x, g, torch.Generator().manual_seed(1))
@@ -147,7 +138,7 @@ def test_additivity_exact_for_bagnet_and_not_for_cnn():
     bins = [0, 4, 8, 16, 48]
     cfg = {"patch_sizes": [4], "distance_bins": bins, "pairs_per_bin": 6, "num_images": 3, **NO_BAR}
     ds = toy_dataset(3, 48)
-    bag = additivity.run({"bag": tiny_bagnet(9, torch.float64)}, ds, cfg).tables["interaction"]
+    bag = additivity.run({"bag": tiny_bagnet(9)}, ds, cfg).tables["interaction"]
     q = 9
     assert (bag["exact_zero_from"] == q - 1).all()
     far = bag[bag["bin_lo"] >= q - 1]
@@ -259,12 +250,13 @@ def test_sensitivity_finds_planted_region(monkeypatch):
     target = attribution_copy(Planted())
     planted = REGION[0] * 4 + REGION[1]
     for method in ("occlusion", "bagnet", "saliency", "deeplift"):
-        maps = attribution_maps(method, target, images, labels, cfg, bagnet=tiny_bagnet(), indices=range(8))
+        maps = attribution_maps(method, target, images, labels, cfg, bagnet=tiny_bagnet(dtype=torch.float32),
+                                 indices=range(8))
         assert (rank_regions(maps, 8)[:, 0] == planted).all(), method
     rnd = rank_regions(attribution_maps("random", target, images, labels, cfg, indices=range(8)), 8)[:, 0]
     assert not (rnd == planted).all()
 
-    res = sensitivity.run({"planted": Planted(), "bag": tiny_bagnet()}, ds,
+    res = sensitivity.run({"planted": Planted(), "bag": tiny_bagnet(dtype=torch.float32)}, ds,
                           {"num_images": 8, "max_regions": 4, "report_n": [1, 4], "ig_steps": 8,
                            "bagnet_control": False, **NO_BAR})
     t = res.tables["logit_drop"].set_index("method")
@@ -286,7 +278,7 @@ def test_sensitivity_control_padding_count_and_occluders():
     occluder is what the config says (the masked pixels hold it)."""
     from experiments.sensitivity import masked_images, padded_region_mask
     ds = toy_dataset(4, 32)
-    res = sensitivity.run({"cnn": tiny_cnn(), "bag": tiny_bagnet()}, ds,
+    res = sensitivity.run({"cnn": tiny_cnn(), "bag": tiny_bagnet(dtype=torch.float32)}, ds,
                           {"num_images": 4, "max_regions": 3, "report_n": [1, 3], "ig_steps": 4,
                            "methods": ["bagnet", "saliency", "random"], "occluder": "dataset_mean", **NO_BAR})
     t = res.tables["logit_drop"]
@@ -311,7 +303,7 @@ def test_sensitivity_bagnet_maps_are_the_patchwise_heatmap(stride):
     patch centred there, computed independently by cropping every patch and running the model on it
     (stride s fills each s x s cell with its top-left pixel's patch)."""
     from bagnet.heatmaps import heatmap_patchwise
-    bag = tiny_bagnet(9, torch.float64)
+    bag = tiny_bagnet(9)
     images = torch.randn(2, 3, 24, 24, dtype=torch.float64)
     labels = torch.tensor([1, 3])
     cfg = sensitivity.typed_cfg(sensitivity.Config, {"heatmap_stride": stride}, "test")
@@ -327,7 +319,7 @@ def test_attribution_copy_same_outputs_and_deeplift_runs(name):
     from captum.attr import DeepLift
     torch.manual_seed(0)
     if name == "bagnet":
-        model, size = tiny_bagnet(), 40
+        model, size = tiny_bagnet(dtype=torch.float32), 40
     else:
         model, size = getattr(torchvision.models, name)(num_classes=4).eval(), 32
     x = torch.randn(2, 3, size, size)

@@ -22,11 +22,11 @@ from bagnet import io
 from bagnet.config import compose
 from bagnet.data import DataError, build_data
 from bagnet.data.scene15 import SCENE15_CLASSES
-from bagnet.errors import ConfigError, WeightsError
+from bagnet.errors import ConfigError, UserError, WeightsError
 from bagnet.result import Result
 from bagnet.run import run_task
 
-from conftest import TINY, config, folder_args, image_folder, one_error_line, run, run_cli  # noqa: F401
+from conftest import TINY, config, folder_args, image_folder, run
 
 
 def fake_scene15(root: Path, per_class: int = 10) -> Path:
@@ -101,22 +101,22 @@ def test_hub_cache_file_is_hash_checked_and_loaded_safely(tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------- 2. a run is reused only by its own config
-def test_run_on_another_data_root_is_refused(tmp_path):
+def test_a_run_is_reused_only_by_its_own_config(tmp_path):
+    """Another data.root, another trainer.lr, or a max_steps_per_epoch run asked for as the full run: refused,
+    naming the key that differs, and the run dir is left as it was."""
     a, b = image_folder(tmp_path / "A", seed=0), image_folder(tmp_path / "B", seed=1)
     cfg, _ = run(tmp_path, *folder_args(a))
-    saved = (Path(cfg.run_dir) / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"data\.root: .*/A -> .*/B"):
-        run(tmp_path, *folder_args(b))
-    assert (Path(cfg.run_dir) / "config.yaml").read_text() == saved
-
-
-def test_short_run_is_not_reused_as_the_full_run(tmp_path):
-    cfg, _ = run(tmp_path, *TINY)
+    run_dir = Path(cfg.run_dir)
     assert cfg.trainer.max_steps_per_epoch == 1
-    mtime = (Path(cfg.run_dir) / "checkpoints" / "last.pt").stat().st_mtime_ns
-    with pytest.raises(ConfigError, match=r"trainer\.max_steps_per_epoch: 1 -> None"):
-        run(tmp_path, *TINY, "trainer.max_steps_per_epoch=null")
-    assert (Path(cfg.run_dir) / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    for other, diff in ((folder_args(b), r"data\.root: .*/A -> .*/B"),
+                        (folder_args(a, "trainer.lr=0.5"), r"holds a run with another config \(.*trainer\.lr: "),
+                        (folder_args(a, "trainer.max_steps_per_epoch=null"),
+                         r"trainer\.max_steps_per_epoch: 1 -> None")):
+        with pytest.raises(ConfigError, match=diff):
+            run(tmp_path, *other)
+        assert config(tmp_path, *other).run_dir == cfg.run_dir
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_eval_of_another_checkpoint_into_an_eval_dir_is_refused(tmp_path):
@@ -154,9 +154,11 @@ def test_invalid_command_writes_nothing_and_the_corrected_one_runs(tmp_path, bad
         common += [f"data.root={image_folder(tmp_path / 'folder')}"]
     else:
         common += ["data.image_size=64", "data.samples_per_class=6"]
-    r = run_cli(*common, *bad)
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert key in one_error_line(r.stderr)
+    # in-process (the command line prints this error as one line, exit 2, writing nothing: test_runner.py's
+    # test_a_user_error_is_one_line_with_exit_code_2)
+    with pytest.raises(UserError) as e:
+        run_task(compose([*common, *bad]))
+    assert key in str(e.value)
     assert not (tmp_path / "runs").exists(), sorted(tmp_path.joinpath("runs").rglob("*"))
     cfg = compose([o for o in common if o.split("=")[0] not in {f.split("=")[0] for f in fixed}] + fixed)
     run_task(cfg)
@@ -295,15 +297,6 @@ def test_missing_data_root_names_the_make_variable(tmp_path, name):
         build_data({"name": name, "root": str(tmp_path / "nowhere"), "image_size": 32})
     msg = str(e.value)
     assert "\n" not in msg and "data.root=" in msg and "DATA_ROOT=" in msg
-
-
-def test_bad_images_are_skipped_with_a_warning_and_counted_in_the_summary(tmp_path, caplog):
-    root = image_folder(tmp_path / "data", n=4, bad={"train": 2, "val": 1})
-    with caplog.at_level("WARNING"):
-        cfg, _ = run(tmp_path, *folder_args(root, "trainer.max_steps_per_epoch=null", "trainer.batch_size=20"))
-    summary = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
-    assert summary["bad_images"]["train"] >= 2 and summary["bad_images"]["val"] >= 1, summary["bad_images"]
-    assert "skipping undecodable image" in caplog.text and "broken0.jpg" in caplog.text
 
 
 def test_eval_on_data_with_other_class_names_is_refused(tmp_path):

@@ -21,18 +21,20 @@ from conftest import REPO, TINY, config, one_error_line, run
 
 
 # ---------------------------------------------------------------- one process per run dir
-def write_lock(directory: Path, pid: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / ".lock"
-    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "earlier"}))
-    return lock
+def hold_lock(directory: Path, then: str) -> subprocess.Popen:
+    """A process that takes ``directory``'s lock, says so, then runs ``then`` (e.g. sleeps, or dies holding it)."""
+    code = (f"import os, time\nfrom bagnet import io\nwith io.dir_lock({str(directory)!r}):\n"
+            f"    print('held', flush=True)\n    {then}")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
 
 
 def test_run_dir_locked_by_a_live_process_is_refused(tmp_path):
     cfg = config(tmp_path, *TINY)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_lock(Path(cfg.run_dir), "time.sleep(60)")
     try:
-        lock = write_lock(Path(cfg.run_dir), holder.pid)
+        lock = Path(cfg.run_dir) / io.LOCK_NAME
         held = lock.read_text()
         with pytest.raises(LockError, match=f"in use by process {holder.pid} on ") as e:
             run(tmp_path, *TINY)
@@ -43,11 +45,21 @@ def test_run_dir_locked_by_a_live_process_is_refused(tmp_path):
         holder.wait()
 
 
+def test_a_lock_of_the_earlier_json_format_still_refuses(tmp_path):
+    lock = tmp_path / io.LOCK_NAME      # what this project wrote before filelock: a run of that version is refused
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": "earlier"}))
+    with pytest.raises(LockError, match=f"in use by process {os.getppid()} on .*remove {lock}"):
+        with io.dir_lock(tmp_path):
+            pass
+    assert lock.exists()
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     cfg = config(tmp_path, *TINY)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone = hold_lock(Path(cfg.run_dir), "os._exit(0)")   # dies holding it, as a run killed with -9
     gone.wait()
-    lock = write_lock(Path(cfg.run_dir), gone.pid)
+    lock = Path(cfg.run_dir) / io.LOCK_NAME
+    assert lock.exists()
     run(tmp_path, *TINY)
     out = capsys.readouterr().out
     assert f"taking over the stale lock of {cfg.run_dir}: process {gone.pid}" in out
@@ -98,11 +110,11 @@ def test_two_commands_on_one_run_dir_one_wins(tmp_path):
 
 # ---------------------------------------------------------------- locks a failed write cannot wedge
 def test_a_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
-    def disk_full(fd, mode="r"):
-        os.close(fd)
+    def disk_full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(io.os, "fdopen", disk_full)
-    with pytest.raises(LockError, match="No space left on device"):
+    (tmp_path / "d").mkdir()
+    with monkeypatch.context() as m, pytest.raises(LockError, match="No space left on device"):
+        m.setattr(os, "write", disk_full)          # filelock writes the holder's record with os.write
         with io.dir_lock(tmp_path / "d"):
             pass
     assert not (tmp_path / "d" / io.LOCK_NAME).exists()

@@ -203,7 +203,7 @@ def test_a_last_training_batch_of_one_image_is_dropped(tmp_path):
 
 
 def test_crafted_paper_unit_is_refused_without_running_its_code(tmp_path):
-    from experiments.paper_setup import Store
+    from experiments.suite import Store
     from test_guarantees import MakesAFile
     marker = tmp_path / "ran"
     unit = tmp_path / "store" / "accuracy" / "M" / "unit.pt"

@@ -3,32 +3,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import TensorDataset
 
 from bagnet.heatmaps import heatmap, heatmap_patchwise, pad_for_heatmap
-from bagnet.models.bagnet import BagNet
 from bagnet.patches import most_predictive_patches
 from bagnet.viz import compare_bagnets_figure, heatmap_figure, patches_figure
+from conftest import tiny_bagnet
 
 
-def make_model(q=33, width=4, classes=5, dtype=torch.float64, seed=0, kernel3=None) -> BagNet:
-    torch.manual_seed(seed)
-    m = BagNet(q, num_classes=classes, width=width, kernel3=kernel3)
-    # Non-trivial BN statistics and affine parameters, so BN is not the identity in eval mode.
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    m.fc.bias.data.uniform_(-1, 1)
-    return m.to(dtype).eval()
-
-
-MODELS = {q: make_model(q) for q in (9, 17, 33)}
+MODELS = {q: tiny_bagnet(q) for q in (9, 17, 33)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,13 +45,13 @@ def test_dense_equals_patchwise_float64(q, size, stride):
 @pytest.mark.parametrize("kernel3", [(0, 0, 0, 0), (2, 0, 1, 2)])
 def test_other_kernel3_layouts(kernel3):
     # (0,0,0,0): every stride sits on a 1x1 conv (pure subsampling); (2,0,1,2): repeated 3x3s.
-    m, x = make_model(kernel3=kernel3, classes=3), images(23, 30, b=1)
+    m, x = tiny_bagnet(kernel3=kernel3, num_classes=3), images(23, 30, b=1)
     for stride in (1, 2, 5, 8):
         assert (heatmap(m, x, 2, stride) - heatmap_patchwise(m, x, 2, stride)).abs().max() <= 1e-9
 
 
 def test_float32_relative():
-    m32 = make_model(33, dtype=torch.float32)
+    m32 = tiny_bagnet(33, dtype=torch.float32)
     x = images(41, 38, dtype=torch.float32)
     ref = heatmap_patchwise(MODELS[33], x.double(), target=None, stride=1)   # float64 truth
     for got in (heatmap(m32, x, None, 1), heatmap_patchwise(m32, x, None, 1)):
@@ -112,7 +97,7 @@ def test_stride8_relations(q):
 
 
 def test_train_mode_rejected_and_stride_range():
-    m = make_model(9).train()
+    m = tiny_bagnet(9).train()
     with pytest.raises(ValueError, match="eval"):
         heatmap(m, images(16, 16), 0)
     with pytest.raises(ValueError):
@@ -126,7 +111,7 @@ def test_train_mode_rejected_and_stride_range():
 def _planted_dataset():
     """Low-amplitude noise images (labels 0/1) plus a strong pattern planted on the patch grid:
     once in a class-0 image (true class patch) and once in a class-1 image (a distractor)."""
-    m = make_model(9, width=4, classes=2, dtype=torch.float32, seed=3)
+    m = tiny_bagnet(9, num_classes=2, dtype=torch.float32, seed=3)
     g = torch.Generator().manual_seed(7)
     x = 0.05 * torch.randn(12, 3, 33, 33, generator=g)
     y = torch.tensor([0, 1] * 6)

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from bagnet.models import create_model, list_models
+from bagnet.models import create_model, is_bagnet, list_models
 from bagnet.models.cbam import ChannelAttention, SpatialAttention
 from bagnet.models.torchvision_models import densenet_filter
 from bagnet.models.weights import WeightsError
+from conftest import tiny_bagnet
 from receptive_field import empirical_receptive_field, patch_window
 
 bagnet_module = importlib.import_module("bagnet.models.bagnet")
@@ -21,21 +22,36 @@ cbam_module = importlib.import_module("bagnet.models.cbam")
 PATCH_SIZES = (9, 17, 33)
 
 
-def small_bagnet(q: int, **kw):
-    """Narrow BagNet-q in float64 eval mode: same geometry as width 64, exact comparisons."""
-    return create_model(f"bagnet{q}", num_classes=kw.pop("num_classes", 5), width=8, **kw).double().eval()
-
-
 # ---------------------------------------------------------------- every registered model
+# Built small: the narrowest width where a model has one; the smallest input it accepts: 32 px (five
+# stride-2 stages leave 1x1), AlexNet's stride-4 stem and three max-pools 63 px, a BagNet q + 16 px (3x3
+# patches). A model that needs more is added to INPUT_PX.
+SMALL = {name: {"width": 4} for name in ("bagnet", "bagnet9", "bagnet17", "bagnet33", "small_cnn")}
+INPUT_PX = {"alexnet": 63, "small_cnn": 16}
+
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_builds_with_num_classes(name):
-    kw = {"width": 8} if name.startswith("bagnet") else {}
-    model = create_model(name, num_classes=7, **kw).eval()
-    with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 7)
-    assert torch.isfinite(out).all()
+def test_every_model_trains_every_parameter(name):
+    """timm-style: forward shape, backward, a finite gradient for every trainable parameter (an unused
+    layer has none), and a BagNet's logits are the mean of its patch logits."""
+    model = create_model(name, num_classes=3, pretrained=False, **SMALL.get(name, {})).train()
+    side = model.patch_size + 16 if is_bagnet(model) else INPUT_PX.get(name, 32)
+    x = torch.randn(2, 3, side, side)
+    out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 2])).backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert params
+    no_grad = [n for n, p in params if p.grad is None]
+    assert not no_grad, f"{name}: no gradient for {no_grad[:5]} ({len(no_grad)} of {len(params)})"
+    not_finite = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    assert not not_finite, f"{name}: non-finite gradient for {not_finite[:5]}"
+    if is_bagnet(model):
+        model.eval()
+        with torch.no_grad():
+            patches = model.patch_logits(x)
+            assert patches.shape[:2] == (2, 3) and patches.shape[-2:] == (3, 3)
+            torch.testing.assert_close(patches.mean((2, 3)), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_model_name_lists_available():
@@ -52,7 +68,7 @@ def test_unsupported_patch_size_lists_supported():
 
 @pytest.mark.parametrize("q", PATCH_SIZES)
 def test_bagnet_receptive_field_is_q(q):
-    model = small_bagnet(q)
+    model = tiny_bagnet(q, width=8)
     assert model.patch_size == q
     assert empirical_receptive_field(model, input_size=(80, 80)) == (q, q)
     with torch.no_grad():
@@ -62,13 +78,13 @@ def test_bagnet_receptive_field_is_q(q):
 @pytest.mark.parametrize("q, side", [(9, 27), (33, 24)])
 def test_bagnet_feature_map_at_224(q, side):
     with torch.no_grad():
-        fmap = small_bagnet(q).forward_features(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
+        fmap = tiny_bagnet(q, width=8).forward_features(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
     assert fmap.shape[-2:] == (side, side)
 
 
 @pytest.mark.parametrize("q", PATCH_SIZES)
 def test_patch_logit_depends_only_on_its_window(q):
-    model = small_bagnet(q)
+    model = tiny_bagnet(q, width=8)
     i, j = 1, 2
     row0, col0 = patch_window(i, j, q)
     assert (row0, col0) == (8 * i, 8 * j)
@@ -91,7 +107,7 @@ def test_patch_logit_depends_only_on_its_window(q):
 @pytest.mark.parametrize("q", PATCH_SIZES)
 @pytest.mark.parametrize("size", [(64, 64), (57, 63)])
 def test_logits_are_mean_of_patch_logits(q, size):
-    model = small_bagnet(q)
+    model = tiny_bagnet(q, width=8)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model.patch_logits(x).mean((2, 3)), model(x), rtol=1e-12, atol=1e-12)

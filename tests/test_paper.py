@@ -59,11 +59,10 @@ def _save_release(obj, folder: Path, release_file: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
+def release_weights(folder: Path, models: dict) -> Path:
+    """Random weights of ``models`` and of the texture model VGG-19 in ``folder``, each in its release format."""
     from bagnet.models import create_model, default_cfg
-    folder = tmp_path_factory.mktemp("weights")
-    for spec in [*MODELS.values(), {"name": "vgg19"}]:
+    for spec in [*models.values(), {"name": "vgg19"}]:
         kw = {k: v for k, v in spec.items() if k != "name"}
         sd = create_model(spec["name"], **kw).state_dict()
         if spec["name"] == "bagnet":   # the authors' checkpoints: DataParallel keys in a 'state_dict' entry
@@ -73,11 +72,18 @@ def weights_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def paper_run(tmp_path_factory, weights_dir):
-    """The whole pipeline once, with TF32 switched on beforehand and every model's forwards watched."""
+def paper_run(tmp_path_factory):
+    """The whole pipeline once on every model of the paper."""
+    return run_paper(tmp_path_factory, MODELS)
+
+
+def run_paper(tmp_path_factory, models: dict) -> dict:
+    """The whole pipeline once on ``models`` (of MODELS), with TF32 switched on beforehand and every model's
+    forwards watched."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.fail(f"CI=true but imagenette-mini is missing at {IMAGENETTE}")
     from experiments import paper_setup as paper   # where the pipeline loads every model
+    weights_dir = release_weights(tmp_path_factory.mktemp("weights"), models)
     root = tmp_path_factory.mktemp("paper")
     seen, loaded = [], []
     original = paper.load_model
@@ -91,7 +97,8 @@ def paper_run(tmp_path_factory, weights_dir):
 
     overrides = ["task=paper", "experiment=paper", "data=imagenette", f"data.root={IMAGENETTE}",
                  "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
-                 f"paper.weights_dir={weights_dir}", *SHRUNK]
+                 f"paper.weights_dir={weights_dir}", *SHRUNK,
+                 *[f"~paper.models.{label}" for label in MODELS if label not in models]]
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     paper.load_model = watched
@@ -105,28 +112,84 @@ def paper_run(tmp_path_factory, weights_dir):
     return {"cfg": cfg, "overrides": overrides, "result": result, "seen": seen, "loaded": loaded, "after": after}
 
 
-@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
-@needs_imagenette
-def test_paper_writes_every_table_and_figure(paper_run):
-    cfg, result = paper_run["cfg"], paper_run["result"]
+PROMISED = {"accuracy": (["accuracy"], ["accuracy"]),
+            "texture": (["accuracy"], ["accuracy", "examples", "synthesis_loss"]),
+            "interactions": (["interaction"], ["interaction_vs_distance", "joint_vs_sum"]),
+            "errors": (["per_class", "pairs", "bagnet_vs_cnns"], ["class_accuracy_scatter", "kappa_matrix"]),
+            "sensitivity": (["logit_drop", "curves"], ["logit_drop_vs_n"]),
+            "patches": (["heatmaps", "patches"], ["heatmaps", "patches_n01440764", "patches_n03888257"])}
+
+
+def assert_every_part_written(run: dict, models: dict) -> None:
+    cfg, result = run["cfg"], run["result"]
     out = Path(cfg.out_dir)
-    promised = {"accuracy": (["accuracy"], ["accuracy"]),
-                "texture": (["accuracy"], ["accuracy", "examples", "synthesis_loss"]),
-                "interactions": (["interaction"], ["interaction_vs_distance", "joint_vs_sum"]),
-                "errors": (["per_class", "pairs", "bagnet_vs_cnns"], ["class_accuracy_scatter", "kappa_matrix"]),
-                "sensitivity": (["logit_drop", "curves"], ["logit_drop_vs_n"]),
-                "patches": (["heatmaps", "patches"], ["heatmaps", "patches_n01440764", "patches_n03888257"])}
-    assert set(result.parts) == set(promised)
-    for part, (tables, figures) in promised.items():
+    assert set(result.parts) == set(PROMISED)
+    for part, (tables, figures) in PROMISED.items():
         for t in tables:
             assert (out / part / f"{t}.csv").is_file() and (out / part / f"{t}.md").is_file(), (part, t)
         for f in figures:
             assert Image.open(out / part / f"{f}.png").size[0] > 50, (part, f)
             assert (out / part / f"{f}.pdf").stat().st_size > 0, (part, f)
     assert (out / "summary.csv").is_file() and "paper's numbers beside ours" in (out / "README.md").read_text()
-
     acc = result.parts["accuracy"].tables["accuracy"].set_index("model")
-    assert list(acc.index) == list(MODELS) and (acc["n"] == 24).all()
+    assert list(acc.index) == list(models) and (acc["n"] == 24).all()
+    # every model came from the weights folder through the release-name lookup
+    raw = json.loads((out / "raw.json").read_text())
+    for label, spec in raw["raw"]["models"].items():
+        assert Path(spec["weights"]).parent == Path(cfg.paper.weights_dir), label
+    assert sorted(run["loaded"]) == sorted([s["name"] for s in models.values()] + ["vgg19"])
+
+
+def assert_tf32_off_while_running_and_restored_after(run: dict) -> None:
+    seen = run["seen"]
+    assert len(seen) > 20 and not any(a or b for a, b in seen)     # every forward of every model: TF32 off
+    assert run["after"] == (True, True)                            # the caller's setting is restored
+    numerics = run["result"].raw["numerics"]
+    assert numerics["cuda_matmul_allow_tf32"] is False and numerics["cudnn_allow_tf32"] is False
+    assert numerics["guarded_forwards"] > 20
+    written = json.loads((Path(run["cfg"].out_dir) / "raw.json").read_text())["raw"]["numerics"]
+    assert written["cudnn_allow_tf32"] is False
+
+
+def assert_a_killed_run_recomputes_only_what_is_missing(run: dict, cnn: str, units: int) -> None:
+    cfg, first = run["cfg"], run["result"]
+    run_dir = Path(cfg.run_dir)
+    assert len(first.raw["resume"]["computed"]) >= units and not first.raw["resume"]["reused"]
+    markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob("unit.pt")}
+    shutil.rmtree(run_dir / "interactions" / "AlexNet")          # as if killed before this unit was saved
+    (run_dir / "sensitivity" / cnn / "unit.pt").unlink()         # ... or while it was being written
+    second = run_task(compose(run["overrides"]), run["overrides"])
+    assert sorted(second.raw["resume"]["computed"]) == ["interactions/AlexNet", f"sensitivity/{cnn}"]
+    assert len(second.raw["resume"]["reused"]) == len(first.raw["resume"]["computed"]) - 2
+    for p, t in markers.items():
+        if "AlexNet" not in str(p.parent) and cnn not in str(p.parent):
+            assert p.stat().st_mtime_ns == t, p
+    a = first.parts["interactions"].tables["interaction"]
+    b = second.parts["interactions"].tables["interaction"]
+    assert np.allclose(a["mean_abs_interaction"], b["mean_abs_interaction"], rtol=1e-5, atol=1e-6)
+
+
+TWO = {m: MODELS[m] for m in ("BagNet-33", "AlexNet")}   # the paper's BagNet and its smallest-compute CNN
+
+
+@needs_imagenette
+def test_paper_on_two_models(tmp_path_factory):
+    """make reproduce-paper on BagNet-33 and AlexNet (seconds): every part's tables and figures, TF32 off in
+    every forward, a killed run resumed. On all eight models: the slow tests below."""
+    run = run_paper(tmp_path_factory, TWO)
+    assert_every_part_written(run, TWO)
+    drops = run["result"].parts["sensitivity"].tables["logit_drop"]
+    assert set(drops["target"]) == set(TWO) and set(drops[drops.method == "lrp"]["target"]) == {"AlexNet"}
+    assert_tf32_off_while_running_and_restored_after(run)
+    assert_a_killed_run_recomputes_only_what_is_missing(run, "AlexNet", 2 * 3 + 2 + 1)
+
+
+@pytest.mark.slow   # minutes on 2 cores (make test-slow, test-full); 2 models: test_paper_on_two_models
+@needs_imagenette
+def test_paper_writes_every_table_and_figure(paper_run):
+    result = paper_run["result"]
+    assert_every_part_written(paper_run, MODELS)
+    acc = result.parts["accuracy"].tables["accuracy"].set_index("model")
     assert acc.loc["BagNet-33", "published top5"] == 0.876 and acc.loc["ResNet-152", "published top5"] == 0.94046
     assert acc["top5"].between(0, 1).all()
     tex = result.parts["texture"].tables["accuracy"]
@@ -146,44 +209,19 @@ def test_paper_writes_every_table_and_figure(paper_run):
     for t in cnns:
         assert {"bagnet", "saliency", "deeplift", "integrated_gradients", "occlusion", "random"} <= set(
             drops[drops.target == t]["method"]), t
-    # every model came from the weights folder through the release-name lookup
-    raw = json.loads((out / "raw.json").read_text())
-    for label, spec in raw["raw"]["models"].items():
-        assert Path(spec["weights"]).parent == Path(cfg.paper.weights_dir), label
-    assert sorted(paper_run["loaded"]) == sorted([s["name"] for s in MODELS.values()] + ["vgg19"])
 
 
-@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
+@pytest.mark.slow   # minutes on 2 cores (make test-slow, test-full); 2 models: test_paper_on_two_models
 @needs_imagenette
 def test_tf32_is_off_while_the_pipeline_runs_and_restored_after(paper_run):
-    seen = paper_run["seen"]
-    assert len(seen) > 100 and not any(a or b for a, b in seen)    # every forward of every model: TF32 off
-    assert paper_run["after"] == (True, True)                      # the caller's setting is restored
-    numerics = paper_run["result"].raw["numerics"]
-    assert numerics["cuda_matmul_allow_tf32"] is False and numerics["cudnn_allow_tf32"] is False
-    assert numerics["guarded_forwards"] > 100
-    written = json.loads((Path(paper_run["cfg"].out_dir) / "raw.json").read_text())["raw"]["numerics"]
-    assert written["cudnn_allow_tf32"] is False
+    assert_tf32_off_while_running_and_restored_after(paper_run)
+    assert len(paper_run["seen"]) > 100 and paper_run["result"].raw["numerics"]["guarded_forwards"] > 100
 
 
-@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
+@pytest.mark.slow   # minutes on 2 cores (make test-slow, test-full); 2 models: test_paper_on_two_models
 @needs_imagenette
 def test_a_killed_run_recomputes_only_what_is_missing(paper_run):
-    cfg, first = paper_run["cfg"], paper_run["result"]
-    run_dir = Path(cfg.run_dir)
-    assert len(first.raw["resume"]["computed"]) >= 8 * 3 + 5 + 1 and not first.raw["resume"]["reused"]
-    markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob("unit.pt")}
-    shutil.rmtree(run_dir / "interactions" / "AlexNet")         # as if killed before this unit was saved
-    (run_dir / "sensitivity" / "VGG-16" / "unit.pt").unlink()   # ... or while it was being written
-    second = run_task(compose(paper_run["overrides"]), paper_run["overrides"])
-    assert sorted(second.raw["resume"]["computed"]) == ["interactions/AlexNet", "sensitivity/VGG-16"]
-    assert len(second.raw["resume"]["reused"]) == len(first.raw["resume"]["computed"]) - 2
-    for p, t in markers.items():
-        if "AlexNet" not in str(p.parent) and "VGG-16" not in str(p.parent):
-            assert p.stat().st_mtime_ns == t, p
-    a = first.parts["interactions"].tables["interaction"]
-    b = second.parts["interactions"].tables["interaction"]
-    assert np.allclose(a["mean_abs_interaction"], b["mean_abs_interaction"], rtol=1e-5, atol=1e-6)
+    assert_a_killed_run_recomputes_only_what_is_missing(paper_run, "VGG-16", 8 * 3 + 5 + 1)
 
 
 # ------------------------------------------------------------------ known answer: sensitivity

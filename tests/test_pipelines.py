@@ -14,30 +14,35 @@ from PIL import Image
 
 from bagnet.config import compose
 from bagnet.provenance import git_commit
-from bagnet.run import run_task
-from conftest import real_data
+from conftest import real_data, run
 
 TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "data.val_per_class=3",
         "data.test_per_class=4", "debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
         "trainer.batch_size=4", "device=cpu", "bagnet_width=4"]
 
 
-def run(tmp_path: Path, *overrides: str, edit=None):
-    """``python -m bagnet.run <overrides>`` in-process; ``edit(cfg)`` may change the composed config first."""
-    overrides = [*overrides, f"paths.root_dir={tmp_path}"]
-    cfg = compose(overrides)
-    if edit:
-        edit(cfg)
-    return cfg, run_task(cfg, overrides)
+TABLE1 = ["task=table1", "experiment=table1", "init=scratch", *TINY, "table1.extra_seeds=[1]",
+          "table1.seed_models=[BagNet-33]"]
+# the fast suite's Table 1: the reference, and the two BagNets of a contrast pair and of the seed runs
+THREE = [f"~table1.models.{label}" for label in ("DenseNet-121", "DenseNet-169", "CBAM-ResNet-50", "BagNet-9")]
 
 
-@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
-def test_table1_pipeline_tiny(tmp_path):
-    seeds = ["table1.extra_seeds=[1]", "table1.seed_models=[BagNet-33]"]
-    cfg, result = run(tmp_path, "task=table1", "experiment=table1", "init=scratch", *TINY, *seeds)
+def test_table1_pipeline_on_three_models(tmp_path):
+    """make reproduce-table1 on ResNet-50, BagNet-17 and BagNet-33 (every model: test_table1_pipeline_tiny)."""
+    cfg, result = run(tmp_path, *TABLE1, *THREE)
+    assert_table1(cfg, result, ["ResNet-50", "BagNet-17", "BagNet-33"],
+                  [("BagNet-33", "ResNet-50"), ("BagNet-17", "ResNet-50"), ("BagNet-33", "BagNet-17")])
+    # a second call reuses the finished runs instead of retraining them
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
+    assert len(mtimes) == 4
+    run(tmp_path, *TABLE1, *THREE)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
+
+
+def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str, str]]) -> None:
+    """Every cell, contrast and seed row of a tiny Table 1 recomputed from the files its runs wrote."""
     table = result.tables["table1"]
-    assert list(table["model"]) == ["ResNet-50", "DenseNet-121", "DenseNet-169", "CBAM-ResNet-50",
-                                    "BagNet-9", "BagNet-17", "BagNet-33"]
+    assert list(table["model"]) == labels
     # every cell is recomputed from the per-image prediction files the runs wrote (a wrong split, a
     # clean file read as scrambled, or a ratio of the wrong columns fails here)
     g = cfg.table1.scramble_grid
@@ -53,7 +58,7 @@ def test_table1_pipeline_tiny(tmp_path):
     # contrasts: each model minus ResNet-50 on the same images, equal to the difference of the table's cells
     con = result.tables["contrasts"].set_index(["model", "minus", "metric"])
     t = table.set_index("model")
-    for label, minus in (("BagNet-33", "ResNet-50"), ("DenseNet-121", "ResNet-50"), ("BagNet-33", "BagNet-17")):
+    for label, minus in contrast_pairs:
         for metric in ("test", "kept"):
             assert con.loc[(label, minus, metric), "difference"] == pytest.approx(
                 t.loc[label, metric] - t.loc[minus, metric], nan_ok=True), (label, metric)
@@ -67,20 +72,30 @@ def test_table1_pipeline_tiny(tmp_path):
     assert spread.loc[("BagNet-33", "test"), "n_seeds"] == 2
     out = Path(cfg.out_dir)
     written = pd.read_csv(out / "table1.csv")
-    assert len(written) == 7 and {"val", "test", "scrambled test"} <= set(written.columns)
+    assert len(written) == len(labels) and {"val", "test", "scrambled test"} <= set(written.columns)
     assert "scrambled" in (out / "table1.md").read_text()
     from experiments.table1 import table1_overview
     overview, _ = table1_overview(out.parent)  # every profile's table side by side (make render-results)
-    assert list(overview["profile"]) == [out.name] * 7 and list(overview["model"]) == list(table["model"])
+    assert list(overview["profile"]) == [out.name] * len(labels) and list(overview["model"]) == labels
     raw = json.loads((out / "raw.json").read_text())
     assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["task"] == "table1"
     for label, entry in raw["raw"].items():  # every cell comes from a run dir with its config
         assert (Path(entry["run_dir"]) / "config.yaml").is_file(), label
     assert Image.open(out / "table1.png").size[0] > 100
 
+
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
+def test_table1_pipeline_tiny(tmp_path):
+    """Every model of Table 1, then make signatures on its runs. The fast suite runs three models:
+    test_table1_pipeline_on_three_models."""
+    cfg, result = run(tmp_path, *TABLE1)
+    assert_table1(cfg, result, ["ResNet-50", "DenseNet-121", "DenseNet-169", "CBAM-ResNet-50", "BagNet-9",
+                                "BagNet-17", "BagNet-33"],
+                  [("BagNet-33", "ResNet-50"), ("DenseNet-121", "ResNet-50"), ("BagNet-33", "BagNet-17")])
+    table = result.tables["table1"]
     # a second call reuses the finished runs instead of retraining them
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
-    run(tmp_path, "task=table1", "experiment=table1", "init=scratch", *TINY, *seeds)
+    run(tmp_path, *TABLE1)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
     # make signatures: experiment=signatures finds exactly these seven runs and VGG-16 trained by the same recipe
@@ -100,8 +115,8 @@ def test_table1_pipeline_tiny(tmp_path):
             assert set(res.tables["accuracy"]["model"]) == labels
 
 
-@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
 def test_demo_pipeline_tiny(tmp_path):
+    """make demo at 64 px, width 4, one step per model (seconds), and its documents rebuilt from raw.json."""
     cfg, demo = run(tmp_path, "task=demo", "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
                     "demo.patches_images=4", "signatures.scrambling.num_images=16",
                     "signatures.additivity.num_images=2", "signatures.sensitivity.num_images=2",
@@ -219,10 +234,16 @@ def test_eval_imagenet_on_real_imagenette_mini(tmp_path):
     is fitted (least squares on its own features of these val images, preprocessed as ImageNet eval does)
     to answer each image's true ImageNet class: the pipeline must then score top-1 = 1. A wrong label
     mapping (compact 0..9 instead of the wnid's ImageNet index), other normalisation or another crop
-    changes the answer and fails this test."""
+    changes the answer and fails this test. Three photos of each of the 10 classes (a copy of the first ones)."""
+    import shutil
+
     from bagnet import create_model
     from bagnet.data import build_data, build_loader
-    root = real_data("imagenette-mini", "val")
+    root = tmp_path / "imagenette-3"
+    for folder in sorted((real_data("imagenette-mini", "val") / "val").iterdir()):
+        (root / "val" / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:3]:
+            shutil.copy(f, root / "val" / folder.name / f.name)
     size = 64
     data = build_data({"name": "imagenette", "root": str(root), "image_size": size, "label_space": "imagenet1k",
                        "val_from_train": 0})
@@ -248,7 +269,7 @@ def test_eval_imagenet_on_real_imagenette_mini(tmp_path):
                     "trainer.progress=false", "trainer.precision=fp32",
                     edit=lambda c: setattr(c.eval_imagenet, "models", models))
     row = result.tables["imagenet"].iloc[0]
-    assert row["n"] == 300  # the 30 val images of each of the 10 classes
+    assert row["n"] == 30  # the 3 val images of each of the 10 classes
     assert row["top1"] == 1.0
 
 

@@ -1,4 +1,4 @@
-"""README.md and the results READMEs carry no number their files don't hold (experiments/readings.py)."""
+"""README.md and the results READMEs carry no number their files don't hold (reports/readings.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from experiments.demo import rebuild_demo_readme
-from experiments.readings import render_document, unsourced_numbers
+from reports.readings import render_document, unsourced_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -44,8 +44,8 @@ def test_claims_on_a_model_at_chance_cannot_be_tested(tmp_path):
     import json
     import shutil
 
-    from experiments.result_files import SIGNATURES, TABLE1
-    from experiments.verdicts import block_verdicts
+    from reports.files import SIGNATURES, TABLE1
+    from reports.verdicts import block_verdicts
 
     for folder in (SIGNATURES, TABLE1):
         shutil.copytree(RESULTS / folder, tmp_path / folder)
@@ -74,8 +74,8 @@ def test_signature_models_block_lists_the_checkpoints_and_flags_a_folder_that_us
     import json
     import shutil
 
-    from experiments.readings import block_signature_models
-    from experiments.result_files import SIGNATURES
+    from reports.files import SIGNATURES
+    from reports.readings import block_signature_models
 
     shutil.copytree(RESULTS / SIGNATURES, tmp_path / SIGNATURES)
     raws = sorted((tmp_path / SIGNATURES).glob("*/raw.json"))
@@ -88,3 +88,27 @@ def test_signature_models_block_lists_the_checkpoints_and_flags_a_folder_that_us
     text = block_signature_models(tmp_path)
     assert "| VGG-16 | 0.400 [0.350, 0.450] (n=300) | – | 8 | bf16 | cpu: test, commit `c0ffeec0ff` | `abababababab` |" in text
     assert f"**Other checkpoints in: {raws[1].parent.name}.**" in text
+
+
+def test_every_published_number_has_its_source_and_torchvisions_match_its_weights():
+    """experiments/published.yaml: each entry says where it was published and whether that was checked; the
+    numbers marked as torchvision's are those its weights document (to the digits typed)."""
+    import torchvision.models as tvm
+
+    from experiments import published
+
+    sections = {name: published.section(name) for name in ("imagenet", "texture", "runtime", "report_table1",
+                                                           "precision", "patch_robustness")}
+    for name, entries in sections.items():
+        for key, e in entries.items():
+            assert isinstance(e.verified, bool) and e.unit in published.UNITS, (name, key)
+            assert e.source or not any(v is not None for v in e.numbers.values()), (name, key)
+    weights = {"AlexNet": tvm.AlexNet_Weights, "VGG-16": tvm.VGG16_Weights, "ResNet-50": tvm.ResNet50_Weights,
+               "ResNet-152": tvm.ResNet152_Weights, "DenseNet-169": tvm.DenseNet169_Weights}
+    for model, w in weights.items():
+        e = sections["imagenet"][model]
+        meta = w.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]
+        assert e.source == "torchvision" and e.verified
+        for k, acc in (("top1", "acc@1"), ("top5", "acc@5")):
+            digits = len(repr(e[k]).split(".")[1])
+            assert e[k] == round(meta[acc] / 100, digits), (model, k)

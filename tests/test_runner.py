@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 
 from bagnet import create_model
-from bagnet.config import CONFIG_DIR, validate
-from bagnet.errors import Interrupted
+from bagnet.config import CONFIG_DIR, store_schemas, validate
+from bagnet.errors import Interrupted, UserError
 from bagnet.models import list_models
 from bagnet.seeding import seed_everything
 from bagnet.tasks import Context, fit_run
+from conftest import REPO, config, run, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
 
@@ -28,6 +30,7 @@ def make_cfg(*overrides: str, tmp_path: Path | None = None):
     base = ["data=synthetic", "debug=fast", "device=cpu"]
     if tmp_path is not None:
         base.append(f"paths.root_dir={tmp_path}")
+    store_schemas()     # what bagnet.config.compose and the runner do before composing
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=base + list(overrides))
 
@@ -39,11 +42,6 @@ def task_train(cfg):
 
 def tiny_synthetic(*extra: str) -> list[str]:
     return ["data.samples_per_class=12", *extra]
-
-
-def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bagnet.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 @pytest.mark.parametrize("data", DATASETS)
@@ -75,11 +73,7 @@ def test_profiles_compose():
     assert gpu.model.width == 64 and gpu.data.image_size == 224
 
 
-@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
-def test_short_synthetic_run_beats_chance(tmp_path):
-    cfg = make_cfg("model=small_cnn", "model.width=16", "trainer.epochs=4", "trainer.max_steps_per_epoch=null",
-                   "trainer.batch_size=32", "trainer.optimizer=adamw", "trainer.lr=0.003", tmp_path=tmp_path)
-    summary = task_train(cfg)
+def assert_learned_and_wrote_its_run_dir(cfg, summary: dict) -> None:
     test_top1 = summary["eval"]["test"]["top1"]
     chance = 1 / pd.read_csv(Path(cfg.run_dir) / "eval" / "predictions_test.csv.gz")["label"].nunique()
     assert test_top1 > chance + 0.25, (test_top1, chance)
@@ -90,6 +84,23 @@ def test_short_synthetic_run_beats_chance(tmp_path):
     preds = pd.read_csv(run_dir / "eval" / "predictions_test.csv.gz")
     assert {"index", "path", "label", "pred", "top5_0", "true_logit"} <= set(preds.columns)
     assert preds["index"].is_unique
+
+
+def test_a_short_synthetic_run_learns_and_writes_its_run_dir(tmp_path):
+    """The fast suite's learning check (seconds): three classes a colour tells apart (white '+', red and blue dots,
+    green and yellow parts), 64 px, 24 steps. The seven classes at 112 px: test_short_synthetic_run_beats_chance."""
+    cfg = make_cfg("model=small_cnn", "model.width=8", "trainer.epochs=4", "trainer.max_steps_per_epoch=null",
+                   "trainer.batch_size=16", "trainer.optimizer=adamw", "trainer.lr=0.01", "data.image_size=64",
+                   "data.classes=[local_plus,mid_rb,global_gy]", "data.samples_per_class=32", "data.val_per_class=8",
+                   "data.test_per_class=16", tmp_path=tmp_path)
+    assert_learned_and_wrote_its_run_dir(cfg, task_train(cfg))
+
+
+@pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
+def test_short_synthetic_run_beats_chance(tmp_path):
+    cfg = make_cfg("model=small_cnn", "model.width=16", "trainer.epochs=4", "trainer.max_steps_per_epoch=null",
+                   "trainer.batch_size=32", "trainer.optimizer=adamw", "trainer.lr=0.003", tmp_path=tmp_path)
+    assert_learned_and_wrote_its_run_dir(cfg, task_train(cfg))
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
@@ -122,28 +133,21 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def test_rerun_with_other_config_is_refused(tmp_path):
-    cfg = make_cfg("model=bagnet9", "model.width=8", *tiny_synthetic(), tmp_path=tmp_path)
-    task_train(cfg)
-    saved = (Path(cfg.run_dir) / "config.yaml").read_text()
-    other = make_cfg("model=bagnet9", "model.width=8", "trainer.lr=0.5", *tiny_synthetic(), tmp_path=tmp_path)
-    with pytest.raises(ValueError, match="another config"):
-        task_train(other)
-    assert (Path(cfg.run_dir) / "config.yaml").read_text() == saved
-
-
-def test_sweep_creates_one_run_dir_per_patch_size(tmp_path):
+def test_sweep_creates_one_run_dir_per_patch_size(tmp_path, monkeypatch):
     r = run_cli("-m", "task=train", "model=bagnet", "model.patch_size=9,17,33", "model.width=4", "data=synthetic",
-                *tiny_synthetic(), "debug=fast", "device=cpu", f"paths.root_dir={tmp_path}")
+                "data.image_size=48", "data.samples_per_class=4", "data.val_per_class=2", "data.test_per_class=2",
+                "debug=fast", "device=cpu", f"paths.root_dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-2000:]
     runs = sorted(p.parent.parent.name for p in (tmp_path / "runs/train/synthetic").glob("*/*/summary.json"))
     assert runs == ["bagnet17_w4", "bagnet33_w4", "bagnet9_w4"]
-    collect = [sys.executable, "scripts/collect_sweep.py", str(tmp_path / "runs/train/synthetic"),
-               "--out", str(tmp_path / "sweep")]
-    out = subprocess.run(collect, cwd=REPO, capture_output=True, text=True)   # debug runs are not the sweep's
-    assert out.returncode != 0 and "no finished runs named seed*" in out.stderr, out.stderr
-    out = subprocess.run([*collect, "--run-name", "debug-seed*"], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+
+    def collect_sweep(*extra: str) -> None:    # python scripts/collect_sweep.py <root> --out <dir> ..., in-process
+        monkeypatch.setattr(sys, "argv", ["collect_sweep.py", str(tmp_path / "runs/train/synthetic"),
+                                          "--out", str(tmp_path / "sweep"), *extra])
+        runpy.run_path(str(REPO / "scripts" / "collect_sweep.py"), run_name="__main__")
+    with pytest.raises(SystemExit, match=r"no finished runs named seed\*"):   # debug runs are not the sweep's
+        collect_sweep()
+    collect_sweep("--run-name", "debug-seed*")
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert sorted(table["patch_size"]) == [9, 17, 33]
 
@@ -158,12 +162,24 @@ def test_sweep_creates_one_run_dir_per_patch_size(tmp_path):
     (["data=scene15", "data.root=/nonexistent/scene15"], "data.root"),
 ])
 def test_bad_input_gives_one_line(tmp_path, args, expect):
+    """A UserError before anything runs: the runner prints it as one line (whitespace folded) with exit code 2,
+    as test_a_user_error_is_one_line_with_exit_code_2 checks on the command line. In-process (no start-up)."""
+    with pytest.raises(UserError) as e:
+        run(tmp_path, "debug=fast", "device=cpu", *args)
+    line = " ".join(str(e.value).split())
+    assert expect in line and "search path" not in line, line
+
+
+@pytest.mark.parametrize("args, expect", [(["trainer.batch_size=-4"], "trainer.batch_size: must be >= 1"),
+                                          (["data=scene15", "data.root=/nonexistent/scene15"], "data.root")])
+def test_a_user_error_is_one_line_with_exit_code_2(tmp_path, args, expect):
     r = run_cli(*args, "device=cpu", f"paths.root_dir={tmp_path}")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert expect in lines[0], lines[0]
     assert "search path" not in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -174,11 +190,19 @@ def test_bad_input_gives_one_line(tmp_path, args, expect):
     (["model.patch_sizee=9"], "Could not override 'model.patch_sizee'"),
 ])
 def test_bad_override_is_reported_by_hydra_without_traceback(tmp_path, args, expect):
-    r = run_cli(*args, "device=cpu", f"paths.root_dir={tmp_path}")
-    assert r.returncode != 0 and expect in r.stderr, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+    """Hydra refuses it while composing, with this message; on the command line Hydra prints the message without
+    a traceback (test_hydra_prints_a_bad_override_without_traceback). In-process (no start-up)."""
+    with pytest.raises(HydraException) as e:
+        config(tmp_path, *args, "device=cpu")
+    assert expect in str(e.value), str(e.value)
     if args[0].startswith("model="):
-        assert "bagnet17" in r.stderr  # Hydra lists the available options
+        assert "bagnet17" in str(e.value)  # Hydra lists the available options
+
+
+def test_hydra_prints_a_bad_override_without_traceback(tmp_path):
+    r = run_cli("model=bagnet34", "device=cpu", f"paths.root_dir={tmp_path}")
+    assert r.returncode != 0 and "Could not find 'model/bagnet34'" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "bagnet17" in r.stderr   # Hydra lists the available options
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -186,10 +210,9 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     task_train(cfg)
     run_dir = Path(cfg.run_dir)
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
-    r = run_cli("task=eval", "model=resnet18", f"checkpoint={run_dir}", "data=synthetic", *tiny_synthetic(),
-                "device=cpu", f"run_dir={run_dir}", f"paths.root_dir={tmp_path}")
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "checkpoint is for bagnet(" in r.stderr and "model=" in r.stderr
+    with pytest.raises(UserError, match=r"checkpoint is for bagnet\(.*model="):     # one line, exit 2 on the CLI
+        run(tmp_path, "task=eval", "model=resnet18", f"checkpoint={run_dir}", "data=synthetic", *tiny_synthetic(),
+            "debug=fast", "device=cpu", f"run_dir={run_dir}")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -225,6 +248,7 @@ def test_compiled_training_updates_and_saves_the_plain_model(tmp_path):
 
 def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="optional extra '.[slurm]'")
+    store_schemas()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
                       return_hydra_config=True)

@@ -61,6 +61,22 @@ def test_bootstrap_ci_is_seeded_and_vectorised_path_matches_loop():
     assert med.estimate == 50.0 and med.lo < 50 < med.hi
 
 
+def test_intervals_are_those_the_committed_results_were_computed_with():
+    # numbers of the all-numpy bootstrap before scipy drew the resamples: bit for bit, also past one chunk
+    rng = np.random.default_rng(0)
+    a, b = rng.random(12000) < 0.6, rng.random(12000) < 0.55
+    assert tuple(stats.bootstrap_ci(a[:500], seed=0)) == (0.566, 0.524, 0.61)
+    assert tuple(stats.paired_bootstrap_ci(a, b, seed=1)) == (0.054749999999999965, 0.042081250000000035,
+                                                             0.06717083333333335)
+
+
+def test_bca_interval_is_scipys():
+    x = np.random.default_rng(0).exponential(size=200)     # skewed: BCa moves the interval up
+    pct, bca = stats.bootstrap_ci(x, seed=0), stats.bootstrap_ci(x, seed=0, method="BCa")
+    assert pct.estimate == bca.estimate and bca.lo < bca.estimate < bca.hi
+    assert bca.lo > pct.lo and bca.hi > pct.hi
+
+
 def test_ci_result_is_a_tuple_and_formats():
     ci = stats.bootstrap_ci(np.random.default_rng(0).random(100))
     est, lo, hi = ci

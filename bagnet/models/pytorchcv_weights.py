@@ -216,6 +216,8 @@ def fetch_pytorchcv_state_dict(arch: str, weights: str | os.PathLike | None = No
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         zip_path = cached.with_name(cached.name + ".zip")
+        # no hash_prefix: torch.hub's is a sha256 of the downloaded file, pytorchcv publishes the sha1 of the .pth
+        # inside the zip (checked below, as pytorchcv's own loader does)
         torch.hub.download_url_to_file(cfg["url"], str(zip_path), progress=True)
         data = _read(zip_path)
         zip_path.unlink()

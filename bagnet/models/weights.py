@@ -4,6 +4,8 @@ cache, or a hash-checked download into it.
 Every file is read with ``torch.load(weights_only=True)`` (tensors and plain containers only, so a
 crafted file cannot run code) and held to the sha256 prefix in its name where it has one: a download as
 torch.hub checks it, and a file already in the hub cache again (torch.hub skips the check for those).
+The download is ``torch.hub.download_url_to_file(url, dst, hash_prefix=...)``; not
+``load_state_dict_from_url(check_hash=True)``, which loads a file already in the cache unchecked.
 Offline (as on CI) a missing file fails with one line naming it, its url and where to put it.
 """
 from __future__ import annotations

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
+from experiments.table1 import report_tile_px, tile_columns
 
-from .result_files import SIGNATURES, TABLE1, load, md
+from .files import SIGNATURES, TABLE1, load
 
 NEARLY_ADDITIVE = 0.1     # "nearly additive": interaction below this share of the joint effect (CI upper bound)
 CONTROL_PASS = 0.5        # a heatmap ranking that reaches under half of occlusion's AUC on its own BagNet fails
@@ -68,9 +70,10 @@ def table1_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
     q = [diff(c, "BagNet-17", "BagNet-9", "test"), diff(c, "BagNet-33", "BagNet-17", "test")]
     rows.append(("accuracy rises with the patch size q", "paper Sec. 3; report Table 1",
                  combine([v for _, v in q]), "; ".join(e for e, _ in q)))
+    px = report_tile_px(t["table1"])
     for metric, grid in (("kept", "the report's 4x4 grid"),
                          *[(m, "the report's tile size in pixels") for m in c["metric"].unique()
-                           if m.startswith("kept (")]):
+                           if px and m == tile_columns(px)[1]]):
         e, v = diff(c, "BagNet-33", "ResNet-50", metric)
         rows.append((f"scrambling hurts BagNet-33 less than ResNet-50 ({grid}; share of clean accuracy kept)",
                      "report Table 1", v, e))
@@ -89,12 +92,18 @@ def table1_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def bagnet_models(interaction: pd.DataFrame) -> set[str]:
+    """The BagNets of a signatures folder: the models that its additivity table gives an exact-zero distance
+    (``exact_zero_from``, from :func:`bagnet.models.is_bagnet`; the error-overlap tables, made from
+    predictions alone, do not know which model is which)."""
+    return set(interaction.loc[interaction["exact_zero_from"].astype(float).notna(), "model"])
+
+
 def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]:
     rows, skill = [], learned(root, folder)
     t, _ = load(root, f"{folder}/additivity")
     it = t["interaction"]
-    bag = it[it["model"].str.startswith("BagNet")]
-    far = bag[bag["bin_lo"] >= bag["model"].str.split("-").str[1].astype(int) - 1]
+    far = it[it["bin_lo"] >= it["exact_zero_from"].astype(float)]   # q - 1 px for a BagNet-q, NaN for a CNN
     largest = far["max_abs_interaction"].max()
     rows.append(("a BagNet-q's image parts do not interact beyond q − 1 px", "paper Sec. 4 (by construction)",
                  "**supported**" if largest < FLOAT32_ZERO else "**contradicted**",
@@ -113,9 +122,9 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
                      f"normalised interaction, bins ≥ 32 px: {g['normalized_interaction'].min():.3g}–"
                      f"{g['normalized_interaction'].max():.3g}, 95% CIs within [{lo:.3g}, {hi:.3g}]"))
     t, _ = load(root, f"{folder}/error_overlap")
-    p = t["pairs"]
-    bag = p[(p["model_a"] == "BagNet-33") & ~p["model_b"].str.startswith("BagNet")]
-    cnn = p[~p["model_a"].str.startswith("BagNet") & ~p["model_b"].str.startswith("BagNet")]
+    p, bagnets = t["pairs"], bagnet_models(it)
+    bag = p[(p["model_a"] == "BagNet-33") & ~p["model_b"].isin(bagnets)]
+    cnn = p[~p["model_a"].isin(bagnets) & ~p["model_b"].isin(bagnets)]
     for r in bag.itertuples():   # one row per CNN: the paper's figure pairs BagNet-33 with one CNN at a time
         others = cnn[(cnn["model_a"] != r.model_b) & (cnn["model_b"] != r.model_b)]
         rows.append((f"BagNet-33 and {r.model_b} err on the same classes (class-wise top-5 accuracy correlated)",
@@ -149,4 +158,4 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
 
 def block_verdicts(root: Path, table1: str = TABLE1, signatures: str = SIGNATURES) -> str:
     rows = table1_claims(root, table1) + signature_claims(root, signatures)
-    return md(pd.DataFrame(rows, columns=["claim", "source", "verdict (95% CI)", "evidence"]))
+    return to_markdown(pd.DataFrame(rows, columns=["claim", "source", "verdict (95% CI)", "evidence"]))

@@ -1,5 +1,5 @@
-"""Reading the committed result files (``raw.json``) back, and small Markdown helpers, for the rendered
-documents (experiments/readings.py, experiments/verdicts.py)."""
+"""Reading the committed result files (``raw.json``) back, and formatting their numbers, for the rendered
+documents (reports/readings.py, reports/verdicts.py; tables: :func:`bagnet.io.to_markdown`)."""
 from __future__ import annotations
 
 import json
@@ -31,10 +31,3 @@ def fmt_g(est: float, lo: float, hi: float) -> str:
 def source(prov: dict, folder: str) -> str:
     return (f"Source: `results/{folder}/` ({prov.get('device', '?')}, commit `{str(prov.get('git_commit'))[:10]}`, "
             f"{str(prov.get('time', '?'))[:16]}, {prov.get('wall_s', 0) / 60:.1f} min).")
-
-
-def md(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)

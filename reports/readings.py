@@ -14,28 +14,13 @@ from typing import Callable
 
 import pandas as pd
 
+from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
+from experiments import published
+from experiments.table1 import report_tile_px, tile_columns
 
-from .result_files import SIGNATURES, TABLE1, ci, fmt_g, load, md, source
+from .files import SIGNATURES, TABLE1, ci, fmt_g, load, source
 from .verdicts import block_verdicts, signature_claims
-
-# Published numbers quoted in the documents, with their source (prose may repeat these, and only these).
-PUBLISHED = {
-    "paper: BagNet-33 ImageNet top-5": 87.6, "paper: BagNet-17 ImageNet top-5": 80.5,
-    "paper: VGG-16 top-5, clean": 90.1, "paper: VGG-16 top-5, texturised": 79.4,
-    "paper: BagNet-33 / ResNet-50 runtime (GPU)": 2.5,
-    "torchvision docs: AlexNet / VGG-16 / ResNet-50 / ResNet-152 / DenseNet-169 ImageNet top-5":
-        (0.7907, 0.9038, 0.9286, 0.9405, 0.9281),
-    "report: ResNet-50 val / test / scrambled": (0.913, 0.907, 0.50),
-    "report: DenseNet-121": (0.933, 0.918, 0.57), "report: DenseNet-169": (0.953, 0.922, 0.58),
-    "report: CBAM-ResNet-50": (0.953, 0.934, 0.73), "report: BagNet-9": (0.853, 0.840),
-    "report: BagNet-17": (0.913, 0.905), "report: BagNet-33": (0.947, 0.925, 0.90),
-    # berenslab/bagnetsv2 README: the authors' BagNet-33 on ImageNet val, top-1 / top-5 (%)
-    "bagnetsv2: BagNet-33 fp32 / TF32 / fp16": (66.70, 87.00, 64.23, 85.31, 57.96, 80.34),
-    # inspire-group/patch-defense-leaderboard (ImageNet, one 2% patch): certified / clean top-1 (%), and undefended
-    "leaderboard: PatchGuard / Clipped BagNet-17, -33": (13.3, 54.4, 6.9, 61.2, 7.1, 49.5, 1.9, 60.3),
-    "leaderboard: PatchGuard + masked training; undefended BagNet-17, -33": (26.0, 54.6, 24.1, 60.4, 58.8, 66.6),
-}
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
 
@@ -44,18 +29,18 @@ BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render 
 def block_table1(root: Path, folder: str = TABLE1) -> str:
     t, prov = load(root, folder)
     df = t["table1"]
-    tile = next((c for c in df.columns if c.startswith("scrambled test (") and not c.endswith(("_lo", "_hi"))), None)
+    px = report_tile_px(df)
     rows = []
     for _, r in df.iterrows():
         row = {"model": r["model"], "val": ci(r, "val"), "test": ci(r, "test"),
                "scrambled 4x4": ci(r, "scrambled test"), "kept 4x4": ci(r, "kept")}
-        if tile:
-            kept = "kept" + tile.removeprefix("scrambled test")
-            row.update({f"scrambled {tile[16:-1]}": ci(r, tile), f"kept {tile[16:-1]}": ci(r, kept)})
+        if px:
+            scrambled, kept = tile_columns(px)
+            row.update({f"scrambled {px} px tiles": ci(r, scrambled), f"kept {px} px tiles": ci(r, kept)})
         pub = [r["report test"], r["report kept"]]
         row["report: test / kept"] = " / ".join("–" if pd.isna(v) else f"{v:.3g}" for v in pub)
         rows.append(row)
-    out = [md(pd.DataFrame(rows)), "",
+    out = [to_markdown(pd.DataFrame(rows)), "",
            f"Top-1 with 95% bootstrap intervals over the {n_images(prov, 'val')} val and "
            f"{n_images(prov, 'test')} test images; kept = scrambled / clean test accuracy (paired interval). "
            + source(prov, folder)]
@@ -64,7 +49,7 @@ def block_table1(root: Path, folder: str = TABLE1) -> str:
         c = c.assign(difference=[fmt_ci(a, b, d) for a, b, d in zip(c["difference"], c["lo"], c["hi"])],
                      pair=c["model"] + " − " + c["minus"])
         out += ["", "Differences on the same test images (paired bootstrap 95% CI):", "",
-                md(c.pivot(index="pair", columns="metric", values="difference").reindex(c["pair"].unique())
+                to_markdown(c.pivot(index="pair", columns="metric", values="difference").reindex(c["pair"].unique())
                    .reset_index())]
     if "seed_spread" in t:
         s = t["seed_spread"]
@@ -72,7 +57,7 @@ def block_table1(root: Path, folder: str = TABLE1) -> str:
                            zip(s["mean"], s["sd"], s["min"], s["max"])])
         n = int(s["n_seeds"].min())
         out += ["", f"Seed-to-seed spread ({n} training seeds each; mean ± sd, range):", "",
-                md(s.pivot(index="model", columns="metric", values="cell").reset_index())]
+                to_markdown(s.pivot(index="model", columns="metric", values="cell").reset_index())]
     return "\n".join(out)
 
 
@@ -91,7 +76,8 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
     kept = acc.pivot(index="model", columns="condition", values="kept").reindex(acc["model"].unique())
     kept.insert(0, "clean top-1", [ci(clean.loc[m], "top1") for m in kept.index])
     out += [f"**Scrambling** ({int(acc['n'].iloc[0])} test images; clean top-1 and the share of it kept, 95% CI; "
-            "tiles permuted by a derangement):", "", md(kept.reset_index()), "", source(prov, f"{folder}/scrambling"), ""]
+            "tiles permuted by a derangement):", "", to_markdown(kept.reset_index()), "",
+            source(prov, f"{folder}/scrambling"), ""]
     t, prov = load(root, f"{folder}/additivity")
     it = t["interaction"]
     far = it[it["bin_lo"] >= 32]
@@ -104,7 +90,7 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
             for (m, p), g in far.groupby(["model", "patch_size"], sort=False)]
     out += [f"**Additivity** ({prov.get('config', {}).get('signatures', {}).get('additivity', {}).get('occluder')} "
             "occluder; normalised interaction = mean |Δ(A∪B) − Δ(A) − Δ(B)| / mean |Δ(A∪B)|, 95% CI over pairs):",
-            "", md(pd.DataFrame(rows)), "", source(prov, f"{folder}/additivity"), ""]
+            "", to_markdown(pd.DataFrame(rows)), "", source(prov, f"{folder}/additivity"), ""]
     t, prov = load(root, f"{folder}/error_overlap")
     p = t["pairs"]
     p = p.assign(pair=p["model_a"] + " ~ " + p["model_b"],
@@ -114,7 +100,7 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
                     "both wrong / expected": [f"{v:.2f}" for v in p["both_wrong_ratio"]]})
     out += [f"**Error overlap** ({int(p['n'].iloc[0])} test images; class-wise correlations with 95% CIs over "
             "classes, kappa over images):", "",
-            md(p[["pair", "class-wise top-5 r", "class-wise top-1 r", "kappa", "both wrong / expected"]]), "",
+            to_markdown(p[["pair", "class-wise top-5 r", "class-wise top-1 r", "kappa", "both wrong / expected"]]), "",
             source(prov, f"{folder}/error_overlap"), ""]
     t, prov = load(root, f"{folder}/sensitivity")
     ld = t["logit_drop"]
@@ -124,7 +110,8 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
     out += [f"**Sensitivity** ({int(ld['n_images'].iloc[0])} images, occluder {raw.get('occluder')}; area under "
             "the logit-drop curve with 95% CI, in brackets relative to occlusion; the BagNet row is the control, "
             "scored by its own heatmap):", "",
-            md(ld.pivot(index="method", columns="target", values="cell").reindex(ld["method"].unique()).reset_index()),
+            to_markdown(ld.pivot(index="method", columns="target", values="cell").reindex(ld["method"].unique())
+                        .reset_index()),
             "", f"Regions scored only from padded patches among the BagNet's top {pad.get('of_top_n')}: "
             f"mean {pad.get('mean', float('nan')):.2f}, max {pad.get('max')} per image.",
             "", source(prov, f"{folder}/sensitivity")]
@@ -152,14 +139,15 @@ def block_signature_models(root: Path, folder: str = SIGNATURES) -> str:
     differ = [part for part, ms in recorded.items() if sha(ms) != sha(models)]
     same = (f"Every folder ({', '.join(parts)}) used these checkpoints." if not differ else
             f"**Other checkpoints in: {', '.join(differ)}.**")
-    return md(pd.DataFrame(rows)) + f"\n\nTop-1 on the full val / test splits, 95% bootstrap intervals over images. {same}"
+    return (to_markdown(pd.DataFrame(rows))
+            + f"\n\nTop-1 on the full val / test splits, 95% bootstrap intervals over images. {same}")
 
 
 def _exact_zero(it: pd.DataFrame, model: str, p: int) -> str:
-    if not model.startswith("BagNet"):
-        return "–"
-    q = int(model.split("-")[1])
-    g = it[(it["model"] == model) & (it["patch_size"] == p) & (it["bin_lo"] >= q - 1)]
+    """The largest interaction of ``model`` from its exact-zero distance on (q - 1 px for a BagNet-q;
+    ``exact_zero_from`` is NaN for other models, whose cell is then "–")."""
+    g = it[(it["model"] == model) & (it["patch_size"] == p)]
+    g = g[g["bin_lo"] >= g["exact_zero_from"].astype(float)]
     return f"{g['max_abs_interaction'].max():.1e}" if len(g) else "–"
 
 
@@ -190,7 +178,7 @@ def block_timings(root: Path) -> str:
         rows.append({"folder": f"`{raw.parent.relative_to(root)}/`", "device": prov.get("device", "?"),
                      "commit": f"`{str(prov.get('git_commit'))[:10]}`", "time": str(prov.get("time", "?"))[:16],
                      "wall min": f"{prov.get('wall_s', float('nan')) / 60:.1f}"})
-    return md(pd.DataFrame(rows))
+    return to_markdown(pd.DataFrame(rows))
 
 
 def train_ratios(root: Path) -> dict:
@@ -245,18 +233,18 @@ def block_headline(root: Path) -> str:
     demo = pd.read_csv(Path(root) / "demo" / "accuracy" / "checks.csv")
     _, dprov = load(root, "demo/accuracy")
     t, tprov = load(root, TABLE1)
-    df = t["table1"].set_index("model")
+    df, px = t["table1"].set_index("model"), report_tile_px(t["table1"])
     con = t["contrasts"].set_index(["model", "minus", "metric"]) if "contrasts" in t else None
     tests = ", ".join(f"{m} {ci(df.loc[m], 'test')}" for m in df.index)
-    grids = [("kept", "scrambled test", "at the report's 4x4 grid")] + [   # every grid, none picked
-        (k, "scrambled test" + k.removeprefix("kept"), f"with the report's tile size ({k[6:-1]})")
-        for k in df.columns if k.startswith("kept (") and not k.endswith(("_lo", "_hi"))]
+    grids = [("kept", "scrambled test", "at the report's 4x4 grid")] + (   # every grid, none picked
+        [(tile_columns(px)[1], tile_columns(px)[0], f"with the report's tile size ({px} px tiles)")] if px else [])
     kept = " ".join(
         f"Share of clean accuracy kept {where}: " + "; ".join(
             f"{m} {ci(df.loc[m], k)} (scrambled top-1 {ci(df.loc[m], s)})" for m in ("BagNet-33", "ResNet-50"))
         + (f" (BagNet-33 minus ResNet-50: {con.loc[('BagNet-33', 'ResNet-50', k), 'verdict']})." if con is not None
            else ".") for k, s, where in grids)
     r = next((v for k, v in train_ratios(root).items() if k[:2] == (224, "fp32")), None)
+    runtime, paper = published.section("runtime"), published.section("imagenet")
     speed, flops = heatmap_bench(root)
     rows = [
         ("demo (synthetic): the four expected effects, each judged by its 95% bootstrap interval",
@@ -277,12 +265,12 @@ def block_headline(root: Path) -> str:
          f"{flops}x fewer FLOPs, {speed}x faster (`results/bench/heatmap.md`)", "–", "`python scripts/bench_heatmap.py`"),
         ("BagNet-33 / ResNet-50 time per image, 224 px, full width, fp32, CPU",
          f"{r[0]:.1f}x inference, {r[1]:.1f}x training (`results/bench/train.md`)" if r else "–",
-         f"~{PUBLISHED['paper: BagNet-33 / ResNet-50 runtime (GPU)']:g}x (GPU)", "`python scripts/bench_train.py`"),
+         f"~{runtime['BagNet-33 / ResNet-50 (GPU)']['ratio']:g}x (GPU)", "`python scripts/bench_train.py`"),
         ("ImageNet top-5 with the authors' weights", "not run: no weights or ImageNet offline",
-         f"BagNet-33 {PUBLISHED['paper: BagNet-33 ImageNet top-5']:g}%, BagNet-17 "
-         f"{PUBLISHED['paper: BagNet-17 ImageNet top-5']:g}%", "`make eval-imagenet IMAGENET_ROOT=...`"),
+         f"BagNet-33 {percent(paper['BagNet-33']['top5']):g}%, BagNet-17 {percent(paper['BagNet-17']['top5']):g}%",
+         "`make eval-imagenet IMAGENET_ROOT=...`"),
     ]
-    table = md(pd.DataFrame(rows, columns=["what", "measured", "paper / report", "command"]))
+    table = to_markdown(pd.DataFrame(rows, columns=["what", "measured", "paper / report", "command"]))
     return (table + "\n\nDemo: " + source(dprov, "demo/accuracy")[8:] + " Table 1: " + source(tprov, TABLE1)[8:])
 
 
@@ -312,19 +300,23 @@ VERSION = re.compile(r"\b\d+\.\d+(?:\.\d+)+\b|(?:Python|hydra-core|omegaconf|pyt
 STRIP = re.compile(r"```.*?```|`[^`\n]*`|<!--.*?-->|\]\([^)]*\)", re.S)
 
 
+def percent(fraction: float) -> float:
+    return round(fraction * 100, 10)   # 0.876 -> 87.6, not 87.60000000000001
+
+
 def published_values() -> set[str]:
+    """Every published number (experiments/published.yaml) as prose may quote it: in its unit and as a
+    percentage / fraction of it, to 0-4 decimals."""
     vals = set()
-    for v in PUBLISHED.values():
-        for x in v if isinstance(v, tuple) else (v,):
-            vals |= {f"{x:g}", f"{x:.2f}", f"{x:.1f}", f"{x:.3f}"}
-            if x > 1:                                   # a percentage also quoted as a fraction
-                vals |= {f"{x / 100:g}", f"{x / 100:.3f}"}
+    for x, unit in published.numbers():
+        forms = {x, percent(x)} if unit == "fraction" else {x, x / 100} if unit == "percent" else {x}
+        vals |= {f"{v:{fmt}}" for v in forms for fmt in ("g", ".1f", ".2f", ".3f", ".4f")}
     return vals
 
 
 def unsourced_numbers(text: str) -> list[tuple[int, str]]:
     """(line number, text) of every measured-looking number outside render blocks, code, comments and
-    link targets that is not a published number (``PUBLISHED``) or a version."""
+    link targets that is not a published number (:func:`published_values`) or a version."""
     body = BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     body = STRIP.sub(lambda m: "\n" * m.group(0).count("\n"), body)
     body = VERSION.sub("", body)

@@ -1,5 +1,5 @@
-"""epsilon-LRP for the paper's feature-sensitivity comparison (Brendel & Bethge 2019, Sec. 4, Fig. 8),
-kept apart from :mod:`experiments.sensitivity` (whose method list it extends, with the same protocol).
+"""epsilon-LRP, one of the sensitivity experiment's methods (``lrp`` in ``signatures.sensitivity.methods``;
+Brendel & Bethge 2019, Sec. 4, Fig. 8): the same regions, masking and occluder as every other method.
 
 captum's ``LRP`` (epsilon rule on every Conv2d / Linear / pooling / BatchNorm2d layer, ReLU and Dropout
 passed through) propagates relevance only through *modules*. A model whose forward uses functional
@@ -15,15 +15,12 @@ import copy
 import operator
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from bagnet.utils import unwrap
 
-from .common import eval_indices, forward, iter_batches
-from .sensitivity import masked_images, rank_regions
 
 # functional ops that carry signal between layers without an LRP rule
 _UNSUPPORTED_FUNCTIONS = {operator.add, operator.iadd, operator.mul, torch.add, torch.cat, torch.mul, F.relu,
@@ -74,20 +71,3 @@ def lrp_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> to
     warnings.filterwarnings("ignore", message=".*(hooks|did not already require gradients).*", category=UserWarning)
     a = LRP(net).attribute(images.to(p.device, p.dtype), target=labels.to(p.device))
     return a.detach().sum(1).float().cpu()
-
-
-def lrp_logit_drops(model: nn.Module, dataset, cfg: dict) -> np.ndarray:
-    """Logit drop [n_images, N] when occluding the top-1..N regions ranked by epsilon-LRP, on exactly the
-    images and with exactly the regions and occluder of :func:`experiments.sensitivity.run` (same
-    ``num_images``, ``seed``, ``region``, ``max_regions``, ``batch_size``)."""
-    k, n_max = cfg["region"], cfg["max_regions"]
-    indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
-    out = []
-    for idx, images, labels in iter_batches(dataset, indices, cfg["batch_size"], cfg.get("progress", True),
-                                            "sensitivity lrp"):
-        f0 = forward(model, images, cfg["batch_size"]).gather(1, labels[:, None]).double()
-        x = masked_images(images, rank_regions(lrp_maps(model, images, labels), k), k, n_max)
-        logits = forward(model, x.flatten(0, 1), cfg["batch_size"]).view(len(idx), x.shape[1], -1)
-        f = logits.gather(2, labels[:, None, None].expand(-1, x.shape[1], 1))[..., 0].double()
-        out.append((f0 - f).numpy())
-    return np.concatenate(out) if out else np.zeros((0, n_max))
