@@ -3,10 +3,24 @@ interval behind it (``<!-- render: verdicts -->`` in results/README.md).
 
 A verdict is one of: **supported** / **contradicted** (the 95% interval excludes "no effect" on the claimed /
 the other side), **not shown** (the interval includes it), **cannot test** (the run cannot speak to the
-claim, with the reason). Two thresholds are ours, not the papers', and are named where used:
-``NEARLY_ADDITIVE`` and ``CONTROL_PASS``. A claim about a model whose clean test top-1 is not above chance
-(its 95% interval reaches 1 / classes) cannot be tested on it: such a model computes nothing about the
-images that its interactions, errors or sensitivity could show.
+claim, with the reason). Rows that hold by construction (a BagNet-q's parts cannot interact beyond q - 1 px)
+are *implementation checks*: their verdict is "check passed" / "**check failed**", never counted as support.
+
+Every threshold is ours, not the papers', and named here with its reason:
+
+* ``LEARNED_FLOOR_CHANCE`` / ``LEARNED_FLOOR``: a model "learned" when the lower end of its clean test top-1
+  interval is at least 3x chance and at least 0.25. Above-chance alone lets a model that gets 1 image in
+  6 right on 15 classes count, whose errors, interactions and sensitivity are mostly noise; a claim about a
+  model below the floor is "cannot test".
+* ``NEARLY_ADDITIVE``: "nearly additive" = interaction below 0.1 of the joint effect (CI upper bound), the
+  scale at which the paper calls VGG-16's parts additive.
+* ``CONTROL_PASS``: a heatmap ranking must reach 0.8 of occlusion's AUC on its own BagNet before it is
+  used to read a CNN; the hand-built BagNets reach 0.95-0.99 at the default regions (tests/test_instruments.py).
+* ``FLOAT32_ZERO``: interactions below 1e-4 logits are float32 rounding of an exact zero.
+* Error overlap is judged against the CNN-CNN reference it displays (the paper's reading: a BagNet errs on
+  the same classes *as much as CNNs do among themselves*), on top-1 and on top-5: supported when the
+  BagNet-CNN correlation is above 0 and its interval reaches the lowest CNN-CNN correlation, contradicted
+  when its interval lies below every CNN-CNN correlation.
 """
 from __future__ import annotations
 
@@ -20,9 +34,12 @@ from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, load
 
-NEARLY_ADDITIVE = 0.1     # "nearly additive": interaction below this share of the joint effect (CI upper bound)
-CONTROL_PASS = 0.5        # a heatmap ranking that reaches under half of occlusion's AUC on its own BagNet fails
-FLOAT32_ZERO = 1e-4       # logits: interactions below this are float32 rounding of an exact zero
+LEARNED_FLOOR_CHANCE = 3.0   # "learned": clean top-1 CI lower bound >= 3 x chance ...
+LEARNED_FLOOR = 0.25         # ... and >= 0.25 (see the module doc for the reasons of every threshold)
+NEARLY_ADDITIVE = 0.1        # "nearly additive": interaction below this share of the joint effect (CI upper bound)
+CONTROL_PASS = 0.8           # a heatmap ranking under 0.8 of occlusion's AUC on its own BagNet fails its control
+FLOAT32_ZERO = 1e-4          # logits: interactions below this are float32 rounding of an exact zero
+CHECK_PASSED, CHECK_FAILED = "check passed (by construction, not evidence)", "**check failed**"
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift")
 
 
@@ -42,19 +59,32 @@ def combine(verdicts: list[str]) -> str:
     return "**supported**"
 
 
+def learned_floor(chance: float) -> float:
+    return max(LEARNED_FLOOR_CHANCE * chance, LEARNED_FLOOR)
+
+
 def learned(root: Path, folder: str) -> dict[str, tuple[bool, str]]:
-    """Model -> (clean test top-1 above chance, "top-1 0.071 [0.043, 0.100] vs chance 0.067"), from the
-    signatures' scrambling table (its clean rows) and the class count of the error-overlap table."""
+    """Model -> (clean test top-1 CI above :func:`learned_floor`, "clean top-1 0.071 [0.043, 0.100] vs floor
+    0.250"), from the signatures' scrambling table (its clean rows) and the error-overlap table's classes."""
     acc = load(root, f"{folder}/scrambling")[0]["accuracy"]
-    chance = 1 / load(root, f"{folder}/error_overlap")[0]["per_class"]["class"].nunique()
-    return {r.model: (r.top1_lo > chance, f"clean top-1 {fmt_ci(r.top1, r.top1_lo, r.top1_hi)} vs chance {chance:.3f}")
+    floor = learned_floor(1 / load(root, f"{folder}/error_overlap")[0]["per_class"]["class"].nunique())
+    return {r.model: (r.top1_lo >= floor, f"clean top-1 {fmt_ci(r.top1, r.top1_lo, r.top1_hi)} vs floor {floor:.3f}")
             for r in acc[acc["condition"] == "clean"].itertuples()}
 
 
 def at_chance(models: list[str], skill: dict[str, tuple[bool, str]]) -> str | None:
-    """'cannot test (...)' naming the models of ``models`` not above chance; None when all learned."""
+    """'cannot test (...)' naming the models of ``models`` below the learned floor; None when all learned."""
     weak = [f"{m} {skill[m][1]}" for m in models if m in skill and not skill[m][0]]
-    return f"cannot test (not above chance: {'; '.join(weak)})" if weak else None
+    return f"cannot test (below the learned floor: {'; '.join(weak)})" if weak else None
+
+
+def against_reference(lo: float, hi: float, reference: float) -> str:
+    """The error-overlap rule (module doc): above 0 and reaching the lowest CNN-CNN correlation."""
+    if pd.isna(lo) or pd.isna(hi) or pd.isna(reference):
+        return "cannot test (no interval or no CNN-CNN reference)"
+    if hi < reference:
+        return "**contradicted**"
+    return "**supported**" if lo > 0 else "not shown"
 
 
 def diff(c: pd.DataFrame, model: str, minus: str, metric: str) -> tuple[str, str]:
@@ -105,8 +135,8 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
     it = t["interaction"]
     far = it[it["bin_lo"] >= it["exact_zero_from"].astype(float)]   # q - 1 px for a BagNet-q, NaN for a CNN
     largest = far["max_abs_interaction"].max()
-    rows.append(("a BagNet-q's image parts do not interact beyond q − 1 px", "paper Sec. 4 (by construction)",
-                 "**supported**" if largest < FLOAT32_ZERO else "**contradicted**",
+    rows.append(("(implementation check) a BagNet-q's image parts do not interact beyond q − 1 px",
+                 "paper Sec. 4 (by construction)", CHECK_PASSED if largest < FLOAT32_ZERO else CHECK_FAILED,
                  f"largest interaction of BagNet-9/17/33 at ≥ q − 1 px: {largest:.1e} logits (float32 zero: "
                  f"< {FLOAT32_ZERO:g})"))
     for model in ("VGG-16", "DenseNet-169"):
@@ -127,17 +157,23 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
     cnn = p[~p["model_a"].isin(bagnets) & ~p["model_b"].isin(bagnets)]
     for r in bag.itertuples():   # one row per CNN: the paper's figure pairs BagNet-33 with one CNN at a time
         others = cnn[(cnn["model_a"] != r.model_b) & (cnn["model_b"] != r.model_b)]
-        rows.append((f"BagNet-33 and {r.model_b} err on the same classes (class-wise top-5 accuracy correlated)",
-                     "paper Sec. 4", at_chance(["BagNet-33", r.model_b], skill) or by_interval(r.r_top5_lo, r.r_top5_hi),
-                     f"r {fmt_ci(r.r_top5, r.r_top5_lo, r.r_top5_hi)} over classes"
-                     + (f" (pairs of the other CNNs: {others['r_top5'].min():.2f}–{others['r_top5'].max():.2f})"
-                        if len(others) else "")))
+        per_metric, evidence = [], []
+        for m in ("top1", "top5"):
+            ref = others[f"r_{m}"].min() if len(others) else float("nan")
+            lo, hi, est = getattr(r, f"r_{m}_lo"), getattr(r, f"r_{m}_hi"), getattr(r, f"r_{m}")
+            per_metric.append(against_reference(lo, hi, ref))
+            evidence.append(f"{m} r {fmt_ci(est, lo, hi)} vs CNN-CNN {ref:.2f}–{others[f'r_{m}'].max():.2f}"
+                            if len(others) else f"{m} r {fmt_ci(est, lo, hi)}")
+        rows.append((f"BagNet-33 errs on the same classes as {r.model_b}, as much as CNNs among themselves "
+                     "(class-wise top-1 and top-5 accuracy correlated)", "paper Sec. 4",
+                     at_chance(["BagNet-33", r.model_b], skill) or combine(per_metric), "; ".join(evidence)))
     t, prov = load(root, f"{folder}/sensitivity")
     ld, comp = t["logit_drop"], t["comparisons"]
     bag_name = prov["raw"].get("bagnet", "BagNet-33")
     ctrl = ld[(ld["target"] == bag_name)].set_index("method")["auc_vs_occlusion"]
+    region = (prov["raw"].get("regions") or {}).get("side_px", prov["raw"].get("region"))
     control = (f"control, {bag_name} scored on itself: its heatmap reaches {ctrl.get('bagnet', float('nan')):.2f} "
-               f"of occlusion's AUC (overlap scoring {ctrl.get('bagnet_overlap', float('nan')):.2f})")
+               f"of occlusion's AUC (pass: {CONTROL_PASS:g}; regions {region} px)")
     heats = comp["heatmap"].unique() if "heatmap" in comp else ["bagnet"]
     for target in [x for x in ld["target"].unique() if x != bag_name]:
         for heat in heats:
@@ -148,8 +184,7 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
                  (f"cannot test (this ranking fails its control: {own:.2f} of occlusion on its own BagNet, "
                   f"below {CONTROL_PASS:g})" if not own >= CONTROL_PASS else
                   combine([by_interval(r.lo, r.hi) for r in cmp.itertuples()])))
-            scoring = "centred sum, the paper's" if heat == "bagnet" else "every overlapping patch, ours"
-            rows.append((f"{bag_name}'s heatmap ({scoring}) predicts {target}'s occlusion sensitivity better than "
+            rows.append((f"{bag_name}'s heatmap predicts {target}'s occlusion sensitivity better than "
                          "gradient attributions", "paper Sec. 4 (DenseNet-169)", v,
                          "; ".join(f"minus {r.method} {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)}"
                                    for r in cmp.itertuples()) + f"; {control}"))
