@@ -259,8 +259,8 @@ def block_headline(root: Path) -> str:
          "test " + ", ".join(f"{m} {df.loc[m, 'report test']:.3g}" for m in df.index)
          + f"; kept when scrambled: BagNet-33 {df.loc['BagNet-33', 'report kept']:.2f}, ResNet-50 "
          f"{df.loc['ResNet-50', 'report kept']:.2f}", "`make reproduce-table1 INIT=scratch`"),
-        ("15-Scene signatures on the *previous* Table 1 models (the report's fine-tuning protocol from random "
-         "weights, near chance) and a VGG-16 trained alike; not yet rerun on the from-scratch recipe's models",
+        ("15-Scene signatures on the Table 1 models of the from-scratch recipe (seed 0) and a VGG-16-BN "
+         "trained alike",
          verdict_counts(root),
          "VGG-16 nearly additive beyond ~30 px; BagNet heatmaps predict DenseNet-169's sensitivity better than "
          "DeepLift (ImageNet, pretrained)", "`make signatures INIT=scratch`"),

@@ -3,6 +3,7 @@ that only sees local patches and a hand-built model that only sees the arrangeme
 check is a function, so each test also shows that the check fails when its instrument is broken."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +14,12 @@ from experiments.controls import ArrangementModel, blob_images, colour_bagnet, t
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 QUIET = {"progress": False}
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
 
 
 # ------------------------------------------------------------------ 1. scrambling
@@ -121,10 +128,13 @@ def test_error_overlap_check_fails_when_one_models_errors_are_misattributed(monk
 
 # ------------------------------------------------------------------ 4. sensitivity
 def sensitivity_control(q: int, region: int | None = None) -> pd.Series:
-    """AUC relative to occlusion when the BagNet-q's own heatmap ranks the regions it is masked by."""
-    r = sensitivity.run({"B": colour_bagnet(q)}, blob_images(12, size=112, seed=1),
+    """AUC relative to occlusion when the BagNet-q's own heatmap ranks the regions it is masked by, on
+    images with an interior of candidate regions at every q."""
+    size = {9: 48, 17: 64, 33: 112}[q]
+    r = sensitivity.run({"B": colour_bagnet(q)}, blob_images(8, size=size, blobs=max(2, size // 32), seed=1),
                         {**QUIET, "targets": ["B"], "bagnet": "B", "methods": ["bagnet", "occlusion", "random"],
-                         "region": region, "num_images": 12, "bagnet_control": False})
+                         "region": region, "num_images": 8, "bagnet_control": False, "max_regions": 6,
+                         "report_n": [1, 6]})
     return r.tables["logit_drop"].set_index("method")["auc_vs_occlusion"]
 
 

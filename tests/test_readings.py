@@ -38,36 +38,38 @@ def test_the_check_flags_hand_written_numbers_and_spares_sourced_ones():
         render_document("<!-- render: nonsense -->\n<!-- /render -->", RESULTS)
 
 
-def test_claims_on_a_model_at_chance_cannot_be_tested(tmp_path):
-    """A model whose clean top-1 interval reaches 1/classes is not evidence for or against a claim: its rows
-    say 'cannot test', naming it and its interval; rows about other models do not change."""
+def test_claims_on_a_model_below_the_learned_floor_cannot_be_tested(tmp_path):
+    """A model whose clean top-1 interval is above chance but reaches below the learned floor (3x chance and
+    0.25) is not evidence for or against a claim: its rows say 'cannot test', naming it, its interval and the
+    floor; rows about other models do not change."""
     import json
     import shutil
 
     from reports.files import SIGNATURES, TABLE1
-    from reports.verdicts import block_verdicts
+    from reports.verdicts import block_verdicts, learned_floor
 
+    assert learned_floor(1 / 15) == 0.25 and learned_floor(1 / 7) == pytest.approx(3 / 7)
     for folder in (SIGNATURES, TABLE1):
         shutil.copytree(RESULTS / folder, tmp_path / folder)
     row = lambda text, start: next(line for line in text.splitlines() if line.startswith(start))  # noqa: E731
     before = block_verdicts(tmp_path)
-    assert "cannot test (not above chance" not in before
+    assert "cannot test (below the learned floor" not in before
 
     raw = tmp_path / SIGNATURES / "scrambling" / "raw.json"
     blob = json.loads(raw.read_text())
     acc = blob["tables"]["accuracy"]                                # column -> list of values
     (i,) = [i for i in range(len(acc["model"])) if acc["model"][i] == "DenseNet-169" and acc["condition"][i] == "clean"]
-    acc["top1"][i], acc["top1_lo"][i], acc["top1_hi"][i] = 0.07, 0.04, 0.10   # chance is 1/15 = 0.067
+    acc["top1"][i], acc["top1_lo"][i], acc["top1_hi"][i] = 0.20, 0.17, 0.23   # above chance (1/15), below the floor
     raw.write_text(json.dumps(blob))
     after = block_verdicts(tmp_path)
-    assert "| not shown |" in row(before, "| DenseNet-169: image parts")
-    assert "cannot test (not above chance: DenseNet-169 clean top-1 0.070 [0.040, 0.100] vs chance 0.067)" \
-        in row(after, "| DenseNet-169: image parts")
+    said = "cannot test (below the learned floor: DenseNet-169 clean top-1 0.200 [0.170, 0.230] vs floor 0.250)"
+    assert said not in row(before, "| DenseNet-169: image parts") and said in row(after, "| DenseNet-169: image parts")
     sens = [line for line in after.splitlines() if "predicts DenseNet-169's" in line]
-    assert sens and all("cannot test (not above chance: DenseNet-169" in line for line in sens)
-    assert "cannot test (not above chance: DenseNet-169" in row(after, "| BagNet-33 and DenseNet-169 err")
-    assert "cannot test" not in row(before, "| BagNet-33 and DenseNet-169 err")
-    assert row(after, "| BagNet-33 and ResNet-50 err") == row(before, "| BagNet-33 and ResNet-50 err")
+    assert sens and all("cannot test (below the learned floor: DenseNet-169" in line for line in sens)
+    errs = "| BagNet-33 errs on the same classes as DenseNet-169"
+    assert "below the learned floor: DenseNet-169" in row(after, errs) and "cannot test" not in row(before, errs)
+    other = "| BagNet-33 errs on the same classes as ResNet-50"
+    assert row(after, other) == row(before, other)
 
 
 def test_signature_models_block_lists_the_checkpoints_and_flags_a_folder_that_used_others(tmp_path):
