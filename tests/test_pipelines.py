@@ -163,7 +163,7 @@ def test_demo_pipeline_tiny(tmp_path):
     assert rebuilt == readme
 
 
-def _preds(correct_by_class: dict[int, float], n: int = 40, wrong_as=None, seed: int = 0) -> pd.DataFrame:
+def _preds(correct_by_class: dict[int, float], n: int = 60, wrong_as=None, seed: int = 0) -> pd.DataFrame:
     """Predictions over classes 0..4 (n images each) whose accuracy per class is given; a wrong answer is
     ``wrong_as[c]`` (e.g. the other class of a pair) or the next class."""
     rng = np.random.default_rng(seed)
@@ -198,6 +198,12 @@ def test_demo_checks_verdicts_follow_the_intervals():
             "CNN": _preds({0: 1, 1: 1, 2: 1, 3: .75, 4: .75}, wrong_as=swap, seed=5)}
     verdicts = [c["holds"] for c in demo_checks(weak, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2)]
     assert verdicts == [False, False, True, False], verdicts
+    # too few images for the equivalence test's margin: the at-chance checks cannot be tested, not "held"
+    few = {m: _preds(c, n=30, wrong_as=swap, seed=k) for k, (m, c) in enumerate(
+        {"B9": {0: 1, 1: .5, 2: .5, 3: .5, 4: .5}, "B17": {0: 1, 1: 1, 2: 1, 3: .5, 4: .5},
+         "B33": {0: 1, 1: 1, 2: 1, 3: .5, 4: .5}, "CNN": {c: 1.0 for c in range(5)}}.items())}
+    verdicts = [c["holds"] for c in demo_checks(few, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2)]
+    assert verdicts[1] is None and verdicts[2] is None, verdicts
 
 
 def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
