@@ -5,21 +5,18 @@ file cannot run code. Everything a checkpoint holds is stored in that form (RNG 
 """
 from __future__ import annotations
 
-import json
 import pickle
 import random
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 
 from .errors import ConfigError
 from .models import create_model
-from .stats import bootstrap_ci
-from .utils import file_sha256, refused_content
+from .utils import refused_content
 
 SPEC_KEYS = ("name", "kwargs", "num_classes", "classes", "mean", "std", "image_size")
 
@@ -133,31 +130,3 @@ def set_rng_state(s: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def model_provenance(models: Mapping, seed: int = 0) -> dict:
-    """What an experiment's ``models`` were, for its provenance: per trained run the checkpoint file and its
-    sha256 and, from the run dir (when there), the commit, time and device it was trained with and its
-    val/test top-1 with the per-image 95% bootstrap interval of Table 1 (``seed``, over the run's saved
-    predictions); a model config is recorded as given."""
-    out = {}
-    for name, spec in dict(models).items():
-        if not isinstance(spec, (str, Path)):
-            out[name] = {"config": spec}
-            continue
-        path = checkpoint_path(spec)
-        entry = {"checkpoint": str(path), "sha256": file_sha256(path)}
-        run_dir = path.parent.parent
-        if (run_dir / "summary.json").is_file():
-            summary = json.loads((run_dir / "summary.json").read_text())
-            prov = summary.get("provenance") or {}
-            entry.update({k: prov.get(k) for k in ("git_commit", "time", "device")},
-                         **{k: summary.get(k) for k in ("epochs", "precision", "train_wall_s")}, top1={})
-            for split in summary.get("eval") or {}:
-                preds = run_dir / "eval" / f"predictions_{split}.csv.gz"
-                if preds.is_file():
-                    df = pd.read_csv(preds)
-                    ci = bootstrap_ci((df["pred"] == df["label"]).to_numpy(), seed=seed)
-                    entry["top1"][split] = {"top1": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": len(df)}
-        out[name] = entry
-    return out

@@ -6,6 +6,10 @@ import platform
 import subprocess
 from pathlib import Path
 
+import json
+from typing import Mapping
+
+import pandas as pd
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +69,34 @@ def provenance(config: dict | None = None, device: str | torch.device = "cpu", s
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(), "versions": versions(), "device": device_description(device),
             "host": platform.node(), "seed": seed, "config": config, **extra}
+
+
+def model_provenance(models: Mapping, seed: int = 0) -> dict:
+    """What an experiment's ``models`` were, for its provenance: per trained run the checkpoint file and its
+    sha256 and, from the run dir (when there), the commit, time and device it was trained with and its
+    val/test top-1 with the per-image 95% bootstrap interval of Table 1 (``seed``, over the run's saved
+    predictions); a model config is recorded as given."""
+    from .checkpoint import checkpoint_path     # here, not at the top: checkpoint -> models would load for
+    from .stats import bootstrap_ci             # every provenance record, and scipy with them
+    from .utils import file_sha256
+    out = {}
+    for name, spec in dict(models).items():
+        if not isinstance(spec, (str, Path)):
+            out[name] = {"config": spec}
+            continue
+        path = checkpoint_path(spec)
+        entry = {"checkpoint": str(path), "sha256": file_sha256(path)}
+        run_dir = path.parent.parent
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+            prov = summary.get("provenance") or {}
+            entry.update({k: prov.get(k) for k in ("git_commit", "time", "device")},
+                         **{k: summary.get(k) for k in ("epochs", "precision", "train_wall_s")}, top1={})
+            for split in summary.get("eval") or {}:
+                preds = run_dir / "eval" / f"predictions_{split}.csv.gz"
+                if preds.is_file():
+                    df = pd.read_csv(preds)
+                    ci = bootstrap_ci((df["pred"] == df["label"]).to_numpy(), seed=seed)
+                    entry["top1"][split] = {"top1": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": len(df)}
+        out[name] = entry
+    return out

@@ -30,12 +30,11 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from . import io
-from .checkpoint import model_provenance
 from .config import CONFIG_DIR, as_dict, compose, store_schemas, validate
 from .distributed import cleanup, init_distributed
 from .engine import resolve_device
 from .errors import ConfigError, Interrupted, UserError
-from .provenance import provenance
+from .provenance import model_provenance, provenance
 from .result import Result
 from .tasks import Context
 from .train import identity_diff

@@ -23,7 +23,6 @@ from bagnet.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from bagnet.seeding import generator  # noqa: E402
 from bagnet.tasks import finished_summary, fit_run  # noqa: E402
 from bagnet.estimate import estimate_train_seconds  # noqa: E402
-from bagnet.utils import denormalize  # noqa: E402
 
 @dataclass
 class ExperimentConfig:
@@ -92,10 +91,6 @@ def prepare_model(model: nn.Module, device, dtype=None) -> nn.Module:
     return model.to(device).eval()
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
 @torch.no_grad()
 def forward(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits of ``images`` (moved to the model's device/dtype) in batches; returned on the CPU."""
@@ -108,10 +103,6 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     """Bool [B]: label among the top-k logits (k capped at the number of classes)."""
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
-
-
-def to_hwc(image: torch.Tensor, mean, std) -> np.ndarray:
-    return denormalize(image.detach().cpu().float(), mean, std).permute(1, 2, 0).numpy()
 
 
 OCCLUDERS = ("zero", "gray", "dataset_mean", "blur")

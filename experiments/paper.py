@@ -45,7 +45,7 @@ from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
 from bagnet.engine import Precision, accuracy_from_predictions, predict
 from bagnet.errors import ConfigError
-from bagnet.models import default_cfg
+from bagnet.models import default_cfg, is_bagnet
 from bagnet.result import Result
 
 from . import explain, sensitivity
@@ -90,7 +90,6 @@ class Paper:
         self.bagnet = cfg["bagnet"]
         if self.bagnet not in self.labels:
             raise ConfigError(f"paper.bagnet={self.bagnet} is not among paper.models ({self.labels})")
-        self.cnns = [m for m in self.labels if not str(cfg["models"][m].get("name", "")).startswith("bagnet")]
         d = as_dict(ctx.cfg.data)
         self.data_key = {k: d.get(k) for k in ("name", "root", "image_size", "label_space", "val_from_train")}
         self.data_key.update(split=ctx.cfg.split, n=len(self.dataset), seed=self.seed)
@@ -98,6 +97,11 @@ class Paper:
     def key(self, part: str, model: str | None = None, **extra) -> dict:
         return {"part": part, "cfg": self.cfg[part], "data": self.data_key,
                 "model": self.models.key(model) if model else None, **extra}
+
+    @property
+    def cnns(self) -> list[str]:
+        """The models that are not BagNets (by their architecture, :func:`bagnet.models.is_bagnet`)."""
+        return [m for m in self.labels if not is_bagnet(self.models[m])]
 
     def suite_key(self) -> dict:
         """What a suite unit of this run depends on besides its config: the data and the models' weights."""

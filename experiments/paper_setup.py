@@ -16,7 +16,8 @@ from bagnet.errors import ConfigError
 from bagnet.models import create_model, default_cfg
 
 from . import sensitivity
-from .eval_imagenet import PAPER_IMAGENET, local_weights
+from .eval_imagenet import local_weights
+from .published import imagenet_accuracy, texture_top5
 from .texture_synthesis import GATYS_LAYERS
 
 PARTS = ["accuracy", "texture", "interactions", "errors", "sensitivity", "patches"]
@@ -24,7 +25,6 @@ PARTS = ["accuracy", "texture", "interactions", "errors", "sensitivity", "patche
 # Published numbers (fractions) and where they come from: experiments/published.yaml, each with its source and
 # whether it was verified ("abstract": the paper's abstract; "torchvision": the weights' own documented accuracy;
 # "unverified": quoted in this project's issues, the paper's body text could not be read here).
-from .published import imagenet_accuracy, texture_top5  # noqa: E402  (kept beside the names it defines)
 
 PUBLISHED_ACCURACY = imagenet_accuracy()   # model -> (top1, top5, source)
 PUBLISHED_TEXTURE = texture_top5()         # model -> (top-5 clean, top-5 texturised, source)

@@ -49,13 +49,14 @@ import torch.nn as nn
 
 from bagnet.errors import ConfigError
 from bagnet.result import Result
+from bagnet.viz import to_rgb
 from bagnet.seeding import generator
 from bagnet.stats import bootstrap_ci, derangement, ratio_ci
 from bagnet.utils import jsonable
 
 from .registry import Experiment, register
 from .common import (ExperimentConfig, eval_indices, forward, iter_batches, prepare_model, resolve_data,
-                     to_hwc, topk_correct, typed_cfg)
+                     topk_correct, typed_cfg)
 
 
 @dataclass
@@ -229,7 +230,7 @@ def examples_figure(examples: dict[str, torch.Tensor], mean, std):
     for j, name in enumerate(names):
         axes[0, j].set_title(name.replace("scrambled_", ""), fontsize=9)
         for i in range(n):
-            axes[i, j].imshow(to_hwc(examples[name][i], mean, std))
+            axes[i, j].imshow(to_rgb(examples[name][i], mean, std))
     for ax in axes.flat:
         ax.axis("off")
     return fig
