@@ -153,9 +153,10 @@ def task(ctx) -> Result:
     saved in the run dir (an interrupted run resumes; a finished unit is reused while its key holds)."""
     cfg = ctx.cfg
     exp = registry.get(cfg.task)
-    specs = dict(cfg.models) or {cfg.model.tag: None}
+    specs = dict(cfg.models) or {cfg.model.tag: cfg.checkpoint or None}
     key = {**data_key(ctx), "model_keys": {m: model_key(s) for m, s in specs.items()}}
-    store = Store(Path(cfg.run_dir), progress=False)
+    # units are saved only for trained runs (keyed by checkpoint content); a model config may be random weights
+    store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in specs.values()) else None
     if exp.inputs == "predictions":
         return run_experiment(exp, {m: None for m in specs}, split_data(ctx), signature_cfg(ctx, exp.name),
                               predictions=predictions(ctx), store=store, key=key)

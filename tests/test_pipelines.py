@@ -115,6 +115,23 @@ def test_table1_pipeline_tiny(tmp_path):
             assert set(res.tables["accuracy"]["model"]) == labels
 
 
+def test_signatures_task_runs_each_experiment_and_resumes_from_its_units(tmp_path):
+    """task=signatures (make signatures) runs every task of suite.experiments into its own folder; a second
+    call reuses every saved unit (per model for additivity) instead of computing it again."""
+    b9, _ = run(tmp_path, "task=train", "model=bagnet9", *TINY)
+    cnn, _ = run(tmp_path, "task=train", "model=small_cnn", "model.width=4", *TINY)
+    args = ["task=signatures", *TINY, f"+models.B9={b9.run_dir}", f"+models.CNN={cnn.run_dir}",
+            "suite.experiments=[additivity,error_overlap]", "signatures.additivity.num_images=2",
+            "signatures.additivity.patch_sizes=[8]", "out_dir=" + str(tmp_path / "sig" / "${task}")]
+    run(tmp_path, *args)
+    units = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")}
+    assert {p.parent.name for p in units if p.parent.parent.name == "additivity"} == {"B9", "CNN"}
+    for name in ("additivity", "error_overlap"):
+        assert (tmp_path / "sig" / name / "raw.json").is_file(), name
+    run(tmp_path, *args, "overwrite=true")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")} == units
+
+
 def test_demo_pipeline_tiny(tmp_path):
     """make demo at 64 px, width 4, one step per model (seconds), and its documents rebuilt from raw.json."""
     cfg, demo = run(tmp_path, "task=demo", "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
