@@ -159,7 +159,7 @@ DEMO_OUTPUTS = {
                 "a pair of classes made of the same parts (chance 0.5)",
     "scrambling": "signature 1: accuracy on clean, g x g tile-scrambled and texturised test images",
     "additivity": "signature 2: interaction of two occluded patches vs their distance (exactly 0 for "
-                  "BagNet-q beyond q-1 px)",
+                  "BagNet-q beyond q-1 px), for random pairs and for pairs on two known parts (`interaction_parts`)",
     "error_overlap": "signature 3: class-wise accuracy correlation, shared errors and Cohen's kappa per model pair",
     "sensitivity": "signature 4: logit drop when occluding the regions ranked first by the BagNet-33 heatmap, "
                    "by captum attributions of the CNN itself, by occlusion (upper reference) and at random",
@@ -176,10 +176,16 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
         far = inter[inter["bin_lo"] >= inter.groupby("model")["exact_zero_from"].transform("max").fillna(float("inf"))]
         bag_far = far[far["model"].isin(bagnets)]["max_abs_interaction"].max()
         cnn_rows = inter[inter["model"] == cnn]
-        lines.append(f"Additivity: for patches farther apart than q-1 px the largest BagNet interaction is "
-                     f"{bag_far:.2g} (float32 rounding; exactly 0 in exact arithmetic); the CNN's normalised "
-                     f"interaction is {cnn_rows['normalized_interaction'].min():.2g} to "
-                     f"{cnn_rows['normalized_interaction'].max():.2g} across distance bins.")
+        line = (f"Additivity: for patches farther apart than q-1 px the largest BagNet interaction is "
+                f"{bag_far:.2g} (float32 rounding; exactly 0 in exact arithmetic); the CNN's normalised "
+                f"interaction is {cnn_rows['normalized_interaction'].min():.2g} to "
+                f"{cnn_rows['normalized_interaction'].max():.2g} across distance bins (random pairs)")
+        parts = results["additivity"].tables.get("interaction_parts", pd.DataFrame())
+        on_parts = parts[parts["model"] == cnn] if len(parts) else parts
+        if len(on_parts):
+            line += (f"; with the two occluders on two known parts it is "
+                     f"{on_parts['normalized_interaction'].min():.2g} to {on_parts['normalized_interaction'].max():.2g}")
+        lines.append(line + ".")
     pairs = results["error_overlap"].tables["pairs"]
     if len(pairs):
         bag = pairs[pairs["model_a"].isin(bagnets) & pairs["model_b"].isin(bagnets)]

@@ -183,9 +183,12 @@ def _free(occupied: list, y: int, x: int, h: int, w: int, gap: int) -> bool:
                for oy, ox, oh, ow in occupied)
 
 
-def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, strokes_per_4k: float) -> np.ndarray:
-    """One image of class ``cls`` as float32 HxWx3 in [0, 1]."""
+def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, strokes_per_4k: float,
+           boxes: list | None = None) -> np.ndarray:
+    """One image of class ``cls`` as float32 HxWx3 in [0, 1]; ``boxes`` (a list) receives each part's
+    (y0, x0, y1, x1) (the random draws are the same with or without it)."""
     s = geom.size
+    boxes = [] if boxes is None else boxes
     img, base = _background(rng, s, strokes_per_4k)
     if cls.kind == "local":
         (mask, colour), = cls.parts
@@ -195,6 +198,7 @@ def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, stroke
             if _free(occupied, y, x, 5, 5, 4):
                 occupied.append((y, x, 5, 5))
                 _paint(img, mask, colour, y, x, base)
+                boxes.append((int(y), int(x), int(y) + 5, int(x) + 5))
     else:
         xs, d = (geom.mid_x, MID_DISTANCE) if cls.kind == "mid" else (geom.global_x, geom.global_d)
         p = _P[cls.parts[0][0]].shape[0]
@@ -208,6 +212,7 @@ def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, stroke
             x = xs[rng.integers(len(xs))]    # each copy's x independent and uniform over whole phase cycles
             for k, (mask, colour) in enumerate(cls.parts):
                 _paint(img, mask, colour, y, x + k * d, base)
+                boxes.append((int(y), int(x + k * d), int(y) + p, int(x + k * d) + p))
     return np.clip(img, 0.0, 1.0)
 
 
@@ -215,7 +220,7 @@ class SyntheticDataset(Dataset):
     """Pre-rendered images held as uint8 [N, 3, S, S]; items are normalised float32 tensors."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], split: str,
-                 mean, std):
+                 mean, std, boxes: list | None = None):
         self.images = torch.from_numpy(images)   # shares memory with the numpy array
         self._np = images
         self.labels = labels.astype(np.int64)
@@ -223,6 +228,11 @@ class SyntheticDataset(Dataset):
         self.samples = [(f"synthetic/{split}/{i:05d}", int(y)) for i, y in enumerate(self.labels)]
         self.targets = [int(y) for y in self.labels]
         self.mean, self.std = mean, std
+        self.boxes = boxes
+
+    def parts(self, i: int) -> list:
+        """Where image ``i``'s parts are: [(y0, x0, y1, x1), ...] (the additivity experiment occludes them)."""
+        return list(self.boxes[i]) if self.boxes is not None else []
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -232,14 +242,18 @@ class SyntheticDataset(Dataset):
 
 
 def generate(classes: list[SyntheticClass], per_class: int, geom: Geometry, rng: np.random.Generator,
-             strokes_per_4k: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced images (uint8 N x 3 x S x S) and labels, classes interleaved."""
+             strokes_per_4k: float = 12.0, boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced images (uint8 N x 3 x S x S) and labels, classes interleaved; ``boxes`` (a list)
+    receives each image's part boxes."""
     n = per_class * len(classes)
     images = np.empty((n, 3, geom.size, geom.size), np.uint8)
     labels = np.tile(np.arange(len(classes)), per_class)
     for i, y in enumerate(labels):
-        img = render(classes[y], rng, geom, strokes_per_4k)
+        found: list = []
+        img = render(classes[y], rng, geom, strokes_per_4k, found)
         images[i] = np.round(img * 255).astype(np.uint8).transpose(2, 0, 1)
+        if boxes is not None:
+            boxes.append(found)
     return images, labels
 
 
@@ -263,8 +277,9 @@ def build_synthetic(cfg, seed: int, mean, std):
     strokes = float(cfg.get("clutter", 12.0))
     splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        imgs, labels = generate(classes, n, geom, _seed_for(seed, split), strokes)
-        splits[split] = SyntheticDataset(imgs, labels, names, split, mean, std)
+        boxes: list = []
+        imgs, labels = generate(classes, n, geom, _seed_for(seed, split), strokes, boxes)
+        splits[split] = SyntheticDataset(imgs, labels, names, split, mean, std, boxes)
     info = {
         "name": "synthetic", "seed": seed, "image_size": size,
         "sizes": {k: len(v) for k, v in splits.items()},
