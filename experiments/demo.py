@@ -41,13 +41,14 @@ def task(ctx) -> Result:
                                       per_class_images=d.patches_images, device=ctx.device)
     checks = demo_checks(preds, data.classes, data.info.get("class_kinds", {}), parts["scrambling"].tables["accuracy"],
                          list(d.bagnets), d.cnn, seed=cfg.seed,
+                         by_group=parts["scrambling"].tables.get("accuracy_by_group"),
                          grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size,
                                                 max(models[b].patch_size for b in d.bagnets)))
     acc_part = parts["accuracy"]
     acc_part.tables["checks"] = pd.DataFrame(checks)
     findings = demo_findings(parts, list(d.bagnets), d.cnn)
     held = sum(bool(c["holds"]) for c in checks)
-    return Result(parts=parts, summary=f"{held}/{len(checks)} expected effects held",
+    return Result(parts=parts, summary=f"{held}/{len(checks)} checks held (expected effects and negative controls)",
                   readme=lambda prov: demo_readme(checks, prov["wall_s"], prov, cfg, findings))
 
 
@@ -100,6 +101,8 @@ CHANCE_MARGIN = 0.2   # "at chance": the 90% CI (two one-sided 5% tests) of the 
                       # = 82 images (normal approximation), fewer images: "cannot test"
 SOLVED_FLOOR = 0.75   # "solves it": 95% CI lower bound above 0.75; a model at 0.90 passes with probability > 0.99
                       # at n >= 80 (its CI half-width ~0.066)
+UNHURT_FLOOR = 0.9    # negative control: a BagNet whose windows stay whole keeps its local evidence; 0.9 of its clean
+                      # top-1 (95% CI lower bound) leaves room for the few windows a tile seam cuts
 
 
 def chance_images_needed(margin: float = CHANCE_MARGIN) -> int:
@@ -115,7 +118,8 @@ def equivalent_to_chance(x: np.ndarray, seed: int) -> tuple[bool | None, CI]:
 
 
 def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[str, str], scrambling: pd.DataFrame,
-                bagnets: list[str], cnn: str, grid: int = 4, seed: int = 0) -> list[dict]:
+                bagnets: list[str], cnn: str, grid: int = 4, seed: int = 0,
+                by_group: pd.DataFrame | None = None) -> list[dict]:
     """The effects the synthetic probe is built to show. Each states its margin; it holds only when the
     95% bootstrap intervals (over test images) say so, not the point estimates alone."""
     checks = []
@@ -144,6 +148,14 @@ def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[
                                  f"{CHANCE_MARGIN:g}), {bagnets[-1]} solves it (95% CI above {SOLVED_FLOOR:g})",
                        "measured": f"{bagnets[0]} {fmt_ci(*m9)} (90%), {bagnets[-1]} {fmt_ci(*m33)}",
                        "holds": bool(held and m33.lo > SOLVED_FLOOR) if held is not None else None})
+    if by_group is not None and len(by_group) and "local" in set(by_group["group"]):
+        loc = by_group[(by_group["group"] == "local") & (by_group["condition"] == f"scrambled_{grid}x{grid}")]
+        loc = loc.set_index("model")
+        checks.append({"effect": f"negative control: {grid}x{grid} scrambling does not hurt any BagNet on the local "
+                                 f"classes (share of clean top-1 kept, 95% CI lower bound at least {UNHURT_FLOOR:g})",
+                       "measured": ", ".join(f"{b} {fmt_ci(loc.at[b, 'top1_rel'], loc.at[b, 'top1_rel_lo'], loc.at[b, 'top1_rel_hi'])}"
+                                             for b in bagnets if b in loc.index),
+                       "holds": bool(all(b in loc.index and loc.at[b, "top1_rel_lo"] >= UNHURT_FLOOR for b in bagnets))})
     s = scrambling[scrambling["condition"] == f"scrambled_{grid}x{grid}"].set_index("model")
     checks.append({"effect": f"{grid}x{grid} scrambling (tiles no smaller than the largest patch) hurts the CNN "
                              "more than every BagNet (share of clean top-1 kept; the CNN's CI below every BagNet's)",

@@ -154,7 +154,11 @@ def test_demo_pipeline_tiny(tmp_path):
     readme = (out / "README.md").read_text()
     assert "expected effects" in readme and "| `sensitivity/` |" in readme and "Additivity: " in readme
     checks = pd.read_csv(out / "accuracy" / "checks.csv")
-    assert len(checks) == 4 and checks["measured"].str.contains(r"\[", regex=True).all()  # each states its CI
+    assert len(checks) == 5 and checks["measured"].str.contains(r"\[", regex=True).all()  # each states its CI
+    assert checks["effect"].str.startswith("negative control").sum() == 1          # scrambling on the local classes
+    groups = results["scrambling"].tables["accuracy_by_group"]
+    shown = groups.dropna(subset=["top1_rel"])        # NaN: a tiny model with no clean hit on those classes
+    assert set(groups["group"]) == {"local"} and (shown["top1_rel_lo"] <= shown["top1_rel"]).all()
 
     # scripts/render_results.py rebuilds tables and the table-borne figures from raw.json alone
     import runpy
