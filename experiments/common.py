@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from bagnet.config import as_dict, validated  # noqa: E402
@@ -66,20 +66,32 @@ def eval_indices(n_total: int, num: int | None, seed: int) -> list[int]:
     return sorted(perm.tolist())
 
 
+def _collate(items) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.stack([torch.as_tensor(x) for x, _ in items]),
+            torch.as_tensor([int(y) for _, y in items], dtype=torch.long))
+
+
+def loader(dataset, indices, batch_size: int) -> DataLoader:
+    """The images ``indices`` of ``dataset`` in order, as torch's DataLoader gives them (the library's path)."""
+    return DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=max(1, batch_size), shuffle=False,
+                      num_workers=0, collate_fn=_collate)
+
+
 def load_batch(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[int(i)] for i in indices]
-    images = torch.stack([torch.as_tensor(x) for x, _ in items])
-    labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.long)
-    return images, labels
+    """The images ``indices`` as one batch (images [B, C, H, W], labels [B])."""
+    if not len(indices):
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return next(iter(loader(dataset, indices, len(indices))))
 
 
 def iter_batches(dataset, indices, batch_size: int, progress: bool = True, desc: str = "") \
         -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(indices, images, labels) in chunks of ``batch_size``, with a tqdm bar."""
-    chunks = [indices[i: i + batch_size] for i in range(0, len(indices), batch_size)]
-    for idx in tqdm(chunks, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        images, labels = load_batch(dataset, idx)
-        yield idx, images, labels
+    indices = [int(i) for i in indices]
+    batches = loader(dataset, indices, batch_size)
+    for k, (images, labels) in enumerate(tqdm(batches, desc=desc, leave=False, disable=not progress,
+                                              dynamic_ncols=True)):
+        yield indices[k * batch_size: (k + 1) * batch_size], images, labels
 
 
 def prepare_model(model: nn.Module, device, dtype=None) -> nn.Module:
