@@ -23,16 +23,10 @@ from bagnet.models import create_model
 SIGNAL_OFFSET = 10.0   # added to the signal after the stem: keeps every ReLU in its linear range (inputs in [-2, 2])
 
 
-def colour_bagnet(patch_size: int = 33, num_classes: int = 2, width: int = 4, branch_gain: float = 1.0) -> nn.Module:
-    """A BagNet-q whose patch logit of class c is ``sum_(u,v) w(u,v) * x[c](u,v) + const`` over the q x q patch,
-    w > 0 everywhere in the patch (each 3x3 convolution averages, each 1x1 passes, the residual adds):
-    channel c carries colour c through the network (c < 3, so at most 3 classes). ``branch_gain`` weights
-    each residual branch against its identity shortcut: larger = evidence spread more evenly over the patch
-    (a harder case for heatmap geometry; 1 = strongly centre-weighted)."""
-    if num_classes > 3:
-        raise ValueError("colour_bagnet: one class per colour channel (at most 3)")
+def blank_bagnet(patch_size: int, num_classes: int, width: int = 4) -> nn.Module:
+    """A BagNet-q in eval mode whose weights a control sets by hand: every convolution and linear layer 0,
+    every BatchNorm the identity (eps 0, so it is exactly the identity)."""
     net = create_model("bagnet", patch_size=patch_size, width=width, num_classes=num_classes).eval()
-    channels = range(num_classes)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -42,6 +36,20 @@ def colour_bagnet(patch_size: int = 33, num_classes: int = 2, width: int = 4, br
             elif isinstance(m, nn.BatchNorm2d):
                 m.eps = 0.0
                 m.running_mean.zero_(); m.running_var.fill_(1.0); m.weight.fill_(1.0); m.bias.zero_()
+    return net
+
+
+def colour_bagnet(patch_size: int = 33, num_classes: int = 2, width: int = 4, branch_gain: float = 1.0) -> nn.Module:
+    """A BagNet-q whose patch logit of class c is ``sum_(u,v) w(u,v) * x[c](u,v) + const`` over the q x q patch,
+    w > 0 everywhere in the patch (each 3x3 convolution averages, each 1x1 passes, the residual adds):
+    channel c carries colour c through the network (c < 3, so at most 3 classes). ``branch_gain`` weights
+    each residual branch against its identity shortcut: larger = evidence spread more evenly over the patch
+    (a harder case for heatmap geometry; 1 = strongly centre-weighted)."""
+    if num_classes > 3:
+        raise ValueError("colour_bagnet: one class per colour channel (at most 3)")
+    net = blank_bagnet(patch_size, num_classes, width)
+    channels = range(num_classes)
+    with torch.no_grad():
         for c in channels:
             net.conv1.weight[c, c] = 1.0
             net.conv2.weight[c, c] = 1.0 / 9.0

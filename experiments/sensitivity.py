@@ -9,9 +9,10 @@ Protocol, for every target model T (``targets``, default every non-BagNet model)
   * regions: the non-overlapping k x k grid, k = ``region``; None (the default) = :func:`region_for` the
     heatmap BagNet's q: 8 px up to q = 17, 16 px at q = 33. A region's BagNet score sums the patches
     *centred* in it, while masking it changes every patch that overlaps it; with regions much smaller
-    than q the two disagree and even the BagNet's own heatmap cannot find its evidence (proven on the
-    hand-built BagNets of experiments/controls.py: at q = 33 8 px regions reach 0.72 of occlusion's AUC
-    on the BagNet itself, 16 px regions 0.95; tests/test_instruments.py). Remainder rows/columns when k
+    than q the two disagree and even the BagNet's own heatmap cannot find its evidence (measured on the
+    hand-built BagNet-33 of experiments/controls.py on 112 px images: 8 px regions with border regions
+    included reach 0.72 of occlusion's AUC on the BagNet itself; the default geometry 0.97;
+    tests/test_instruments.py holds every q to 0.8). Remainder rows/columns when k
     does not divide H or W belong to no region and are never masked; nor are, for any method, regions
     all of whose pixels lie within (q - 1) / 2 px of the border: the heatmap scores them from patches
     that reach into its zero padding, patches the BagNet itself never sees (``raw['regions']``).

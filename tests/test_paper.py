@@ -230,17 +230,9 @@ def centre_pixel_bagnet(k_offset: float = 10.0) -> nn.Module:
     for every class: stem and each stage's first block pass channel 0 through the middle tap of their
     convolutions (offsets 1 + 1 + 2 = 4 = the centre of a 9 px patch), downsampling shortcuts are zero,
     the other blocks' residual branches are zero, K keeps every ReLU in its linear range."""
-    from bagnet.models import create_model
-    net = create_model("bagnet", patch_size=9, width=4, num_classes=3).eval()
+    from experiments.controls import blank_bagnet
+    net = blank_bagnet(9, num_classes=3, width=4)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.zero_()
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.eps = 0.0
-                m.running_mean.zero_(); m.running_var.fill_(1.0); m.weight.fill_(1.0); m.bias.zero_()
         net.conv1.weight[0, 0] = 1.0
         net.conv2.weight[0, 0, 1, 1] = 1.0
         net.bn1.bias[0] = k_offset
