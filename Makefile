@@ -11,7 +11,7 @@ MODEL ?= bagnet33
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: setup test test-full test-slow demo train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
+.PHONY: setup test test-full test-slow demo demo-seeds train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
         eval-imagenet reproduce-paper bench render-results
 
 setup: $(VENV)/.installed
@@ -32,6 +32,12 @@ test-slow: setup
 # the documents' number blocks are re-rendered from the new results/demo/ (README.md quotes it)
 demo: setup
 	$(RUN) task=demo experiment=demo $(ARGS)
+	$(PY) scripts/render_results.py --documents
+
+# the demo with seeds 1 and 2 -> results/demo/seed1, seed2; results/demo/README.md gains the spread across seeds
+demo-seeds: setup
+	$(RUN) -m task=demo experiment=demo seed=1,2 'out_dir=$${paths.results_dir}/demo/seed$${seed}' $(ARGS)
+	$(PY) scripts/render_results.py results/demo
 	$(PY) scripts/render_results.py --documents
 
 train: setup

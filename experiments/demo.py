@@ -47,9 +47,9 @@ def task(ctx) -> Result:
     acc_part = parts["accuracy"]
     acc_part.tables["checks"] = pd.DataFrame(checks)
     findings = demo_findings(parts, list(d.bagnets), d.cnn)
-    held = sum(bool(c["holds"]) for c in checks)
-    return Result(parts=parts, summary=f"{held}/{len(checks)} checks held (expected effects and negative controls)",
-                  readme=lambda prov: demo_readme(checks, prov["wall_s"], prov, cfg, findings))
+    return Result(parts=parts, summary=checks_summary(checks),
+                  readme=lambda prov: demo_readme(checks, prov["wall_s"], prov, cfg, findings,
+                                                  seed_spread(cfg.out_dir, acc_part.tables, cfg.seed)))
 
 
 SIGNATURES = ("scrambling", "additivity", "error_overlap", "sensitivity")
@@ -101,6 +101,8 @@ CHANCE_MARGIN = 0.2   # "at chance": the 90% CI (two one-sided 5% tests) of the 
                       # = 82 images (normal approximation), fewer images: "cannot test"
 SOLVED_FLOOR = 0.75   # "solves it": 95% CI lower bound above 0.75; a model at 0.90 passes with probability > 0.99
                       # at n >= 80 (its CI half-width ~0.066)
+TIE_MARGIN = 0.05     # "tie": a paired difference within 5 pt, the smallest gap the ~350 (local: ~150) test images
+                      # resolve (95% CI half-width of a paired difference near 0.03)
 UNHURT_FLOOR = 0.9    # negative control: a BagNet whose windows stay whole keeps its local evidence; 0.9 of its clean
                       # top-1 (95% CI lower bound) leaves room for the few windows a tile seam cuts
 
@@ -117,52 +119,80 @@ def equivalent_to_chance(x: np.ndarray, seed: int) -> tuple[bool | None, CI]:
     return bool(0.5 - CHANCE_MARGIN <= ci.lo and ci.hi <= 0.5 + CHANCE_MARGIN), ci
 
 
+def _in_pair(df: pd.DataFrame, ids: list[int]) -> np.ndarray:
+    """Per image of the classes ``ids``: 1 if predicted as one of them (the model sees the pair's parts)."""
+    df = df[df["label"].isin(ids)].sort_values("index")
+    return df["pred"].isin(ids).to_numpy(float)
+
+
 def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[str, str], scrambling: pd.DataFrame,
                 bagnets: list[str], cnn: str, grid: int = 4, seed: int = 0,
                 by_group: pd.DataFrame | None = None) -> list[dict]:
-    """The effects the synthetic probe is built to show. Each states its margin; it holds only when the
-    95% bootstrap intervals (over test images) say so, not the point estimates alone."""
+    """The effects the synthetic probe is built to show, each followed by its negative control (a place where
+    the same instrument must *not* find the effect). Each states its margin; it holds only when the 95%
+    bootstrap intervals (over test images) say so, not the point estimates alone."""
     checks = []
-    pair = {k: [i for i, c in enumerate(classes) if kinds.get(c) == k] for k in ("mid", "global")}
-    # 1. accuracy rises with q: paired differences on the same test images
-    d1 = paired_bootstrap_ci(_correct(preds[bagnets[1]]), _correct(preds[bagnets[0]]), seed=seed)
-    d2 = paired_bootstrap_ci(_correct(preds[bagnets[2]]), _correct(preds[bagnets[1]]), seed=seed)
-    checks.append({"effect": f"test accuracy rises with q: {bagnets[1]} - {bagnets[0]} > 0, and {bagnets[2]} - "
-                             f"{bagnets[1]} > -0.05 (both by their 95% CI: the second allows a 5 pt margin, as 17 and 33 should tie)",
-                   "measured": f"{bagnets[1]} - {bagnets[0]} {fmt_ci(*d1)}; {bagnets[2]} - {bagnets[1]} {fmt_ci(*d2)}",
-                   "holds": bool(d1.lo > 0 and d2.lo > -0.05)})
-    if len(pair["global"]) >= 2:
-        blind = {b: equivalent_to_chance(_correct(preds[b], pair["global"], within=True), seed) for b in bagnets}
-        g = _boot(_correct(preds[cnn], pair["global"], within=True), seed)
-        checks.append({"effect": f"global-arrangement pair at chance for every BagNet (equivalence test: 90% CI of "
-                                 f"the within-pair accuracy inside 0.5 ± {CHANCE_MARGIN:g}), solved by the CNN "
-                                 f"(95% CI above {SOLVED_FLOOR:g})",
-                       "measured": ", ".join(f"{b} {fmt_ci(*ci)} (90%)" for b, (_, ci) in blind.items())
-                                   + f", {cnn} {fmt_ci(*g)}",
-                       "holds": bool(all(h for h, _ in blind.values()) and g.lo > SOLVED_FLOOR)
-                       if all(h is not None for h, _ in blind.values()) else None})
-    if len(pair["mid"]) >= 2:
-        held, m9 = equivalent_to_chance(_correct(preds[bagnets[0]], pair["mid"], within=True), seed)
-        m33 = _boot(_correct(preds[bagnets[-1]], pair["mid"], within=True), seed)
-        checks.append({"effect": f"mid-size pair: {bagnets[0]} at chance (equivalence test, 90% CI inside 0.5 ± "
-                                 f"{CHANCE_MARGIN:g}), {bagnets[-1]} solves it (95% CI above {SOLVED_FLOOR:g})",
-                       "measured": f"{bagnets[0]} {fmt_ci(*m9)} (90%), {bagnets[-1]} {fmt_ci(*m33)}",
-                       "holds": bool(held and m33.lo > SOLVED_FLOOR) if held is not None else None})
+
+    def check(kind: str, effect: str, measured: str, holds) -> None:
+        checks.append({"kind": kind, "effect": effect, "measured": measured, "holds": holds})
+
+    ids = {k: [i for i, c in enumerate(classes) if kinds.get(c) == k] for k in ("local", "mid", "global")}
+    small, large = bagnets[0], bagnets[-1]
+    # 1. accuracy rises with q: paired differences on the same test images, on the classes some BagNet can
+    # solve (every BagNet guesses within the global pair: those coin flips would only widen the intervals)
+    solvable = ids["local"] + ids["mid"] or None
+    d1 = paired_bootstrap_ci(_correct(preds[bagnets[1]], solvable), _correct(preds[bagnets[0]], solvable), seed=seed)
+    d2 = paired_bootstrap_ci(_correct(preds[bagnets[2]], solvable), _correct(preds[bagnets[1]], solvable), seed=seed)
+    check("effect", f"test accuracy on the local and mid classes rises with q: {bagnets[1]} - {bagnets[0]} > 0, and "
+                    f"{bagnets[2]} - {bagnets[1]} > -{TIE_MARGIN:g} (both by their 95% CI: the second allows a "
+                    f"{TIE_MARGIN * 100:g} pt margin, as 17 and 33 should tie)",
+          f"{bagnets[1]} - {bagnets[0]} {fmt_ci(*d1)}; {bagnets[2]} - {bagnets[1]} {fmt_ci(*d2)}",
+          bool(d1.lo > 0 and d2.lo > -TIE_MARGIN))
+    if ids["local"]:
+        dl = paired_bootstrap_ci(_correct(preds[large], ids["local"]), _correct(preds[small], ids["local"]), seed=seed)
+        check("negative control", f"...but not on the local classes, which need no large patch: {large} - {small} "
+                                  f"there inside ± {TIE_MARGIN:g} (95% CI)",
+              f"{large} - {small} {fmt_ci(*dl)}", bool(-TIE_MARGIN < dl.lo and dl.hi < TIE_MARGIN))
+    if len(ids["global"]) >= 2:
+        blind = {b: equivalent_to_chance(_correct(preds[b], ids["global"], within=True), seed) for b in bagnets}
+        g = _boot(_correct(preds[cnn], ids["global"], within=True), seed)
+        check("effect", f"global-arrangement pair at chance for every BagNet (equivalence test: 90% CI of the "
+                        f"within-pair accuracy inside 0.5 ± {CHANCE_MARGIN:g}), solved by the {cnn} (95% CI above "
+                        f"{SOLVED_FLOOR:g})",
+              ", ".join(f"{b} {fmt_ci(*ci)} (90%)" for b, (_, ci) in blind.items()) + f", {cnn} {fmt_ci(*g)}",
+              bool(all(h for h, _ in blind.values()) and g.lo > SOLVED_FLOOR)
+              if all(h is not None for h, _ in blind.values()) else None)
+        seen = {b: _boot(_in_pair(preds[b], ids["global"]), seed) for b in bagnets}
+        check("negative control", "...but every BagNet sees the global parts: it puts the global images into the "
+                                  f"global pair (share, 95% CI above {SOLVED_FLOOR:g})",
+              ", ".join(f"{b} {fmt_ci(*ci)}" for b, ci in seen.items()),
+              bool(all(ci.lo > SOLVED_FLOOR for ci in seen.values())))
+    if len(ids["mid"]) >= 2:
+        held, m9 = equivalent_to_chance(_correct(preds[small], ids["mid"], within=True), seed)
+        m33 = _boot(_correct(preds[large], ids["mid"], within=True), seed)
+        check("effect", f"mid-size pair: {small} at chance (equivalence test, 90% CI inside 0.5 ± "
+                        f"{CHANCE_MARGIN:g}), {large} solves it (95% CI above {SOLVED_FLOOR:g})",
+              f"{small} {fmt_ci(*m9)} (90%), {large} {fmt_ci(*m33)}",
+              bool(held and m33.lo > SOLVED_FLOOR) if held is not None else None)
+        seen9 = _boot(_in_pair(preds[small], ids["mid"]), seed)
+        check("negative control", f"...but {small} sees the dots: it puts the mid images into the mid pair "
+                                  f"(share, 95% CI above {SOLVED_FLOOR:g})",
+              f"{small} {fmt_ci(*seen9)}", bool(seen9.lo > SOLVED_FLOOR))
+    s = scrambling[scrambling["condition"] == f"scrambled_{grid}x{grid}"].set_index("model")
+    check("effect", f"{grid}x{grid} scrambling (tiles no smaller than the largest patch; it splits the global "
+                    f"triangle) hurts the {cnn} more than every BagNet (share of clean top-1 kept; the {cnn}'s CI "
+                    "below every BagNet's)",
+          ", ".join(f"{m} {fmt_ci(s.at[m, 'top1_rel'], s.at[m, 'top1_rel_lo'], s.at[m, 'top1_rel_hi'])}"
+                    for m in bagnets + [cnn] if m in s.index),
+          bool(cnn in s.index and all(s.at[cnn, "top1_rel_hi"] < s.at[b, "top1_rel_lo"] for b in bagnets if b in s.index)))
     if by_group is not None and len(by_group) and "local" in set(by_group["group"]):
         loc = by_group[(by_group["group"] == "local") & (by_group["condition"] == f"scrambled_{grid}x{grid}")]
         loc = loc.set_index("model")
-        checks.append({"effect": f"negative control: {grid}x{grid} scrambling does not hurt any BagNet on the local "
-                                 f"classes (share of clean top-1 kept, 95% CI lower bound at least {UNHURT_FLOOR:g})",
-                       "measured": ", ".join(f"{b} {fmt_ci(loc.at[b, 'top1_rel'], loc.at[b, 'top1_rel_lo'], loc.at[b, 'top1_rel_hi'])}"
-                                             for b in bagnets if b in loc.index),
-                       "holds": bool(all(b in loc.index and loc.at[b, "top1_rel_lo"] >= UNHURT_FLOOR for b in bagnets))})
-    s = scrambling[scrambling["condition"] == f"scrambled_{grid}x{grid}"].set_index("model")
-    checks.append({"effect": f"{grid}x{grid} scrambling (tiles no smaller than the largest patch) hurts the CNN "
-                             "more than every BagNet (share of clean top-1 kept; the CNN's CI below every BagNet's)",
-                   "measured": ", ".join(f"{m} {fmt_ci(s.at[m, 'top1_rel'], s.at[m, 'top1_rel_lo'], s.at[m, 'top1_rel_hi'])}"
-                                         for m in bagnets + [cnn] if m in s.index),
-                   "holds": bool(cnn in s.index and all(s.at[cnn, "top1_rel_hi"] < s.at[b, "top1_rel_lo"]
-                                                        for b in bagnets if b in s.index))})
+        check("negative control", f"...but {grid}x{grid} scrambling does not hurt any BagNet on the local classes "
+                                  f"(share of clean top-1 kept, 95% CI lower bound at least {UNHURT_FLOOR:g})",
+              ", ".join(f"{b} {fmt_ci(loc.at[b, 'top1_rel'], loc.at[b, 'top1_rel_lo'], loc.at[b, 'top1_rel_hi'])}"
+                        for b in bagnets if b in loc.index),
+              bool(all(b in loc.index and loc.at[b, "top1_rel_lo"] >= UNHURT_FLOOR for b in bagnets)))
     return checks
 
 
@@ -225,17 +255,31 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
     return lines
 
 
+def checks_summary(checks: list[dict]) -> str:
+    """'4/4 expected effects and 4/4 negative controls held'."""
+    def count(kind: str) -> str:
+        rows = [c for c in checks if c.get("kind", "effect") == kind]
+        return f"{sum(_holds(c['holds']) is True for c in rows)}/{len(rows)}"
+    return f"{count('effect')} expected effects and {count('negative control')} negative controls held"
+
+
 def demo_readme(checks: list[dict], wall_s: float, prov: dict, cfg: DictConfig,
-                findings: list[str] | None = None) -> str:
+                findings: list[str] | None = None, spread: list[str] | None = None) -> str:
     lines = ["# Demo: BagNets vs a CNN on the synthetic probe", "",
              f"Made by `make demo` ({wall_s / 60:.1f} min on {prov['device']}, commit `{prov['git_commit']}`, "
              f"{prov['time']}). Data: {cfg.data.image_size} px synthetic images, "
              f"{cfg.data.samples_per_class} training images per class; models: BagNet-9/17/33 of width "
-             f"{cfg.bagnet_width} and a small CNN whose receptive field covers the image; "
-             f"{cfg.trainer.epochs} epochs each. Classes and their ground truth: `bagnet/data/synthetic.py`.", "",
-             "## Did the expected effects appear?", "", "| effect | measured | holds |", "|---|---|---|"]
+             f"{cfg.bagnet_width} and a small CNN whose receptive field (61 px) spans any two parts of the global triangle; "
+             f"{_epochs(cfg)}. Classes and their ground truth: `bagnet/data/synthetic.py`.", "",
+             "## Did the expected effects appear?", "",
+             f"{checks_summary(checks)}. Each effect is followed by its negative control: a place where the same "
+             "instrument must not find the effect.", "",
+             "| check | what must hold | measured | holds |", "|---|---|---|---|"]
     said = {True: "yes", False: "**no**", None: f"cannot test (fewer than {chance_images_needed()} images)"}
-    lines += [f"| {c['effect']} | {c['measured']} | {said[_holds(c['holds'])]} |" for c in checks]
+    lines += [f"| {c.get('kind', 'effect')} | {c['effect']} | {c['measured']} | {said[_holds(c['holds'])]} |"
+              for c in checks]
+    if spread:
+        lines += [""] + spread
     if findings:
         lines += ["", "## Other measurements", ""] + [f"- {f}" for f in findings]
     lines += ["", "## Outputs", "", "| folder | shows |", "|---|---|"]
@@ -245,9 +289,58 @@ def demo_readme(checks: list[dict], wall_s: float, prov: dict, cfg: DictConfig,
     return "\n".join(lines)
 
 
+def _epochs(cfg: DictConfig) -> str:
+    """'5 epochs each' or '5 epochs (CNN: 10)': the demo's models may override the trainer's epochs."""
+    own = {k: (v.get("trainer") or {}).get("epochs") for k, v in cfg.demo.models.items() if isinstance(v, DictConfig)}
+    own = {k: e for k, e in own.items() if e is not None and e != cfg.trainer.epochs}
+    return f"{cfg.trainer.epochs} epochs" + (f" ({', '.join(f'{k}: {e}' for k, e in own.items())})" if own else " each")
+
+
 def _holds(value):
     """A check's verdict as saved (bool, or None / NaN when it cannot be tested)."""
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)
+
+
+SEED_DIRS = "seed*"   # results/demo/seed1, seed2, ...: the same demo with other seeds (make demo-seeds)
+
+
+def seed_spread(out: str | Path, tables: dict[str, pd.DataFrame] | None = None, seed: int | None = None) -> list[str]:
+    """Markdown lines: every check and accuracy per model and class kind across the demo in ``out`` (seed
+    ``seed``, its ``tables`` 'checks' and 'accuracy') and the demos with other seeds in ``out/seed*/``;
+    [] when there are none."""
+    out = Path(out)
+    runs = {}
+    for raw in sorted(out.glob(f"{SEED_DIRS}/accuracy/raw.json")):
+        blob = json.loads(raw.read_text())
+        runs[int(blob["provenance"]["seed"])] = {n: pd.DataFrame(t) for n, t in blob["tables"].items()}
+    if not runs:
+        return []
+    if tables is not None and seed is not None:
+        runs[int(seed)] = tables
+    seeds = sorted(runs)
+    held = [checks_summary(runs[k]["checks"].to_dict(orient="records")) for k in seeds]
+    lines = ["## Across seeds", "",
+             f"The same demo with seeds {', '.join(map(str, seeds))} (`make demo-seeds`; seed {seeds[0]} is the one above "
+             "unless a folder `seed<k>/` holds it). " + "; ".join(f"seed {k}: {h}" for k, h in zip(seeds, held)) + ".", "",
+             "| check | " + " | ".join(f"seed {k}" for k in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    said = {True: "yes", False: "**no**", None: "cannot test"}
+    first = runs[seeds[0]]["checks"]
+    for i, row in first.iterrows():
+        cells = []
+        for k in seeds:
+            c = runs[k]["checks"]
+            cells.append(f"{said[_holds(c.iloc[i]['holds'])]}: {c.iloc[i]['measured']}" if i < len(c) else "–")
+        lines.append(f"| {row.get('kind', 'effect')}: {row['effect'].split('(')[0].strip()} | " + " | ".join(cells) + " |")
+    accs = [runs[k]["accuracy"].assign(seed=k) for k in seeds if len(runs[k]["accuracy"])]
+    if accs:
+        acc = pd.concat(accs)
+        cols = [c for c in acc.columns if c not in ("model", "seed")]
+        lines += ["", "Test top-1 per class kind across seeds: mean (min to max).", "",
+                  "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for model, sub in acc.groupby("model", sort=False):
+            lines.append(f"| {model} | " + " | ".join(f"{sub[c].mean():.3f} ({sub[c].min():.3f} to {sub[c].max():.3f})"
+                                                       for c in cols) + " |")
+    return lines
 
 
 def rebuild_demo_readme(out: str | Path) -> str | None:
@@ -262,6 +355,7 @@ def rebuild_demo_readme(out: str | Path) -> str | None:
                for k, b in blobs.items()}
     checks = results["accuracy"].tables["checks"].to_dict(orient="records")
     findings = demo_findings(results, list(cfg.demo.bagnets), cfg.demo.cnn)
-    return demo_readme(checks, prov.get("wall_s", float("nan")), prov, cfg, findings)
+    spread = seed_spread(out, results["accuracy"].tables, prov.get("seed", cfg.get("seed")))
+    return demo_readme(checks, prov.get("wall_s", float("nan")), prov, cfg, findings, spread)
 
 

@@ -55,23 +55,34 @@ def _pairs(kind):
     return [c for c in S.SYNTHETIC_CLASSES if c.kind == kind]
 
 
-@pytest.mark.parametrize("kind", ["mid", "global"])
-def test_pair_classes_have_identical_parts(kind):
-    a, b = _pairs(kind)
-    assert a.part_multiset == b.part_multiset and a.parts != b.parts and a.parts == b.parts[::-1]
+def test_pair_classes_have_identical_parts():
+    (a, b), (c, d) = _pairs("mid"), _pairs("global")
+    assert a.part_multiset == b.part_multiset and a.parts == b.parts[::-1]
+    # global: the same three parts in the other cyclic order (not a rotation of it)
+    assert c.part_multiset == d.part_multiset and len(c.parts) == 3
+    assert all(d.parts != c.parts[k:] + c.parts[:k] for k in range(3))
 
 
-def _joint_views(geom, kind, q, size):
-    """Multiset, per class of the pair, of (window offsets of its left-part type, of its right-part type)
-    over every allowed placement: what BagNet-q's windows can know about where each part is."""
-    xs, d = (geom.mid_x, S.MID_DISTANCE) if kind == "mid" else (geom.global_x, geom.global_d)
+def _global_placements(geom, cls):
+    """Every allowed placement of a global class: {part: (y, x)} for each (y, x, rotation) the renderer can draw."""
+    d = geom.global_d
+    for y in geom.global_x:
+        for x in geom.global_x:
+            corners = ((y, x), (y, x + d), (y + d, x))
+            for turn in range(3):
+                yield {part: corners[(turn + k) % 3] for k, part in enumerate(cls.parts)}
+
+
+def _global_views(geom, q):
+    """Per global class, the multiset over placements of what BagNet-q's windows can know about where each
+    part is (its window offsets in y and in x)."""
+    size, p = geom.size, 5
     out = []
-    for cls in _pairs(kind):
-        p = S._P[cls.parts[0][0]].shape[0]
+    for cls in _pairs("global"):
         views = collections.Counter()
-        for x in xs:
-            pos = {cls.parts[0]: x, cls.parts[1]: x + d}
-            views[tuple(S.window_offsets(pos[part], p, size, q) for part in sorted(pos))] += 1
+        for pos in _global_placements(geom, cls):
+            views[tuple((part, S.window_offsets(y, p, size, q), S.window_offsets(x, p, size, q))
+                        for part, (y, x) in sorted(pos.items()))] += 1
         out.append(views)
     return out
 
@@ -80,11 +91,42 @@ def _joint_views(geom, kind, q, size):
 def test_global_pair_is_invisible_to_every_bagnet(size):
     geom = S.Geometry.for_size(size)
     p = 5
-    assert geom.global_d - p + 2 > 33          # no 33-px window touches both parts
-    assert geom.global_d + p <= 61             # small_cnn's receptive field covers both
+    assert geom.global_d - p + 2 > 33          # no 33-px window touches two corners
+    assert geom.global_d + p <= 61             # small_cnn's receptive field covers two corners
     for q in (9, 17, 33):
-        g1, g2 = _joint_views(geom, "global", q, size)
+        g1, g2 = _global_views(geom, q)
         assert g1 == g2, q                     # same joint view distribution -> chance by construction
+
+
+def test_global_pair_differs_only_in_arrangement():
+    """Each part's position has the same distribution in both classes; the part-to-part displacements differ."""
+    geom = S.Geometry.for_size(112)
+    marginals, displacements = [], []
+    for cls in _pairs("global"):
+        where = collections.Counter((part, yx) for pos in _global_placements(geom, cls) for part, yx in pos.items())
+        first, second = cls.parts[0], cls.parts[1] if cls.name == "global_cw" else cls.parts[2]  # green -> yellow
+        shift = {(pos[second][0] - pos[first][0], pos[second][1] - pos[first][1])
+                 for pos in _global_placements(geom, cls)}
+        marginals.append(where)
+        displacements.append(shift)
+    assert marginals[0] == marginals[1]
+    assert displacements[0].isdisjoint(displacements[1]) and len(displacements[0]) == 3
+
+
+def test_scrambling_grid_splits_the_triangle_and_keeps_other_cues_whole():
+    geom = S.Geometry.for_size(112)
+    tile = lambda y, x: (y >= geom.seam, x >= geom.seam)  # noqa: E731
+    rng = np.random.default_rng(0)
+    for cls in S.SYNTHETIC_CLASSES:
+        for _ in range(20):
+            boxes: list = []
+            S.render(cls, rng, geom, 12.0, boxes)
+            for y0, x0, y1, x1 in boxes:           # no part straddles a seam
+                assert tile(y0, x0) == tile(y1 - 1, x1 - 1), (cls.name, boxes)
+            if cls.kind == "global":               # three corners, three tiles
+                assert len({tile(y0, x0) for y0, x0, _, _ in boxes}) == 3
+            if cls.kind == "mid":                  # each red-blue pair inside one tile
+                assert all(tile(*a[:2]) == tile(*b[:2]) for a, b in zip(boxes[::2], boxes[1::2]))
 
 
 def test_mid_pair_is_invisible_to_bagnet9_only():
@@ -92,8 +134,12 @@ def test_mid_pair_is_invisible_to_bagnet9_only():
     geom = S.Geometry.for_size(size)
     p = S._P["dot"].shape[0]
     assert S.MID_DISTANCE - p + 2 > 9 and S.MID_DISTANCE + p <= 17
-    g1, g2 = _joint_views(geom, "mid", 9, size)
-    assert g1 == g2
+    views = []
+    for cls in _pairs("mid"):
+        views.append(collections.Counter(
+            tuple(sorted((part, S.window_offsets(x + k * S.MID_DISTANCE, p, size, 9)) for k, part in enumerate(cls.parts)))
+            for x in geom.mid_x))
+    assert views[0] == views[1]
     phases = collections.Counter(x % 8 for x in geom.mid_x)
     assert len(set(phases.values())) == 1 and len(phases) == 8
 
@@ -107,13 +153,18 @@ def test_rendered_parts_match_metadata():
     geom = S.Geometry.for_size(112)
     rng = np.random.default_rng(0)
     for cls in _pairs("global") + _pairs("mid"):
-        img = S.render(cls, rng, geom, 12.0)
-        (first, c1), (second, c2) = cls.parts
-        y1, x1 = np.nonzero(np.all(np.abs(img - np.array(c1)) < 1e-3, -1))
-        y2, x2 = np.nonzero(np.all(np.abs(img - np.array(c2)) < 1e-3, -1))
-        assert y1.size and set(y1) == set(y2)
-        for row in set(y1):   # on every row of a copy: the order the class name says
-            assert x1[y1 == row].max() < x2[y2 == row].min()
+        boxes: list = []
+        img = S.render(cls, rng, geom, 12.0, boxes)
+        for (mask, colour), (y0, x0, y1, x1) in zip(cls.parts * 2, boxes):   # each part painted where recorded
+            painted = np.all(np.abs(img[y0:y1, x0:x1] - np.array(colour)) < 1e-3, -1)
+            assert np.array_equal(painted, S._P[mask])
+        if cls.kind == "mid":                      # on every copy: the order the class name says
+            assert all(a[1] < b[1] and a[0] == b[0] for a, b in zip(boxes[::2], boxes[1::2]))
+        else:                                      # parts k, k+1, k+2 on clockwise corners (y, x) -> (y, x+d) -> (y+d, x)
+            (ya, xa), (yb, xb), (yc, xc) = (b[:2] for b in boxes)
+            d = geom.global_d
+            turns = {((0, d), (d, -d)), ((d, -d), (-d, 0)), ((-d, 0), (0, d))}
+            assert ((yb - ya, xb - xa), (yc - yb, xc - xb)) in turns
 
 
 # ----------------------------------------------------------------------------- loaders

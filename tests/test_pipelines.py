@@ -210,21 +210,26 @@ def test_demo_checks_verdicts_follow_the_intervals():
                         "top1_rel": [1.0, .95, .9, .3], "top1_rel_lo": [.97, .9, .85, .2],
                         "top1_rel_hi": [1.0, 1.0, .95, .4]})
     preds = {"B9": bag9, "B17": bag17, "B33": bag33, "CNN": cnn}
+    run = lambda p: [c["holds"] for c in demo_checks(p, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2)]  # noqa: E731
     checks = demo_checks(preds, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2)
-    assert [c["holds"] for c in checks] == [True, True, True, True], checks
+    assert [c["kind"] for c in checks] == ["effect", "negative control"] * 3 + ["effect"]
+    assert [c["holds"] for c in checks] == [True] * 7, checks
     assert all("[" in c["measured"] for c in checks)          # every check states its interval
     # the same effects, measured too weakly: overlapping intervals must not count
     scr.loc[3, ["top1_rel", "top1_rel_lo", "top1_rel_hi"]] = [.8, .6, .9]
     weak = {**preds, "B17": _preds({0: 1, 1: .55, 2: .55, 3: .5, 4: .5}, wrong_as=swap, seed=4),
             "CNN": _preds({0: 1, 1: 1, 2: 1, 3: .75, 4: .75}, wrong_as=swap, seed=5)}
-    verdicts = [c["holds"] for c in demo_checks(weak, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2)]
-    assert verdicts == [False, False, True, False], verdicts
+    assert run(weak) == [False, True, False, True, True, True, False]
+    # negative controls that fire: BagNet-9 worse on the local class; BagNets that do not see the global
+    # parts (their global errors go to the local class) and a BagNet-9 blind to the dots
+    lost = _preds({0: .8, 1: .5, 2: .5, 3: .5, 4: .5}, wrong_as={**swap, 1: 0, 2: 0, 3: 0, 4: 0}, seed=6)
+    assert run({**preds, "B9": lost})[1::2] == [False, False, False]
     # too few images for the equivalence test's margin: the at-chance checks cannot be tested, not "held"
     few = {m: _preds(c, n=30, wrong_as=swap, seed=k) for k, (m, c) in enumerate(
         {"B9": {0: 1, 1: .5, 2: .5, 3: .5, 4: .5}, "B17": {0: 1, 1: 1, 2: 1, 3: .5, 4: .5},
          "B33": {0: 1, 1: 1, 2: 1, 3: .5, 4: .5}, "CNN": {c: 1.0 for c in range(5)}}.items())}
-    verdicts = [c["holds"] for c in demo_checks(few, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2)]
-    assert verdicts[1] is None and verdicts[2] is None, verdicts
+    verdicts = run(few)
+    assert verdicts[2] is None and verdicts[4] is None, verdicts
 
 
 def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
@@ -372,3 +377,22 @@ def test_signatures_find_the_table1_runs_of_their_init(init, profile):
     sig = compose(["experiment=signatures", "task=scrambling", *common])
     assert {k: str(v) for k, v in sig.models.items()} == expected
     assert Path(sig.out_dir).parts[-3:] == ("scene15", f"{profile}-{init}", "scrambling")
+
+
+def test_demo_seed_spread_reads_every_seed(tmp_path):
+    """results/demo/README.md's spread across seeds: each seed's verdicts and the accuracy range, from files."""
+    from experiments.demo import seed_spread
+    checks = lambda held: pd.DataFrame([{"kind": "effect", "effect": "rises (CI)", "measured": "m", "holds": held},  # noqa: E731
+                                        {"kind": "negative control", "effect": "not on local", "measured": "m",
+                                         "holds": True}])
+    acc = lambda a: pd.DataFrame({"model": ["B9"], "all": [a]})  # noqa: E731
+    assert seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0) == []   # no other seed
+    for k, (held, a) in {1: (False, 0.6), 2: (True, 0.8)}.items():
+        (tmp_path / f"seed{k}" / "accuracy").mkdir(parents=True)
+        (tmp_path / f"seed{k}" / "accuracy" / "raw.json").write_text(json.dumps(
+            {"provenance": {"seed": k}, "tables": {"checks": checks(held).to_dict(orient="list"),
+                                                   "accuracy": acc(a).to_dict(orient="list")}}))
+    text = "\n".join(seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0))
+    assert "seed 0: 1/1 expected effects and 1/1 negative controls held" in text
+    assert "seed 1: 0/1 expected effects" in text and "| effect: rises | yes: m | **no**: m | yes: m |" in text
+    assert "| B9 | 0.700 (0.600 to 0.800) |" in text

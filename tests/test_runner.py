@@ -91,7 +91,7 @@ def test_a_short_synthetic_run_learns_and_writes_its_run_dir(tmp_path):
     green and yellow parts), 64 px, 24 steps. The seven classes at 112 px: test_short_synthetic_run_beats_chance."""
     cfg = make_cfg("model=small_cnn", "model.width=8", "trainer.epochs=4", "trainer.max_steps_per_epoch=null",
                    "trainer.batch_size=16", "trainer.optimizer=adamw", "trainer.lr=0.01", "data.image_size=64",
-                   "data.classes=[local_plus,mid_rb,global_gy]", "data.samples_per_class=32", "data.val_per_class=8",
+                   "data.classes=[local_plus,mid_rb,global_cw]", "data.samples_per_class=32", "data.val_per_class=8",
                    "data.test_per_class=16", tmp_path=tmp_path)
     assert_learned_and_wrote_its_run_dir(cfg, task_train(cfg))
 

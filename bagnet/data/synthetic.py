@@ -1,44 +1,52 @@
 """Synthetic probe with known ground truth about what a bag of q x q local features can solve.
 
 Every image is a stationary cluttered background (grey level, pixel noise, short thin strokes in
-muted colours; the same distribution for every class) plus the parts that define its class:
+muted colours; the same distribution for every class) plus the parts that define its class. Each class is
+decided by one named cue:
 
-=============  ======  ================================================================  ==================
-class          kind    what is in the image                                              solvable by
-=============  ======  ================================================================  ==================
-local_plus     local   4 white 5x5 "+" motifs anywhere                                   any BagNet, CNN
-local_x        local   4 white 5x5 "x" motifs anywhere                                   any BagNet, CNN
-local_ring     local   4 white 5x5 hollow squares anywhere                               any BagNet, CNN
-mid_rb         mid     2x: a red 4x4 dot 12 px LEFT of a blue 4x4 dot                    BagNet-17/33, CNN
-mid_br         mid     2x: the same two dots, blue 12 px left of red                     BagNet-17/33, CNN
-global_gy      global  a green 5x5 square 40 px left of a yellow 5x5 ring                 CNN only
-global_yg      global  the same two parts, yellow 40 px left of green                    CNN only
-=============  ======  ================================================================  ==================
+==========  ======  ==================================================================  =================
+class       kind    the cue                                                             solvable by
+==========  ======  ==================================================================  =================
+local_plus  local   4 white 5x5 "+" motifs anywhere                                     any BagNet, CNN
+local_x     local   4 white 5x5 "x" motifs anywhere                                     any BagNet, CNN
+local_ring  local   4 white 5x5 hollow squares anywhere                                 any BagNet, CNN
+mid_rb      mid     2x: a red 4x4 dot 12 px LEFT of a blue 4x4 dot                      BagNet-17/33, CNN
+mid_br      mid     2x: the same two dots, blue 12 px left of red                       BagNet-17/33, CNN
+global_cw   global  green square, yellow ring, magenta diamond CLOCKWISE on a triangle  CNN only
+global_ccw  global  the same three parts, counter-clockwise                             CNN only
+==========  ======  ==================================================================  =================
 
 Why these are the answers (not just hopes):
 
-* BagNet-q's logit is a sum over a stride-8 grid of q x q windows, each scored on its own (unit i sees
-  pixels 8i .. 8i+q-1; convolutions are unpadded so there is no border cue inside a window).
-* The two classes of a pair hold the same parts; only their left/right order differs. A window that
-  touches both parts needs q >= d - p + 2 (d: left-edge distance, p: part size): 10 for the mid dots
-  (so BagNet-9 never sees both, BagNet-17 sees the whole pair), 37 for the global parts (no BagNet).
-* A BagNet could still tell the order indirectly by *localising* each part: near an image border fewer
-  windows contain a part, at truncated offsets, and a sum over windows can learn "green near the left
-  edge". So parts are placed only where the multiset of window offsets that see them does not depend
-  on the class: both ends of a pair lie in the grid's interior, where the offsets depend only on the
-  position mod 8; the global distance is a multiple of 8 and the mid pair's start is uniform over
-  all 8 phases. Then the class-conditional distribution of what every window sees is identical for
-  the two classes of a pair: BagNets are at chance on it *by construction* (checked in the tests with
-  :func:`window_offsets`). A full-image CNN (``small_cnn``, receptive field 61 px, padded) sees both
-  parts and also absolute position, and solves it.
-* With a 64-px image no such placement exists for q = 33: the 4x4 grid of 33-px windows localises
-  every part. The smallest size where the global pair is BagNet-33-proof is 104 px; the default is
-  112 (= the cpu profile's size). Smaller images fall back to the largest q in (17, 9) that can be made
-  blind, with a larger-than-q distance; ``info['global_blind_q']`` says which.
+* BagNet-q's logit is a mean over a stride-8 grid of q x q windows, each scored on its own (unit i sees
+  pixels 8i .. 8i+q-1; convolutions are unpadded so there is no border cue inside a window). So it depends
+  only on the multiset of what its windows see.
+* The two classes of a pair hold the same parts; only their arrangement differs. A window that touches two
+  parts needs q >= d - p + 2 (d: left-edge distance, p: part size): 10 for the mid dots (BagNet-9 never
+  sees both, BagNet-17 sees the whole pair), 37 for the global parts (no BagNet).
+* A BagNet could still tell an arrangement indirectly by *localising* each part: near an image border fewer
+  windows contain a part, at truncated offsets. So parts go only where the window offsets that see them do
+  not depend on the class. The global triangle's corners are (y, x), (y, x + d) and (y + d, x) with d = 40
+  (a multiple of 8) and y, x drawn from positions where a part at y and at y + d (x and x + d) meets the
+  same window offsets for every q: all three corners look the same to every BagNet window, the same
+  image with the other cyclic order gives the same logits, and BagNets are at chance *by construction*
+  (tests: :func:`window_offsets`). The mid pair's start is uniform over all 8 phases of the grid interior.
+* **Absolute position carries no class information in the global pair.** The colours sit on the corners in
+  one of three rotations, drawn uniformly, so every part is equally likely on every corner in both classes:
+  only the relative arrangement (which part follows which going clockwise) separates them. A CNN needs two
+  parts in one receptive field: ``small_cnn`` sees 61 px, the longest side spans d + p = 45 px.
+* **The 2x2 scrambling grid splits the global arrangement and keeps every other cue whole.** The three
+  corners lie in three different tiles of the 2x2 grid, so every tile derangement destroys the triangle,
+  while local motifs and mid pairs never straddle a seam of that grid.
+* With a 64-px image no such placement exists for q = 33. The smallest size where the global pair is
+  BagNet-33-proof and split by the 2x2 grid is 104 px; the default is 112 (= the cpu profile's size).
+  Smaller images fall back to the largest q in (17, 9) that can be made blind, with a smaller
+  distance; ``info['global_blind_q']`` says which.
 
-Expected result: BagNet-9 ~100% on local, ~50% on mid (it confuses the two mid classes with each
-other, but not with others), ~50% on global; BagNet-17/33 ~100% local and mid, ~50% global; the CNN
-solves all three kinds. No flips or crops are applied: a horizontal flip would swap the pair classes.
+Expected result: BagNet-9 ~100% on local, ~50% within the mid pair (it confuses the two mid classes with
+each other, but not with others), ~50% within the global pair; BagNet-17/33 ~100% local and mid, ~50%
+within the global pair; the CNN solves all three kinds. No flips or crops are applied: a horizontal flip
+would swap the pair classes.
 """
 from __future__ import annotations
 
@@ -55,6 +63,7 @@ from .transforms import normalize_uint8
 
 PATCH_SIZES = (9, 17, 33)   # the BagNets whose blindness the design targets
 GRID_STRIDE = 8             # BagNet feature-map stride
+SPLIT_GRID = 2              # the scrambling grid that splits the global triangle and keeps every other cue whole
 
 _P = {  # part masks (True = part pixel)
     "plus": np.array([[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0]], bool),
@@ -62,9 +71,10 @@ _P = {  # part masks (True = part pixel)
     "ring": np.pad(np.zeros((3, 3), bool), 1, constant_values=True),
     "dot": np.ones((4, 4), bool),
     "square": np.ones((5, 5), bool),
+    "diamond": np.array([[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]], bool),
 }
 WHITE, RED, BLUE = (0.95, 0.95, 0.95), (0.95, 0.15, 0.10), (0.10, 0.30, 0.95)
-GREEN, YELLOW = (0.10, 0.85, 0.20), (0.95, 0.85, 0.10)
+GREEN, YELLOW, MAGENTA = (0.10, 0.85, 0.20), (0.95, 0.85, 0.10), (0.85, 0.15, 0.85)
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,12 @@ SYNTHETIC_CLASSES = (
     SyntheticClass("local_ring", "local", (("ring", WHITE),), "4 white hollow squares (5 px) anywhere", "q>=9"),
     SyntheticClass("mid_rb", "mid", (("dot", RED), ("dot", BLUE)), "2x: red dot 12 px left of blue dot", "q>=17"),
     SyntheticClass("mid_br", "mid", (("dot", BLUE), ("dot", RED)), "2x: blue dot 12 px left of red dot", "q>=17"),
-    SyntheticClass("global_gy", "global", (("square", GREEN), ("ring", YELLOW)),
-                   "green square 40 px left of yellow ring", "no BagNet (q<=33); full-image CNN"),
-    SyntheticClass("global_yg", "global", (("ring", YELLOW), ("square", GREEN)),
-                   "yellow ring 40 px left of green square", "no BagNet (q<=33); full-image CNN"),
+    # global: parts in their clockwise order around the triangle (y, x) -> (y, x + d) -> (y + d, x)
+    SyntheticClass("global_cw", "global", (("square", GREEN), ("ring", YELLOW), ("diamond", MAGENTA)),
+                   "green square -> yellow ring -> magenta diamond clockwise on a triangle (sides 40 px)",
+                   "no BagNet (q<=33); full-image CNN"),
+    SyntheticClass("global_ccw", "global", (("square", GREEN), ("diamond", MAGENTA), ("ring", YELLOW)),
+                   "the same three parts counter-clockwise", "no BagNet (q<=33); full-image CNN"),
 )
 CLASS_BY_NAME = {c.name: c for c in SYNTHETIC_CLASSES}
 MID_DISTANCE = 12
@@ -119,31 +131,56 @@ def _phase_interior(size: int, p: int, q: int) -> list[int]:
     return [x for x in range(0, size - p + 1) if window_offsets(x, p, size, q) == centre[x % GRID_STRIDE]]
 
 
+def _one_side(x: int, size: int, seam: int) -> bool:
+    """True if pixels [x, x + size) lie on one side of ``seam`` (a 2x2 scrambling tile border)."""
+    return x + size <= seam or x >= seam
+
+
+def _phase_balanced(xs: list[int]) -> tuple[int, ...]:
+    """The same number of positions for each of the 8 grid phases (the first ones of each phase)."""
+    by_phase: dict[int, list[int]] = {}
+    for x in xs:
+        by_phase.setdefault(x % GRID_STRIDE, []).append(x)
+    if len(by_phase) < GRID_STRIDE:
+        return ()
+    n = min(len(v) for v in by_phase.values())
+    return tuple(sorted(x for v in by_phase.values() for x in v[:n]))
+
+
 @dataclass(frozen=True)
 class Geometry:
-    """Where pair parts may go for this image size (derived, so any image_size >= 48 works)."""
+    """Where parts may go for this image size (derived, so any image_size >= 48 works).
+
+    ``global_x``: the triangle's top-left corner (its y and x are each drawn from this set);
+    ``mid_x``: the mid pair's left dot; ``seam``: the border of the 2x2 scrambling grid's tiles."""
     size: int
     global_d: int
     global_x: tuple[int, ...]
     global_blind_q: int
     mid_x: tuple[int, ...]
 
+    @property
+    def seam(self) -> int:
+        return self.size // SPLIT_GRID
+
     @staticmethod
     def for_size(size: int) -> "Geometry":
-        p = 5
+        p, seam = 5, size // SPLIT_GRID
         for q in sorted(PATCH_SIZES, reverse=True):
-            d = math.ceil((q + p - 1) / GRID_STRIDE) * GRID_STRIDE   # no q-window touches both parts
-            xs = _blind_positions(size, p, d, [qq for qq in PATCH_SIZES if qq <= q])
+            d = math.ceil((q + p - 1) / GRID_STRIDE) * GRID_STRIDE   # no q-window touches two corners
+            xs = [x for x in _blind_positions(size, p, d, [qq for qq in PATCH_SIZES if qq <= q])
+                  if x + p <= seam <= x + d]                         # corners in different 2x2 tiles
             if xs and d + p <= 61:                                    # small_cnn's receptive field
                 break
         else:
             raise ConfigError(f"synthetic image_size={size} is too small for a global pair (use >= 48)")
-        inner = set(_phase_interior(size, _P["dot"].shape[0], 9))
-        starts = [x for x in range(size) if x in inner and x + MID_DISTANCE in inner]
-        starts = starts[: len(starts) // GRID_STRIDE * GRID_STRIDE]  # whole phase cycles: every phase equally often
-        if len(starts) < GRID_STRIDE:
+        dot = _P["dot"].shape[0]
+        inner = set(_phase_interior(size, dot, 9))
+        starts = _phase_balanced([x for x in range(size) if x in inner and x + MID_DISTANCE in inner
+                                  and _one_side(x, MID_DISTANCE + dot, seam)])
+        if not starts:
             raise ConfigError(f"synthetic image_size={size} is too small for the mid pair")
-        return Geometry(size, d, tuple(xs), q, tuple(starts))
+        return Geometry(size, d, tuple(xs), q, starts)
 
 
 def _seed_for(seed: int, split: str) -> np.random.Generator:
@@ -187,32 +224,41 @@ def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, stroke
            boxes: list | None = None) -> np.ndarray:
     """One image of class ``cls`` as float32 HxWx3 in [0, 1]; ``boxes`` (a list) receives each part's
     (y0, x0, y1, x1) (the random draws are the same with or without it)."""
-    s = geom.size
+    s, seam = geom.size, geom.seam
     boxes = [] if boxes is None else boxes
+
+    def paint(mask: str, colour, y: int, x: int) -> None:
+        _paint(img, mask, colour, y, x, base)
+        h, w = _P[mask].shape
+        boxes.append((int(y), int(x), int(y) + h, int(x) + w))
+
     img, base = _background(rng, s, strokes_per_4k)
     if cls.kind == "local":
         (mask, colour), = cls.parts
         occupied: list = []
-        while len(occupied) < LOCAL_COPIES:
-            y, x = rng.integers(1, s - 6, 2)
-            if _free(occupied, y, x, 5, 5, 4):
+        while len(occupied) < LOCAL_COPIES:   # anywhere, but never across a seam of the 2x2 grid
+            y, x = (int(v) for v in rng.integers(1, s - 6, 2))
+            if _one_side(y, 5, seam) and _one_side(x, 5, seam) and _free(occupied, y, x, 5, 5, 4):
                 occupied.append((y, x, 5, 5))
-                _paint(img, mask, colour, y, x, base)
-                boxes.append((int(y), int(x), int(y) + 5, int(x) + 5))
-    else:
-        xs, d = (geom.mid_x, MID_DISTANCE) if cls.kind == "mid" else (geom.global_x, geom.global_d)
-        p = _P[cls.parts[0][0]].shape[0]
-        copies = MID_COPIES if cls.kind == "mid" else 1
+                paint(mask, colour, y, x)
+    elif cls.kind == "mid":
+        p = _P["dot"].shape[0]
         rows: list[int] = []
-        while len(rows) < copies:            # vertical positions: anywhere, same rule for both classes
+        while len(rows) < MID_COPIES:         # vertical positions: anywhere off the seam, same rule for both classes
             y = int(rng.integers(1, s - p))
-            if all(abs(y - r) >= MID_ROW_GAP for r in rows):
+            if _one_side(y, p, seam) and all(abs(y - r) >= MID_ROW_GAP for r in rows):
                 rows.append(y)
         for y in rows:
-            x = xs[rng.integers(len(xs))]    # each copy's x independent and uniform over whole phase cycles
+            x = geom.mid_x[rng.integers(len(geom.mid_x))]   # each copy's x uniform over whole phase cycles
             for k, (mask, colour) in enumerate(cls.parts):
-                _paint(img, mask, colour, y, x + k * d, base)
-                boxes.append((int(y), int(x + k * d), int(y) + p, int(x + k * d) + p))
+                paint(mask, colour, y, x + k * MID_DISTANCE)
+    else:
+        d, xs = geom.global_d, geom.global_x
+        y, x = xs[rng.integers(len(xs))], xs[rng.integers(len(xs))]
+        corners = ((y, x), (y, x + d), (y + d, x))          # clockwise on screen (y points down)
+        turn = int(rng.integers(3))                          # which corner the first part takes: uniform,
+        for k, (mask, colour) in enumerate(cls.parts):       # so no part's position depends on the class
+            paint(mask, colour, *corners[(turn + k) % 3])
     return np.clip(img, 0.0, 1.0)
 
 
