@@ -72,22 +72,39 @@ class Config(ExperimentConfig):
     groups: dict[str, list[str]] = field(default_factory=dict)
 
 
-def group_table(hits: dict, labels: np.ndarray, models, conds, cfg: Mapping, classes) -> pd.DataFrame:
-    """Top-1 and the share of clean top-1 kept (95% CI) on the images of each group of ``cfg['groups']``."""
-    names = list(classes or [])
-    rows = []
+def group_ids(cfg: Mapping, classes) -> dict[str, list[int]]:
+    """The class indices of each group of ``cfg['groups']`` (a typo is a config error)."""
+    names, out = list(classes or []), {}
     for group, members in cfg["groups"].items():
         unknown = [c for c in members if c not in names]
         if unknown:
             raise ConfigError(f"signatures.scrambling.groups.{group}: {unknown} are not classes of the data")
-        sel = np.isin(labels, [names.index(c) for c in members])
+        out[group] = [names.index(c) for c in members]
+    return out
+
+
+def within_correct(logits: torch.Tensor, labels: torch.Tensor, ids: list[int]) -> np.ndarray:
+    """Per image: is the label the best of the group's classes (argmax over their logits only)? For a pair
+    of classes made of the same parts this is the accuracy of telling them apart (chance 0.5)."""
+    best = torch.tensor(ids)[logits[:, ids].float().argmax(1).cpu()]
+    return (best == labels.cpu()).numpy()
+
+
+def group_table(hits: dict, labels: np.ndarray, models, conds, cfg: Mapping, groups: dict[str, list[int]]) -> pd.DataFrame:
+    """Per group of ``cfg['groups']``, on its images: top-1 and the within-group accuracy (argmax among the
+    group's classes), each with the share of its clean value kept (95% CIs)."""
+    rows = []
+    for group, ids in groups.items():
+        sel = np.isin(labels, ids)
         for m in models:
             for name, grid in conds:
-                acc = bootstrap_ci(hits[m, name, 1][sel], seed=cfg["seed"])
-                kept = ratio_ci(hits[m, name, 1][sel], hits[m, "clean", 1][sel], seed=cfg["seed"])
-                rows.append({"model": m, "group": group, "condition": name, "grid": grid, "n": int(sel.sum()),
-                             "top1": acc.estimate, "top1_lo": acc.lo, "top1_hi": acc.hi, "top1_rel": kept.estimate,
-                             "top1_rel_lo": kept.lo, "top1_rel_hi": kept.hi})
+                row = {"model": m, "group": group, "condition": name, "grid": grid, "n": int(sel.sum())}
+                for col, key in (("top1", 1), ("within", group)):
+                    acc = bootstrap_ci(hits[m, name, key][sel], seed=cfg["seed"])
+                    kept = ratio_ci(hits[m, name, key][sel], hits[m, "clean", key][sel], seed=cfg["seed"])
+                    row.update({col: acc.estimate, f"{col}_lo": acc.lo, f"{col}_hi": acc.hi, f"{col}_rel": kept.estimate,
+                                f"{col}_rel_lo": kept.lo, f"{col}_rel_hi": kept.hi})
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -182,7 +199,9 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     conds = _conditions(cfg)
-    hits = {(m, c, k): [] for m in models for c, _ in conds for k in (1, 5)}   # per-image correctness
+    groups = group_ids(cfg, classes)
+    # per-image correctness: top-1, top-5 and, per group, within the group's classes
+    hits = {(m, c, k): [] for m in models for c, _ in conds for k in (1, 5, *groups)}
     seen_labels: list[np.ndarray] = []
     examples: dict[str, torch.Tensor] = {}
     n_ex = min(cfg["num_examples"], len(indices))
@@ -198,6 +217,8 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                 logits = forward(model, x, cfg["batch_size"])
                 for k in (1, 5):
                     hits[m, name, k].append(topk_correct(logits, labels, k).numpy())
+                for group, ids in groups.items():
+                    hits[m, name, group].append(within_correct(logits, labels, ids))
     n = len(indices)
     hits = {key: np.concatenate(v).astype(float) if v else np.zeros(0) for key, v in hits.items()}
     rows = []
@@ -215,7 +236,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     tables = {"accuracy": table}
     if cfg["groups"]:
         tables["accuracy_by_group"] = group_table(hits, np.concatenate(seen_labels) if seen_labels else np.zeros(0),
-                                                  models, conds, cfg, classes)
+                                                  models, conds, cfg, groups)
     raw = {"n_images": n, "image_size": list(shape or ()), "indices_head": indices[:20],
            "accuracy": {m: {r["condition"]: {"top1": r["top1"], "top5": r["top5"]}
                             for r in rows if r["model"] == m} for m in models}}

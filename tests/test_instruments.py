@@ -42,6 +42,17 @@ def test_scrambling_destroys_the_global_model_and_not_the_bagnet():
     assert c["bagnet"]["top1"] == 1.0 and scrambling_finds_it(c)
 
 
+def test_within_group_accuracy_is_the_decision_among_the_groups_classes():
+    logits = torch.tensor([[0.0, 5.0, 4.0], [9.0, 1.0, 2.0]])
+    assert scrambling.within_correct(logits, torch.tensor([2, 2]), [1, 2]).tolist() == [False, True]
+    # on a two-class task the within-pair accuracy is top-1, and scrambling takes the arrangement model to chance
+    glob = scrambling.run({"global": ArrangementModel()}, two_part_images(96, size=64, seed=3),
+                          {**QUIET, "grids": [2], "texture": False, "num_examples": 1, "num_images": 96,
+                           "groups": {"pair": ["red_left", "green_left"]}}, classes=["red_left", "green_left"])
+    t = glob.tables["accuracy_by_group"].set_index("condition")
+    assert (t["within"] == t["top1"]).all() and t.at["scrambled_2x2", "within_rel_hi"] < 0.8
+
+
 def test_scrambling_check_fails_when_scrambling_moves_nothing(monkeypatch):
     monkeypatch.setattr(scrambling, "scramble_batch", lambda images, *a, **k: images.clone())
     assert not scrambling_finds_it(scrambling_control())

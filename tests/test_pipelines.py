@@ -154,11 +154,11 @@ def test_demo_pipeline_tiny(tmp_path):
     readme = (out / "README.md").read_text()
     assert "expected effects" in readme and "| `sensitivity/` |" in readme and "Additivity: " in readme
     checks = pd.read_csv(out / "accuracy" / "checks.csv")
-    assert len(checks) == 5 and checks["measured"].str.contains(r"\[", regex=True).all()  # each states its CI
-    assert checks["effect"].str.startswith("negative control").sum() == 1          # scrambling on the local classes
+    assert len(checks) == 8 and checks["measured"].str.contains(r"\[", regex=True).all()  # each states its CI
+    assert list(checks["kind"]) == ["effect", "negative control"] * 4       # each effect with its negative control
     groups = results["scrambling"].tables["accuracy_by_group"]
     shown = groups.dropna(subset=["top1_rel"])        # NaN: a tiny model with no clean hit on those classes
-    assert set(groups["group"]) == {"local"} and (shown["top1_rel_lo"] <= shown["top1_rel"]).all()
+    assert set(groups["group"]) == {"local", "global"} and (shown["top1_rel_lo"] <= shown["top1_rel"]).all()
 
     # scripts/render_results.py rebuilds tables and the table-borne figures from raw.json alone
     import runpy
@@ -215,6 +215,17 @@ def test_demo_checks_verdicts_follow_the_intervals():
     assert [c["kind"] for c in checks] == ["effect", "negative control"] * 3 + ["effect"]
     assert [c["holds"] for c in checks] == [True] * 7, checks
     assert all("[" in c["measured"] for c in checks)          # every check states its interval
+    # with the probe's class groups: scrambling judged within the global pair, and its negative control
+    groups = pd.DataFrame([{"model": m, "group": g, "condition": "scrambled_2x2", "top1_rel": t, "top1_rel_lo": t - .05,
+                            "top1_rel_hi": t + .05, "within_rel": w, "within_rel_lo": w - .1, "within_rel_hi": w + .1}
+                           for m, (t, w) in {"B9": (1, 1), "B17": (1, 1), "B33": (.97, 1), "CNN": (1, .5)}.items()
+                           for g in ("local", "global")])
+    grouped = demo_checks(preds, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2, by_group=groups)
+    assert [c["kind"] for c in grouped[-2:]] == ["effect", "negative control"] and all(c["holds"] for c in grouped)
+    groups.loc[groups["model"] == "CNN", ["within_rel", "within_rel_lo", "within_rel_hi"]] = [.9, .8, 1.0]
+    groups.loc[groups["model"] == "B33", "top1_rel_lo"] = .8          # a BagNet hurt on the local classes
+    assert [c["holds"] for c in demo_checks(preds, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2,
+                                            by_group=groups)][-2:] == [False, False]
     # the same effects, measured too weakly: overlapping intervals must not count
     scr.loc[3, ["top1_rel", "top1_rel_lo", "top1_rel_hi"]] = [.8, .6, .9]
     weak = {**preds, "B17": _preds({0: 1, 1: .55, 2: .55, 3: .5, 4: .5}, wrong_as=swap, seed=4),

@@ -34,7 +34,8 @@ Why these are the answers (not just hopes):
 * **Absolute position carries no class information in the global pair.** The colours sit on the corners in
   one of three rotations, drawn uniformly, so every part is equally likely on every corner in both classes:
   only the relative arrangement (which part follows which going clockwise) separates them. A CNN needs two
-  parts in one receptive field: ``small_cnn`` sees 61 px, the longest side spans d + p = 45 px.
+  parts in one receptive field (the longest side spans d + p = 45 px); the demo's ``small_cnn`` with 5
+  stages sees 125 px, the whole image.
 * **The 2x2 scrambling grid splits the global arrangement and keeps every other cue whole.** The three
   corners lie in three different tiles of the 2x2 grid, so every tile derangement destroys the triangle,
   while local motifs and mid pairs never straddle a seam of that grid.

@@ -1,7 +1,8 @@
-"""A small CNN whose receptive field covers a whole 64x64 image: the demo's "standard CNN".
+"""A small CNN whose receptive field covers a whole image: the demo's "standard CNN".
 
-Four stages of two padded 3x3 conv-BN-ReLU layers, max-pooling between stages. Receptive field
-of the last stage: 5 + 8 + 16 + 32 = 61 px, so it can see global arrangement, which no BagNet can.
+``stages`` stages of two padded 3x3 conv-BN-ReLU layers, max-pooling between stages. Receptive field of
+the last stage: 5 + 8 + 16 + 32 = 61 px with 4 stages (a 64 px image), + 64 = 125 px with 5 (112 px), so
+it can see global arrangement, which no BagNet can.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def _stage(cin: int, cout: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, width: int = 32):
+    def __init__(self, num_classes: int = 10, width: int = 32, stages: int = 4):
         super().__init__()
-        widths = [width, width * 2, width * 4, width * 4]
+        widths = [width, width * 2] + [width * 4] * (stages - 2)
         layers, cin = [], 3
         for i, w in enumerate(widths):
             layers += _stage(cin, w) + ([nn.MaxPool2d(2)] if i < len(widths) - 1 else [])
@@ -33,7 +34,10 @@ class SmallCNN(nn.Module):
 
 
 @register_model
-def small_cnn(num_classes: int = 10, pretrained: bool = False, width: int = 32, **kwargs) -> SmallCNN:
+def small_cnn(num_classes: int = 10, pretrained: bool = False, width: int = 32, stages: int = 4,
+              **kwargs) -> SmallCNN:
     if pretrained or kwargs.get("weights"):
         raise ConfigError("small_cnn has no pretrained weights")
-    return SmallCNN(num_classes=num_classes, width=width)
+    if stages < 2:
+        raise ConfigError(f"small_cnn: stages={stages}, need at least 2")
+    return SmallCNN(num_classes=num_classes, width=width, stages=stages)
