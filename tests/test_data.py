@@ -155,7 +155,7 @@ def test_rendered_parts_match_metadata():
     for cls in _pairs("global") + _pairs("mid"):
         boxes: list = []
         img = S.render(cls, rng, geom, 12.0, boxes)
-        for (mask, colour), (y0, x0, y1, x1) in zip(cls.parts * 2, boxes):   # each part painted where recorded
+        for (mask, colour), (y0, x0, y1, x1) in zip(cls.parts * len(boxes), boxes):   # each part painted where recorded
             painted = np.all(np.abs(img[y0:y1, x0:x1] - np.array(colour)) < 1e-3, -1)
             assert np.array_equal(painted, S._P[mask])
         if cls.kind == "mid":                      # on every copy: the order the class name says

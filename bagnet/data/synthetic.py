@@ -10,8 +10,8 @@ class       kind    the cue                                                     
 local_plus  local   4 white 5x5 "+" motifs anywhere                                     any BagNet, CNN
 local_x     local   4 white 5x5 "x" motifs anywhere                                     any BagNet, CNN
 local_ring  local   4 white 5x5 hollow squares anywhere                                 any BagNet, CNN
-mid_rb      mid     2x: a red 4x4 dot 12 px LEFT of a blue 4x4 dot                      BagNet-17/33, CNN
-mid_br      mid     2x: the same two dots, blue 12 px left of red                       BagNet-17/33, CNN
+mid_rb      mid     3x: a red 4x4 dot 12 px LEFT of a blue 4x4 dot                      BagNet-17/33, CNN
+mid_br      mid     3x: the same two dots, blue 12 px left of red                       BagNet-17/33, CNN
 global_cw   global  green square, yellow ring, magenta diamond CLOCKWISE on a triangle  CNN only
 global_ccw  global  the same three parts, counter-clockwise                             CNN only
 ==========  ======  ==================================================================  =================
@@ -95,8 +95,8 @@ SYNTHETIC_CLASSES = (
     SyntheticClass("local_plus", "local", (("plus", WHITE),), "4 white '+' motifs (5 px) anywhere", "q>=9"),
     SyntheticClass("local_x", "local", (("x", WHITE),), "4 white 'x' motifs (5 px) anywhere", "q>=9"),
     SyntheticClass("local_ring", "local", (("ring", WHITE),), "4 white hollow squares (5 px) anywhere", "q>=9"),
-    SyntheticClass("mid_rb", "mid", (("dot", RED), ("dot", BLUE)), "2x: red dot 12 px left of blue dot", "q>=17"),
-    SyntheticClass("mid_br", "mid", (("dot", BLUE), ("dot", RED)), "2x: blue dot 12 px left of red dot", "q>=17"),
+    SyntheticClass("mid_rb", "mid", (("dot", RED), ("dot", BLUE)), "3x: red dot 12 px left of blue dot", "q>=17"),
+    SyntheticClass("mid_br", "mid", (("dot", BLUE), ("dot", RED)), "3x: blue dot 12 px left of red dot", "q>=17"),
     # global: parts in their clockwise order around the triangle (y, x) -> (y, x + d) -> (y + d, x)
     SyntheticClass("global_cw", "global", (("square", GREEN), ("ring", YELLOW), ("diamond", MAGENTA)),
                    "green square -> yellow ring -> magenta diamond clockwise on a triangle (sides 40 px)",
@@ -107,7 +107,9 @@ SYNTHETIC_CLASSES = (
 CLASS_BY_NAME = {c.name: c for c in SYNTHETIC_CLASSES}
 MID_DISTANCE = 12
 LOCAL_COPIES = 4
-MID_COPIES = 2      # stacked vertically >= MID_ROW_GAP apart: no 17-px window sees dots of two copies
+MID_COPIES = 3      # stacked vertically >= MID_ROW_GAP apart: no 17-px window sees dots of two copies. Only one
+                    # column of 17-px windows sees a copy's order; with 2 copies BagNet-17 missed it on one seed
+
 MID_ROW_GAP = 20
 
 
