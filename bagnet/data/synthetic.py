@@ -109,7 +109,6 @@ MID_DISTANCE = 12
 LOCAL_COPIES = 4
 MID_COPIES = 3      # stacked vertically >= MID_ROW_GAP apart: no 17-px window sees dots of two copies. Only one
                     # column of 17-px windows sees a copy's order; with 2 copies BagNet-17 missed it on one seed
-
 MID_ROW_GAP = 20
 
 
@@ -247,10 +246,13 @@ def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, stroke
     elif cls.kind == "mid":
         p = _P["dot"].shape[0]
         rows: list[int] = []
+        tries = 0
         while len(rows) < MID_COPIES:         # vertical positions: anywhere off the seam, same rule for both classes
-            y = int(rng.integers(1, s - p))
+            y, tries = int(rng.integers(1, s - p)), tries + 1
             if _one_side(y, p, seam) and all(abs(y - r) >= MID_ROW_GAP for r in rows):
                 rows.append(y)
+            elif tries % 64 == 0:             # the rows drawn so far leave no room (small images): start again
+                rows = []
         for y in rows:
             x = geom.mid_x[rng.integers(len(geom.mid_x))]   # each copy's x uniform over whole phase cycles
             for k, (mask, colour) in enumerate(cls.parts):
