@@ -14,6 +14,7 @@ from bagnet.result import Result
 from bagnet.stats import CI, bootstrap_ci, fmt_ci, paired_bootstrap_ci
 
 from .common import train_models
+from .sensitivity import CONTROL_PASS
 from .suite import Store, data_key, model_key, run_experiment, signature_cfg, split_data
 from .explain import heatmaps_result, patches_result
 
@@ -43,7 +44,8 @@ def task(ctx) -> Result:
                          list(d.bagnets), d.cnn, seed=cfg.seed,
                          by_group=parts["scrambling"].tables.get("accuracy_by_group"),
                          grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size,
-                                                max(models[b].patch_size for b in d.bagnets)))
+                                                max(models[b].patch_size for b in d.bagnets)),
+                         logit_drop=parts["sensitivity"].tables.get("logit_drop"))
     acc_part = parts["accuracy"]
     acc_part.tables["checks"] = pd.DataFrame(checks)
     findings = demo_findings(parts, list(d.bagnets), d.cnn)
@@ -127,7 +129,7 @@ def _in_pair(df: pd.DataFrame, ids: list[int]) -> np.ndarray:
 
 def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[str, str], scrambling: pd.DataFrame,
                 bagnets: list[str], cnn: str, grid: int = 4, seed: int = 0,
-                by_group: pd.DataFrame | None = None) -> list[dict]:
+                by_group: pd.DataFrame | None = None, logit_drop: pd.DataFrame | None = None) -> list[dict]:
     """The effects the synthetic probe is built to show, each followed by its negative control (a place where
     the same instrument must *not* find the effect). Each states its margin; it holds only when the 95%
     bootstrap intervals (over test images) say so, not the point estimates alone."""
@@ -205,6 +207,17 @@ def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[
                                   f"(share of clean top-1 kept, 95% CI lower bound at least {UNHURT_FLOOR:g})",
               ", ".join(f"{b} {fmt(loc, b, 'top1_rel')}" for b in bagnets if b in loc.index),
               bool(all(b in loc.index and loc.at[b, "top1_rel_lo"] >= UNHURT_FLOOR for b in bagnets)))
+    if logit_drop is not None and len(logit_drop) and logit_drop["control"].any():
+        ctrl = logit_drop[logit_drop["control"]]
+        own = ctrl.set_index("method")
+        target = ctrl["target"].iloc[0]
+        value = float(own.at["bagnet", "auc_vs_occlusion"]) if "bagnet" in own.index else float("nan")
+        check("instrument control", f"the sensitivity instrument finds known evidence: the {target} heatmap's "
+                                    f"ranking, scored on {target} itself, reaches {CONTROL_PASS:g} of occlusion's AUC",
+              f"{value:.2f} of occlusion (AUC {fmt_ci(own.at['bagnet', 'auc'], own.at['bagnet', 'auc_lo'], own.at['bagnet', 'auc_hi'])}"
+              f" vs {fmt_ci(own.at['occlusion', 'auc'], own.at['occlusion', 'auc_lo'], own.at['occlusion', 'auc_hi'])})"
+              if "occlusion" in own.index and "bagnet" in own.index else "not measured",
+              bool(value >= CONTROL_PASS) if value == value else None)
     return checks
 
 
@@ -275,11 +288,15 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
 
 
 def checks_summary(checks: list[dict]) -> str:
-    """'4/4 expected effects and 4/4 negative controls held'."""
-    def count(kind: str) -> str:
-        rows = [c for c in checks if c.get("kind", "effect") == kind]
-        return f"{sum(_holds(c['holds']) is True for c in rows)}/{len(rows)}"
-    return f"{count('effect')} expected effects and {count('negative control')} negative controls held"
+    """'4/4 expected effects, 4/4 negative controls and 1/1 instrument controls held'."""
+    kinds = list(dict.fromkeys(c.get("kind", "effect") for c in checks))
+    said = [f"{sum(_holds(c['holds']) is True for c in rows)}/{len(rows)} {CHECK_KINDS.get(k, k + 's')}"
+            for k in kinds for rows in [[c for c in checks if c.get("kind", "effect") == k]]]
+    return (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else "".join(said)) + " held"
+
+
+CHECK_KINDS = {"effect": "expected effects", "negative control": "negative controls",
+               "instrument control": "instrument controls"}
 
 
 def demo_readme(checks: list[dict], wall_s: float, prov: dict, cfg: DictConfig,

@@ -80,6 +80,9 @@ METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "de
 OPTIONAL_METHODS = ["lrp"]   # epsilon-LRP (experiments/lrp.py): only for models captum's LRP covers
 
 
+CONTROL_PASS = 0.8  # a heatmap ranking under 0.8 of occlusion's AUC on its own BagNet fails its control
+
+
 @dataclass
 class Config(ExperimentConfig):
     targets: Optional[list[str]] = None   # model names; None = every non-BagNet model (every model if all are BagNets)

@@ -31,6 +31,7 @@ import pandas as pd
 
 from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
+from experiments.sensitivity import CONTROL_PASS
 from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, load
@@ -38,7 +39,6 @@ from .files import SIGNATURES, TABLE1, load
 LEARNED_FLOOR_CHANCE = 3.0   # "learned": clean top-1 CI lower bound >= 3 x chance ...
 LEARNED_FLOOR = 0.25         # ... and >= 0.25 (see the module doc for the reasons of every threshold)
 NEARLY_ADDITIVE = 0.1        # "nearly additive": interaction below this share of the joint effect (CI upper bound)
-CONTROL_PASS = 0.8           # a heatmap ranking under 0.8 of occlusion's AUC on its own BagNet fails its control
 FLOAT32_ZERO = 1e-4          # logits: interactions below this are float32 rounding of an exact zero
 CHECK_PASSED, CHECK_FAILED = "check passed (by construction, not evidence)", "**check failed**"
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift")

@@ -154,8 +154,9 @@ def test_demo_pipeline_tiny(tmp_path):
     readme = (out / "README.md").read_text()
     assert "expected effects" in readme and "| `sensitivity/` |" in readme and "Additivity: " in readme
     checks = pd.read_csv(out / "accuracy" / "checks.csv")
-    assert len(checks) == 8 and checks["measured"].str.contains(r"\[", regex=True).all()  # each states its CI
-    assert list(checks["kind"]) == ["effect", "negative control"] * 4       # each effect with its negative control
+    assert len(checks) == 9 and checks["measured"].str.contains(r"\[", regex=True).all()  # each states its CI
+    # each effect with its negative control, then the sensitivity instrument's control on the demo's BagNet
+    assert list(checks["kind"]) == ["effect", "negative control"] * 4 + ["instrument control"]
     groups = results["scrambling"].tables["accuracy_by_group"]
     shown = groups.dropna(subset=["top1_rel"])        # NaN: a tiny model with no clean hit on those classes
     assert set(groups["group"]) == {"local", "global"} and (shown["top1_rel_lo"] <= shown["top1_rel"]).all()
@@ -197,7 +198,8 @@ def _preds(correct_by_class: dict[int, float], n: int = 60, wrong_as=None, seed:
     return pd.DataFrame(rows)
 
 
-def test_demo_checks_verdicts_follow_the_intervals():
+@pytest.mark.parametrize("r", [0.9, 0.5])
+def test_demo_checks_verdicts_follow_the_intervals(r):
     from experiments.demo import demo_checks
     classes = ["l0", "m0", "m1", "g0", "g1"]
     kinds = {"l0": "local", "m0": "mid", "m1": "mid", "g0": "global", "g1": "global"}
@@ -235,6 +237,11 @@ def test_demo_checks_verdicts_follow_the_intervals():
     # parts (their global errors go to the local class) and a BagNet-9 blind to the dots
     lost = _preds({0: .8, 1: .5, 2: .5, 3: .5, 4: .5}, wrong_as={**swap, 1: 0, 2: 0, 3: 0, 4: 0}, seed=6)
     assert run({**preds, "B9": lost})[1::2] == [False, False, False]
+    # the sensitivity instrument's control: the BagNet's heatmap ranking on itself against occlusion's
+    drop = lambda r: pd.DataFrame([{"target": "B33", "control": True, "method": m, "auc": a, "auc_lo": a - .1,  # noqa: E731
+                                    "auc_hi": a + .1, "auc_vs_occlusion": a / 2.0} for m, a in (("bagnet", r * 2), ("occlusion", 2.0))])
+    assert [c["holds"] for c in demo_checks(preds, classes, kinds, scr, ["B9", "B17", "B33"], "CNN", grid=2,
+                                            logit_drop=drop(r)) if c["kind"] == "instrument control"] == [r >= .8]
     # too few images for the equivalence test's margin: the at-chance checks cannot be tested, not "held"
     few = {m: _preds(c, n=30, wrong_as=swap, seed=k) for k, (m, c) in enumerate(
         {"B9": {0: 1, 1: .5, 2: .5, 3: .5, 4: .5}, "B17": {0: 1, 1: 1, 2: 1, 3: .5, 4: .5},
