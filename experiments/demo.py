@@ -51,7 +51,8 @@ def task(ctx) -> Result:
     findings = demo_findings(parts, list(d.bagnets), d.cnn)
     return Result(parts=parts, summary=checks_summary(checks),
                   readme=lambda prov: demo_readme(checks, prov["wall_s"], prov, cfg, findings,
-                                                  seed_spread(cfg.out_dir, acc_part.tables, cfg.seed)))
+                                                  seed_spread(cfg.out_dir, acc_part.tables, cfg.seed,
+                                                              prov["wall_s"])))
 
 
 SIGNATURES = ("scrambling", "additivity", "error_overlap", "sensitivity")
@@ -340,24 +341,29 @@ def _holds(value):
 SEED_DIRS = "seed*"   # results/demo/seed1, seed2, ...: the same demo with other seeds (make demo-seeds)
 
 
-def seed_spread(out: str | Path, tables: dict[str, pd.DataFrame] | None = None, seed: int | None = None) -> list[str]:
+def seed_spread(out: str | Path, tables: dict[str, pd.DataFrame] | None = None, seed: int | None = None,
+                wall_s: float = float("nan")) -> list[str]:
     """Markdown lines: every check and accuracy per model and class kind across the demo in ``out`` (seed
-    ``seed``, its ``tables`` 'checks' and 'accuracy') and the demos with other seeds in ``out/seed*/``;
-    [] when there are none."""
+    ``seed``, its ``tables`` 'checks' and 'accuracy', made in ``wall_s``) and the demos with other seeds in
+    ``out/seed*/``; [] when there are none."""
     out = Path(out)
-    runs = {}
+    runs, walls = {}, {}
     for raw in sorted(out.glob(f"{SEED_DIRS}/accuracy/raw.json")):
         blob = json.loads(raw.read_text())
-        runs[int(blob["provenance"]["seed"])] = {n: pd.DataFrame(t) for n, t in blob["tables"].items()}
+        k = int(blob["provenance"]["seed"])
+        runs[k] = {n: pd.DataFrame(t) for n, t in blob["tables"].items()}
+        walls[k] = blob["provenance"].get("wall_s", float("nan"))
     if not runs:
         return []
     if tables is not None and seed is not None:
-        runs[int(seed)] = tables
+        runs[int(seed)], walls[int(seed)] = tables, wall_s
     seeds = sorted(runs)
-    held = [checks_summary(runs[k]["checks"].to_dict(orient="records")) for k in seeds]
+    held = [f"seed {k}: {checks_summary(runs[k]['checks'].to_dict(orient='records'))} ({walls[k] / 60:.1f} min)"
+            for k in seeds]
+    others = [k for k in seeds if k != seed]
     lines = ["## Across seeds", "",
-             f"The same demo with seeds {', '.join(map(str, seeds))} (`make demo-seeds`; seed {seeds[0]} is the one above "
-             "unless a folder `seed<k>/` holds it). " + "; ".join(f"seed {k}: {h}" for k, h in zip(seeds, held)) + ".", "",
+             f"This demo is seed {seed}; the same demo with seed{'s' if len(others) > 1 else ''} "
+             f"{', '.join(map(str, others))} is in `seed<k>/` (`make demo-seeds`). " + "; ".join(held) + ".", "",
              "| check | " + " | ".join(f"seed {k}" for k in seeds) + " |", "|---|" + "---|" * len(seeds)]
     said = {True: "yes", False: "**no**", None: "cannot test"}
     first = runs[seeds[0]]["checks"]
@@ -391,7 +397,8 @@ def rebuild_demo_readme(out: str | Path) -> str | None:
                for k, b in blobs.items()}
     checks = results["accuracy"].tables["checks"].to_dict(orient="records")
     findings = demo_findings(results, list(cfg.demo.bagnets), cfg.demo.cnn)
-    spread = seed_spread(out, results["accuracy"].tables, prov.get("seed", cfg.get("seed")))
+    spread = seed_spread(out, results["accuracy"].tables, prov.get("seed", cfg.get("seed")),
+                         prov.get("wall_s", float("nan")))
     return demo_readme(checks, prov.get("wall_s", float("nan")), prov, cfg, findings, spread)
 
 

@@ -78,9 +78,7 @@ from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean
 
 METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
 OPTIONAL_METHODS = ["lrp"]   # epsilon-LRP (experiments/lrp.py): only for models captum's LRP covers
-
-
-CONTROL_PASS = 0.8  # a heatmap ranking under 0.8 of occlusion's AUC on its own BagNet fails its control
+CONTROL_PASS = 0.8           # a heatmap ranking under 0.8 of occlusion's AUC on its own BagNet fails its control
 
 
 @dataclass

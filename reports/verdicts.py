@@ -14,7 +14,8 @@ Every threshold is ours, not the papers', and named here with its reason:
   model below the floor is "cannot test".
 * ``NEARLY_ADDITIVE``: "nearly additive" = interaction below 0.1 of the joint effect (CI upper bound), the
   scale at which the paper calls VGG-16's parts additive.
-* ``CONTROL_PASS``: a heatmap ranking must reach 0.8 of occlusion's AUC on its own BagNet before it is
+* ``CONTROL_PASS`` (defined in experiments/sensitivity.py, which the demo also checks): a heatmap ranking
+  must reach 0.8 of occlusion's AUC on its own BagNet before it is
   used to read a CNN; the hand-built BagNets reach 0.97-0.99 at the default regions on 112 px images
   (tests/test_instruments.py holds them to 0.8).
 * ``FLOAT32_ZERO``: interactions below 1e-4 logits are float32 rounding of an exact zero.

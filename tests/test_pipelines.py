@@ -408,9 +408,10 @@ def test_demo_seed_spread_reads_every_seed(tmp_path):
     for k, (held, a) in {1: (False, 0.6), 2: (True, 0.8)}.items():
         (tmp_path / f"seed{k}" / "accuracy").mkdir(parents=True)
         (tmp_path / f"seed{k}" / "accuracy" / "raw.json").write_text(json.dumps(
-            {"provenance": {"seed": k}, "tables": {"checks": checks(held).to_dict(orient="list"),
+            {"provenance": {"seed": k, "wall_s": 60.0 * k}, "tables": {"checks": checks(held).to_dict(orient="list"),
                                                    "accuracy": acc(a).to_dict(orient="list")}}))
-    text = "\n".join(seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0))
-    assert "seed 0: 1/1 expected effects and 1/1 negative controls held" in text
+    text = "\n".join(seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0, 30.0))
+    assert "seed 0: 1/1 expected effects and 1/1 negative controls held (0.5 min)" in text
+    assert "seed 2: 1/1 expected effects and 1/1 negative controls held (2.0 min)" in text
     assert "seed 1: 0/1 expected effects" in text and "| effect: rises | yes: m | **no**: m | yes: m |" in text
     assert "| B9 | 0.700 (0.600 to 0.800) |" in text
