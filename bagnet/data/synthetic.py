@@ -149,6 +149,16 @@ def _phase_balanced(xs: list[int]) -> tuple[int, ...]:
     return tuple(sorted(x for v in by_phase.values() for x in v[:n]))
 
 
+def _rows_that_fit(size: int, p: int, seam: int) -> int:
+    """How many mid copies fit, up to MID_COPIES: rows >= MID_ROW_GAP apart, off the seam (greedy from the
+    top row finds the most)."""
+    rows = []
+    for y in range(1, size - p):
+        if _one_side(y, p, seam) and (not rows or y - rows[-1] >= MID_ROW_GAP):
+            rows.append(y)
+    return max(1, min(MID_COPIES, len(rows)))
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where parts may go for this image size (derived, so any image_size >= 48 works).
@@ -160,6 +170,7 @@ class Geometry:
     global_x: tuple[int, ...]
     global_blind_q: int
     mid_x: tuple[int, ...]
+    mid_copies: int = MID_COPIES
 
     @property
     def seam(self) -> int:
@@ -182,7 +193,7 @@ class Geometry:
                                   and _one_side(x, MID_DISTANCE + dot, seam)])
         if not starts:
             raise ConfigError(f"synthetic image_size={size} is too small for the mid pair")
-        return Geometry(size, d, tuple(xs), q, starts)
+        return Geometry(size, d, tuple(xs), q, starts, _rows_that_fit(size, dot, seam))
 
 
 def _seed_for(seed: int, split: str) -> np.random.Generator:
@@ -247,11 +258,11 @@ def render(cls: SyntheticClass, rng: np.random.Generator, geom: Geometry, stroke
         p = _P["dot"].shape[0]
         rows: list[int] = []
         tries = 0
-        while len(rows) < MID_COPIES:         # vertical positions: anywhere off the seam, same rule for both classes
+        while len(rows) < geom.mid_copies:    # vertical positions: anywhere off the seam, same rule for both classes
             y, tries = int(rng.integers(1, s - p)), tries + 1
             if _one_side(y, p, seam) and all(abs(y - r) >= MID_ROW_GAP for r in rows):
                 rows.append(y)
-            elif tries % 64 == 0:             # the rows drawn so far leave no room (small images): start again
+            elif tries % 64 == 0:             # the rows drawn so far leave no room for the rest: start again
                 rows = []
         for y in rows:
             x = geom.mid_x[rng.integers(len(geom.mid_x))]   # each copy's x uniform over whole phase cycles
