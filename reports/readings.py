@@ -17,7 +17,7 @@ import pandas as pd
 from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
 from experiments import published
-from experiments.demo import checks_summary
+from experiments.demo_checks import checks_summary
 from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, ci, fmt_g, load, source

@@ -200,7 +200,7 @@ def _preds(correct_by_class: dict[int, float], n: int = 60, wrong_as=None, seed:
 
 @pytest.mark.parametrize("r", [0.9, 0.5])
 def test_demo_checks_verdicts_follow_the_intervals(r):
-    from experiments.demo import demo_checks
+    from experiments.demo_checks import demo_checks
     classes = ["l0", "m0", "m1", "g0", "g1"]
     kinds = {"l0": "local", "m0": "mid", "m1": "mid", "g0": "global", "g1": "global"}
     swap = {1: 2, 2: 1, 3: 4, 4: 3}                       # a pair's errors go to the other class of the pair
