@@ -16,11 +16,13 @@ from .common import train_models
 from .demo_checks import verdict, chance_images_needed, checks_summary, demo_checks
 from .suite import Store, data_key, model_key, run_experiment, signature_cfg, split_data
 from .explain import heatmaps_result, patches_result
+from .scrambling import group_ids
 
 
 def task(ctx) -> Result:
     """Train BagNet-9/17/33 and the CNN on the synthetic probe, then every experiment on their test split."""
     cfg, d = ctx.cfg, ctx.cfg.demo
+    group_ids(signature_cfg(ctx, "scrambling"), ctx.data.classes)   # a class-name typo fails now, not after training
     runs = {label: Path(sub.cfg.run_dir) for label, (sub, _) in train_models(ctx, d.models).items()}
     train_s = {k: json.loads((r / "summary.json").read_text()).get("train_wall_s") for k, r in runs.items()}
     data = ctx.data
