@@ -42,6 +42,28 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def keep_freed_cpu_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back to the OS; returns whether it applied.
+
+    By default glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh
+    mmap and unmaps it on free, so each training step page-faults, and the kernel zero-fills, every
+    page of every large activation and gradient again. A BagNet-33 step at 224 px, batch 8, allocates
+    several GB of them: this alone took BagNet-33 from 2.3 to 3.0-3.5 training img/s on a 2-core EPYC
+    (ResNet-50, with 4x smaller activations, unchanged). Results are unaffected; the process keeps its
+    peak memory until it exits. No-op off glibc (macOS, musl, Windows).
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    # mallopt's value is an int; glibc stores the trim threshold as size_t, so -1 means "never trim".
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, -1))
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     name = name.lower()
     valid = ("auto", "fp32", "bf16", "fp16")

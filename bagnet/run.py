@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from . import io
 from .config import CONFIG_DIR, as_dict, compose, store_schemas, validate
 from .distributed import cleanup, init_distributed
-from .engine import resolve_device
+from .engine import keep_freed_cpu_memory, resolve_device
 from .errors import ConfigError, Interrupted, UserError
 from .provenance import model_provenance, provenance
 from .result import Result
@@ -62,6 +62,8 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     if cfg.task != "train":     # a training run's files are its run dir (checked by fit_run), not out_dir
         check_results_dir(cfg, Path(cfg.out_dir))   # refuse now, not after the task has run
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()     # up to 1.5x faster CPU training of the BagNets (engine.py says why)
     dist = init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)

@@ -1,6 +1,7 @@
 """Model zoo: shapes, BagNet locality and receptive fields, release compatibility, weight loading."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 from urllib.error import URLError
@@ -156,6 +157,59 @@ def test_state_dict_matches_authors_release(q):
     assert set(got) == set(expected), (sorted(set(got) - set(expected))[:5], sorted(set(expected) - set(got))[:5])
     assert got == expected
     assert model.bn1.momentum == 0.001
+
+
+def release_forward(model, x):
+    """The authors' ``bagnets.pytorchnet`` forward written out: conv1 and conv2 as two convs, the
+    residual cropped by plain slicing (``residual[:, :, :-diff, :-diff]``), ``out += residual``."""
+    x = model.relu(model.bn1(model.conv2(model.conv1(x))))
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for b in layer:
+            out = b.relu(b.bn1(b.conv1(x)))
+            out = b.relu(b.bn2(b.conv2(out)))
+            out = b.bn3(b.conv3(out))
+            residual = x if b.downsample is None else b.downsample(x)
+            diff = residual.size(-1) - out.size(-1)
+            if diff:
+                residual = residual[:, :, :-diff, :-diff]
+            x = b.relu(out + residual)
+    return model.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("q", PATCH_SIZES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_training_forward_equals_the_release_forward(q, channels_last):
+    """The composed stem conv and the format-keeping crop change nothing: same train-mode logits, loss,
+    gradient of every parameter and BN running statistics as the release's forward (float64)."""
+    torch.manual_seed(q)
+    fast = create_model(f"bagnet{q}", num_classes=5, width=8).double().train()
+    ref = copy.deepcopy(fast)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fast, ref = fast.to(memory_format=fmt), ref.to(memory_format=fmt)
+    x = torch.randn(3, 3, q + 24, q + 24, dtype=torch.float64).contiguous(memory_format=fmt)
+    y = torch.tensor([0, 3, 4])
+    logits_fast, logits_ref = fast(x), release_forward(ref, x)
+    torch.testing.assert_close(logits_fast, logits_ref, rtol=1e-10, atol=1e-12)
+    torch.nn.functional.cross_entropy(logits_fast, y).backward()
+    torch.nn.functional.cross_entropy(logits_ref, y).backward()
+    for (name, p), r in zip(fast.named_parameters(), ref.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-9, atol=1e-12, msg=name)
+    for (name, buf), r in zip(fast.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(buf, r, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_residual_crop_keeps_the_gradients_memory_format():
+    """Autograd's slice backward returns an NCHW gradient; the crop's keeps channels_last (BN's backward
+    is several times slower on mixed formats) and is the same tensor."""
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(2, 8, 7, 8)
+    (bagnet_module.crop_bottom_right(x, 7, 8) * g).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.zeros(2, 8, 9, 9)
+    expected[..., :7, :8] = g
+    assert torch.equal(x.grad, expected)
+    assert bagnet_module.crop_bottom_right(x, 9, 9) is x
 
 
 # ---------------------------------------------------------------- pretrained loading

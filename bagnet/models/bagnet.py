@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
@@ -34,6 +35,34 @@ DEFAULT_CFGS = {
     for q, fname in {9: "bagnet8-34f4ccd2.pth.tar", 17: "bagnet16-105524de.pth.tar",
                      33: "bagnet32-2ddd53ed.pth.tar"}.items()
 }
+
+
+class _CropBottomRight(torch.autograd.Function):
+    """``x[..., :h, :w]`` whose backward keeps x's memory format.
+
+    Autograd's own slice backward builds an NCHW zero tensor; BatchNorm's backward on a channels_last
+    input with an NCHW gradient then takes a slow path (at 224 px on CPU the four downsample BNs took
+    0.84 s of the 1.1 s BN backward of a BagNet-33 step)."""
+
+    @staticmethod
+    def forward(ctx, x, h, w):
+        ctx.shape = x.shape
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last)
+        return x[..., :h, :w]
+
+    @staticmethod
+    def backward(ctx, grad):
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        g = grad.new_zeros(ctx.shape).contiguous(memory_format=fmt)
+        g[..., : grad.shape[-2], : grad.shape[-1]] = grad
+        return g, None, None
+
+
+def crop_bottom_right(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if x.shape[-2:] == (h, w):
+        return x
+    return _CropBottomRight.apply(x, h, w)
 
 
 class Bottleneck(nn.Module):
@@ -59,8 +88,8 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         residual = x if self.downsample is None else self.downsample(x)
         # A valid 3x3 conv shrinks the map; the release drops the residual's last rows/cols.
-        residual = residual[..., : out.shape[-2], : out.shape[-1]]
-        return self.relu(out + residual)
+        # In place: BN's backward needs its input, not its output.
+        return self.relu(out.add_(crop_bottom_right(residual, *out.shape[-2:])))
 
 
 class BagNet(nn.Module):
@@ -118,8 +147,20 @@ class BagNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Patch features [B, C, H', W']; unit (i, j) sees input rows 8i..8i+q-1, cols 8j..8j+q-1."""
-        x = self.relu(self.bn1(self.conv2(self.conv1(x))))
+        x = self.relu(self.bn1(self.stem_conv(x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def stem_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """conv2(conv1(x)) as one 3x3 conv: with no nonlinearity between a 1x1 conv (3 -> width) and the
+        3x3 conv (width -> width) they compose into a 3x3 conv from 3 channels. Same function, same
+        gradients for both weights (autograd goes through the product); at 224 px it saves the
+        3.6 GFLOP per image (about a fifth of BagNet-33's forward) that the 3x3 conv spends on
+        width input channels at full resolution."""
+        w1, w2 = self.conv1.weight, self.conv2.weight
+        if w1.shape[-2:] != (1, 1) or self.conv1.stride != (1, 1) or self.conv2.stride != (1, 1) \
+                or self.conv1.bias is not None or self.conv2.bias is not None:
+            return self.conv2(self.conv1(x))
+        return F.conv2d(x, torch.einsum("omyx,mc->ocyx", w2, w1[:, :, 0, 0]))
 
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of every patch: [B, num_classes, H', W']."""
