@@ -120,21 +120,25 @@ class _Conv:
     dilation: int     # dense dilation = jump of the strided net's input grid at this conv
     g_in: int = 1
     g_out: int = 1
+    pre: nn.Conv2d | None = None   # a 1x1 stride-1 conv without bias applied before this one, composed into it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         k = self.conv.kernel_size[0]
         assert self.conv.padding == (0, 0) and self.conv.kernel_size[0] == self.conv.kernel_size[1]
         dil = self.dilation // self.g_in if k > 1 else 1
         w, b = _fold_bn(self.conv, self.bn)
+        if self.pre is not None:
+            w = torch.einsum("omyx,mc->ocyx", w, self.pre.weight[:, :, 0, 0])
         return F.conv2d(x, w, b, stride=self.g_out // self.g_in, dilation=dil)
 
 
 def _plan(net: nn.Module, stride: int):
     """Per-conv dense dilation (forward walk) and storage steps (backward walk from the output step)."""
-    stem = [_Conv(net.conv1, None, 1), _Conv(net.conv2, net.bn1, 1)]
-    blocks, jump = [], 1
-    for st in stem:
-        jump *= st.conv.stride[0]
+    # The stem's 1x1 conv (3 -> width) and 3x3 conv have no nonlinearity between them: one 3x3 conv from
+    # 3 channels, as in BagNet.stem_conv (at stride 1 a small saving: the later stages dominate).
+    assert net.conv1.kernel_size == (1, 1) and net.conv1.stride == (1, 1) and net.conv1.bias is None
+    stem = _Conv(net.conv2, net.bn1, 1, pre=net.conv1)
+    blocks, jump = [], stem.conv.stride[0]
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for blk in layer:
             c2 = _Conv(blk.conv2, blk.bn2, jump)
@@ -157,14 +161,13 @@ def _plan(net: nn.Module, stride: int):
         c2.g_in = c1.g_in = c1.g_out = g
         if ds is not None:
             ds.g_in = g
-    stem[1].g_out = g
-    g = math.gcd(g, stem[1].dilation) if stem[1].conv.kernel_size[0] > 1 else g
-    stem[1].g_in = stem[0].g_in = stem[0].g_out = g
+    stem.g_out = g
+    stem.g_in = math.gcd(g, stem.dilation) if stem.conv.kernel_size[0] > 1 else g
     return stem, blocks
 
 
 def _dense_features(x: torch.Tensor, stem, blocks) -> torch.Tensor:
-    x = stem[1](stem[0](x)).relu_()
+    x = stem(x).relu_()
     for c1, c2, c3, ds in blocks:
         out = c3(c2(c1(x).relu_()).relu_())
         if ds is not None:
@@ -180,7 +183,7 @@ def _dense_features(x: torch.Tensor, stem, blocks) -> torch.Tensor:
 def _elems_per_output_pixel(net: nn.Module, stem, blocks, stride: int) -> int:
     """Largest live-tensor size per output pixel (channels x (stride/step)^2), for chunk sizing."""
     worst = 0
-    for c in [*stem] + [c for cs in blocks for c in cs if c is not None]:
+    for c in [stem] + [c for cs in blocks for c in cs if c is not None]:
         for ch, g in ((c.conv.in_channels, c.g_in), (c.conv.out_channels, c.g_out)):
             worst = max(worst, ch * (stride // g) ** 2)
     return worst
@@ -222,7 +225,7 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
         band = x[:, :, stride * r0: stride * (r1 - 1) + q]
         # NHWC lets oneDNN/cuDNN skip layout reorders around every conv (~1.5-2x on CPU here);
         # not for nets narrower than 16 channels, where torch 2.14.1's CPU NHWC kernels segfaulted.
-        if stem[0].conv.out_channels >= 16 or band.is_cuda:
+        if stem.conv.out_channels >= 16 or band.is_cuda:
             band = band.contiguous(memory_format=torch.channels_last)
         f = _dense_features(band, stem, blocks)                           # [B, C, r1-r0, W_s]
         if tgt is None:

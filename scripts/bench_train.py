@@ -1,29 +1,32 @@
 #!/usr/bin/env python
-"""Training and inference throughput of BagNets and baselines, fp32 vs bf16, side by side in one run.
+"""Training and inference img/s of BagNet-9/17/33 vs ResNet-50, fp32 and bf16, 112 and 224 px, in one run.
 
-    python scripts/bench_train.py [--sizes 112 224] [--steps 2] [--device cpu|cuda]
+    python scripts/bench_train.py [--sizes 112 224] [--repeats 5] [--batch 8] [--device cpu|cuda]
 
-Memory: on CUDA the peak allocated memory; on CPU the bytes autograd saves for the backward pass
-(activation memory, the part of training memory that grows with batch and resolution), measured with
-saved-tensor hooks. Writes results/bench/train.md and train.json.
+One training step = autocast forward, cross-entropy, backward, SGD step (momentum 0.9), channels_last;
+inference = the forward under `inference_mode`. Every (model, size, precision) is timed once per round and
+the rounds are interleaved, so the BagNet-33 / ResNet-50 time ratio is taken within each round; figures are
+medians [min, max] over rounds. BagNets at the cpu profile's width (--cpu-profile-width) at sizes <= 128,
+full width at 224; ResNet-50 always full width. On CPU the bytes autograd saves for backward (activation
+memory) are measured once per configuration; on CUDA the peak allocated memory. The process lets glibc
+reuse freed memory, as the runner does (`bagnet.engine.keep_freed_cpu_memory`).
+
+Writes results/bench/<machine>/train.md and .json (bagnet.bench).
 """
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from bagnet import create_model, io
-from bagnet.engine import cpu_has_fast_bf16
-from bagnet.provenance import provenance
-from experiments import published
+from bagnet.bench import fmt_spread, interleaved, load_average, machine_id, spread, write_bench
+from bagnet.engine import keep_freed_cpu_memory
 
-MODELS = ["bagnet9", "bagnet17", "bagnet33", "resnet50", "densenet169", "vgg16"]
+MODELS = ["bagnet9", "bagnet17", "bagnet33", "resnet50"]
+TARGET_RATIO = 4.0   # BagNet-33 / ResNet-50 training time per image at 224 px (FLOP ratio 3.98)
 
 
 def saved_bytes(fn) -> int:
@@ -38,128 +41,113 @@ def saved_bytes(fn) -> int:
     return total
 
 
-def bench(name: str, size: int, dtype: torch.dtype | None, batch: int, steps: int, device: torch.device,
-          width: int | None, channels_last: bool = True) -> dict:
+def make_steps(name: str, size: int, dtype, batch: int, device: torch.device, width: int | None,
+               channels_last: bool = True, compile_model: bool = False):
+    """(train_step, infer_step, memory_bytes) for one configuration."""
     kw = {"width": width} if (width and name.startswith("bagnet")) else {}
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(name, num_classes=1000, **kw).to(device).to(memory_format=fmt)
+    run = torch.compile(model) if compile_model else model
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def train_step():
-        with autocast:
-            loss = F.cross_entropy(model(x).float(), y)
+        model.train()
+        with autocast():
+            loss = F.cross_entropy(run(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def infer_step():
+        model.eval()
+        with torch.inference_mode(), autocast():
+            run(x)
 
-    def timed(fn, n):
-        fn()  # warm-up
-        sync()
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        return (time.perf_counter() - t) / n
-
-    model.train()
+    train_step()
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t_train = timed(train_step, steps)
-    mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else saved_bytes(train_step)
-    model.eval()
-
-    def infer():
-        with torch.inference_mode(), autocast:
-            model(x)
-    t_inf = timed(infer, steps)
-    return {"model": name, "size": size, "width": kw.get("width", "default"),
-            "precision": "bf16" if dtype else "fp32", "layout": "channels_last" if channels_last else "contiguous",
-            "batch": batch,
-            "train_img_s": batch / t_train, "infer_img_s": batch / t_inf,
-            ("peak_mem_MB" if device.type == "cuda" else "saved_activations_MB"): mem / 2**20}
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step()
+        mem = torch.cuda.max_memory_allocated(device)
+    else:
+        mem = saved_bytes(train_step)
+    return train_step, infer_step, mem
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
     ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--cpu-profile-width", type=int, default=32, help="BagNet width at the cpu profile (112 px)")
-    ap.add_argument("--bf16-sizes", type=int, nargs="*", default=None,
-                    help="sizes at which to also time bf16 (default: all); on a CPU without native bf16 it is "
-                         "5-10x slower, so timing it once at the small size is enough")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cpu-profile-width", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", type=Path, default=Path("results/bench"))
+    ap.add_argument("--out-root", default=None, help="default: results/bench")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
+    load_before = load_average()
+    print(f"machine {machine_id(device)}; load {load_before}")
     torch.manual_seed(0)
-    rows = []
+    configs, fns, mem = [], {}, {}
     for size in args.sizes:
         width = args.cpu_profile_width if size <= 128 else None
         for name in args.models:
-            for dtype in (None, torch.bfloat16):
-                if dtype is not None and args.bf16_sizes is not None and size not in args.bf16_sizes:
-                    continue
-                r = bench(name, size, dtype, args.batch, args.steps, device, width)
-                print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
-                rows.append(r)
-    # channels_last vs contiguous, at the first size, for the two models whose ratio the paper reports
-    for name in [m for m in ("bagnet33", "resnet50") if m in args.models]:
-        for dtype in (None, torch.bfloat16):
-            if dtype is not None and args.bf16_sizes is not None and args.sizes[0] not in args.bf16_sizes:
-                continue
-            r = bench(name, args.sizes[0], dtype, args.batch, args.steps, device,
-                      args.cpu_profile_width if args.sizes[0] <= 128 else None, channels_last=False)
-            print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
-            rows.append(r)
-    df = pd.DataFrame(rows)
-    key = ["model", "size"]
-    cl = df[df.layout == "channels_last"]
-    fp32 = cl[cl.precision == "fp32"].set_index(key)
-    bf16 = cl[cl.precision == "bf16"].set_index(key)
-    speedup = pd.concat([(bf16["train_img_s"] / fp32["train_img_s"]).rename("bf16/fp32 train"),
-                         (bf16["infer_img_s"] / fp32["infer_img_s"]).rename("bf16/fp32 inference")],
-                        axis=1).dropna().reset_index()
-    layout_key = ["model", "size", "precision"]
-    contiguous = df[df.layout == "contiguous"].set_index(layout_key)
-    cl_idx = cl.set_index(layout_key).loc[contiguous.index]
-    layout = pd.concat([(cl_idx["train_img_s"] / contiguous["train_img_s"]).rename("channels_last/contiguous train"),
-                        (cl_idx["infer_img_s"] / contiguous["infer_img_s"]).rename(
-                            "channels_last/contiguous inference")], axis=1).reset_index()
-    ratios = []
+            for prec in args.precisions:
+                key = (name, size, prec)
+                train, infer, mem[key] = make_steps(name, size, torch.bfloat16 if prec == "bf16" else None,
+                                                    args.batch, device, width)
+                configs.append(key)
+                fns[f"train {name} {size} {prec}"] = train
+                fns[f"infer {name} {size} {prec}"] = infer
+    times = interleaved(fns, args.repeats, device, warmup=False)
+    load_after = load_average()
+
+    rows, ratios, headline = [], [], {}
+    for name, size, prec in configs:
+        tr, inf = times[f"train {name} {size} {prec}"], times[f"infer {name} {size} {prec}"]
+        width = args.cpu_profile_width if size <= 128 and name.startswith("bagnet") else "full"
+        rows.append({"model": name, "size": size, "width": width, "precision": prec,
+                     "train img/s": fmt_spread(spread([args.batch / t for t in tr])),
+                     "inference img/s": fmt_spread(spread([args.batch / t for t in inf])),
+                     ("peak MB" if device.type == "cuda" else "saved activations MB"):
+                         round(mem[(name, size, prec)] / 2**20)})
     for size in args.sizes:
-        for prec in ("fp32", "bf16"):
-            sub = cl[(cl["size"] == size) & (cl.precision == prec)].set_index("model")
-            if {"bagnet33", "resnet50"} <= set(sub.index):
-                ratios.append({"size": size, "precision": prec,
-                               "bagnet33/resnet50 inference time": sub.at["resnet50", "infer_img_s"]
-                               / sub.at["bagnet33", "infer_img_s"],
-                               "bagnet33/resnet50 train time": sub.at["resnet50", "train_img_s"]
-                               / sub.at["bagnet33", "train_img_s"]})
-    ratios = pd.DataFrame(ratios)
-    prov = provenance(device=device, args=vars(args) | {"out": str(args.out)})
-    header = (f"Measured {prov['time']} on {prov['device']}, torch {prov['versions']['torch']}, commit "
-              f"{prov['git_commit']}; batch {args.batch}, {args.steps} timed steps after one warm-up, "
-              f"channels_last unless `layout` says contiguous; CPU with native bf16 (AVX512-BF16/AMX): "
-              f"{cpu_has_fast_bf16() if device.type == 'cpu' else 'n/a'}; "
-              f"command: `python scripts/bench_train.py {' '.join(sys.argv[1:])}`. BagNets at {args.cpu_profile_width} width for sizes <= 128 (the cpu profile), "
-              f"full width otherwise; baselines always full width. The paper reports BagNet-33 at "
-              f"~{published.section('runtime')['BagNet-33 / ResNet-50 (GPU)']['ratio']:g}x ResNet-50's runtime.")
-    md = (header + "\n\n## Throughput\n\n" + io.to_markdown(df) + "\n\n## bf16 vs fp32\n\n"
-          + io.to_markdown(speedup) + "\n\n## channels_last vs contiguous\n\n" + io.to_markdown(layout)
-          + "\n\n## BagNet-33 / ResNet-50 time ratio\n\n" + io.to_markdown(ratios) + "\n")
-    io.write_text(md, args.out / "train.md")
-    io.write_json({"provenance": prov, "rows": df.to_dict(orient="records"),
-                   "ratios": ratios.to_dict(orient="records")}, args.out / "train.json")
+        for prec in args.precisions:
+            k = {m: f"{size} {prec}" for m in ("bagnet33", "resnet50")}
+            if not all(f"train {m} {v}" in times for m, v in k.items()):
+                continue
+            tr = spread([b / r for b, r in zip(times[f"train bagnet33 {k['bagnet33']}"],
+                                               times[f"train resnet50 {k['resnet50']}"])])
+            inf = spread([b / r for b, r in zip(times[f"infer bagnet33 {k['bagnet33']}"],
+                                                times[f"infer resnet50 {k['resnet50']}"])])
+            ratios.append({"size": size, "precision": prec, "train time ratio": fmt_spread(tr),
+                           "inference time ratio": fmt_spread(inf), "_train": tr})
+            headline[f"BagNet-33 / ResNet-50 train time, {size} px {prec}"] = fmt_spread(tr)
+    verdicts = [f"- {r['size']} px {r['precision']}: BagNet-33 takes {r['train time ratio']}x ResNet-50's training "
+                f"time per image (target <= {TARGET_RATIO:g} at 224 px): "
+                f"**{'holds' if r['_train']['median'] <= TARGET_RATIO else 'MISSED'}**"
+                for r in ratios if r["size"] == 224]
+    ratio_df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios])
+    md = (f"# Training and inference throughput, BagNets vs ResNet-50\n\n"
+          f"Batch {args.batch}, channels_last, SGD; {args.repeats} interleaved rounds, median [min, max]; BagNets at "
+          f"width {args.cpu_profile_width} at sizes <= 128 (the cpu profile), full width at 224. "
+          f"Command: `python scripts/bench_train.py --sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats} "
+          f"--batch {args.batch}`.\n\n" + "\n".join(verdicts) + "\n\n## BagNet-33 / ResNet-50 time ratio (per round)\n\n"
+          + io.to_markdown(ratio_df) + "\n\n## Throughput\n\n" + io.to_markdown(pd.DataFrame(rows)) + "\n")
+    kwargs = {"out_root": args.out_root} if args.out_root else {}
+    path = write_bench("train", md, {"headline": headline, "rows": rows,
+                                     "ratios": [{k: v for k, v in r.items() if k != "_train"} | {"train": r["_train"]}
+                                                for r in ratios],
+                                     "times_s": times}, device, vars(args), load=(load_before, load_after), **kwargs)
     print(md)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
