@@ -12,7 +12,7 @@ DATA ?= synthetic
 ARGS ?=
 
 .PHONY: setup test test-full test-slow demo demo-seeds train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
-        eval-imagenet reproduce-paper bench render-results
+        eval-imagenet reproduce-paper bench bench-gpu render-results
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -81,11 +81,16 @@ reproduce-paper: setup
 	$(RUN) task=paper experiment=paper $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) \
 	  $(if $(BAGNET_WEIGHTS_DIR),paper.weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
 
+# CPU benchmarks (~35 min on 2 cores; run them on a quiet machine): results/bench/<machine>/ + README.md
 bench: setup
-	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_heatmap.py
+	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_data.py
 	$(PY) scripts/bench_compile.py
+
+# The GPU profile (CUDA img/s, TF32/bf16/fp32, torch.compile on/off, loading from disk), same format
+bench-gpu: setup
+	$(PY) scripts/bench_gpu.py
 
 render-results: setup
 	$(PY) scripts/render_results.py

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -184,23 +184,27 @@ def block_timings(root: Path) -> str:
     return to_markdown(pd.DataFrame(rows))
 
 
-def train_ratios(root: Path) -> dict:
-    """BagNet-33 / ResNet-50 time per image (inference, training) by size, precision and memory layout,
-    from bench/train.json."""
-    rows = pd.DataFrame(json.loads((Path(root) / "bench" / "train.json").read_text())["rows"])
-    out = {}
-    for (size, prec, layout), g in rows.groupby(["size", "precision", "layout"]):
-        g = g.set_index("model")
-        if {"bagnet33", "resnet50"} <= set(g.index):
-            out[int(size), prec, layout] = tuple(float(g.loc["resnet50", k] / g.loc["bagnet33", k])
-                                                 for k in ("infer_img_s", "train_img_s"))
-    return out
+def bench_files(root: Path, bench: str) -> list[dict]:
+    """Every machine's ``bench/<machine>/<bench>.json``, newest measurement first."""
+    files = [json.loads(p.read_text()) for p in sorted((Path(root) / "bench").glob(f"*/{bench}.json"))]
+    return sorted(files, key=lambda d: d["provenance"]["time"], reverse=True)
 
 
-def heatmap_bench(root: Path) -> tuple[str, str]:
-    text = (Path(root) / "bench" / "heatmap.md").read_text()
-    speed = re.search(r"Speedup \(stride 1\): ([\d.]+)x\*\* wall clock; ([\d.]+)x fewer FLOPs", text)
-    return speed.group(1), speed.group(2)
+def bench_line(root: Path, bench: str, keys: Sequence[str], label: Callable[[str], str] = str) -> str:
+    """The headline figures ``keys`` of a bench on every machine measured, each with its machine."""
+    out = []
+    for data in bench_files(root, bench):
+        got = [f"{label(k)} {data['headline'][k]}" for k in keys if k in data["headline"]]
+        if got:
+            machine = data["provenance"]["machine"]["machine"]
+            out.append(f"{'; '.join(got)} (`{machine}`, `results/bench/{machine}/{bench}.md`)")
+    return " / ".join(out) or "not measured"
+
+
+def block_bench(root: Path) -> str:
+    """The benchmarks' headline figures on every machine measured (bagnet.bench.summary_tables)."""
+    from bagnet.bench import summary_tables
+    return summary_tables(Path(root) / "bench", link_prefix="results/bench/")
 
 
 def verdict_counts(root: Path) -> str:
@@ -256,9 +260,13 @@ def block_headline(root: Path) -> str:
             f"{m} {ci(df.loc[m], k)} (scrambled top-1 {ci(df.loc[m], s)})" for m in ("BagNet-33", "ResNet-50"))
         + (f" (BagNet-33 minus ResNet-50: {con.loc[('BagNet-33', 'ResNet-50', k), 'verdict']})." if con is not None
            else ".") for k, s, where in grids)
-    r = next((v for k, v in train_ratios(root).items() if k[:2] == (224, "fp32")), None)
     runtime, paper = published.section("runtime"), published.section("imagenet")
-    speed, flops = heatmap_bench(root)
+    heat = bench_line(root, "heatmap", [f"q={q}: dense vs authors' routine" for q in (33, 17, 9)]
+                      + ["q=9: dense GFLOP/s / conv reference"],
+                      lambda k: k.replace(": dense vs authors' routine", "").replace("q=9: dense GFLOP/s / conv reference",
+                                                                                   "q=9 share of the conv peak"))
+    train = bench_line(root, "train", [f"BagNet-33 / ResNet-50 train time, 224 px {p}" for p in ("fp32", "bf16")],
+                       lambda k: k.rsplit(" ", 1)[-1])
     rows = [
         ("demo (synthetic): the expected effects and their negative controls, each judged by its interval",
          f"{checks_summary(demo.to_dict(orient='records'))}{seeds_note(root, dprov.get('seed', 0))}: " + "; ".join(
@@ -274,10 +282,9 @@ def block_headline(root: Path) -> str:
          verdict_counts(root),
          "VGG-16 nearly additive beyond ~30 px; BagNet heatmaps predict DenseNet-169's sensitivity better than "
          "DeepLift (ImageNet, pretrained)", "`make signatures INIT=scratch`"),
-        ("exact BagNet-33 heatmap of a 224 px image vs the authors' patch-wise method",
-         f"{flops}x fewer FLOPs, {speed}x faster (`results/bench/heatmap.md`)", "–", "`python scripts/bench_heatmap.py`"),
-        ("BagNet-33 / ResNet-50 time per image, 224 px, full width, fp32, CPU",
-         f"{r[0]:.1f}x inference, {r[1]:.1f}x training (`results/bench/train.md`)" if r else "–",
+        ("exact BagNet-q heatmap of a 224 px image: dense method's speed-up over the authors' patch-wise routine "
+         "(median [min, max] of interleaved rounds)", heat, "–", "`python scripts/bench_heatmap.py`"),
+        ("BagNet-33 / ResNet-50 training time per image, 224 px, full width", train,
          f"~{runtime['BagNet-33 / ResNet-50 (GPU)']['ratio']:g}x (GPU)", "`python scripts/bench_train.py`"),
         ("ImageNet top-5 with the authors' weights", "not run: no weights or ImageNet offline",
          f"BagNet-33 {percent(paper['BagNet-33']['top5']):g}%, BagNet-17 {percent(paper['BagNet-17']['top5']):g}%",
@@ -290,7 +297,7 @@ def block_headline(root: Path) -> str:
 BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder under it])
     "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
     "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
-    "signature-models": block_signature_models, "photos": block_photos,
+    "signature-models": block_signature_models, "photos": block_photos, "bench": block_bench,
 }
 
 

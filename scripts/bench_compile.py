@@ -8,7 +8,7 @@ minus a steady step; training and inference apart, as `trainer.compile` compiles
 path) next to the steady-state speed-ups, and how many epochs of 15-Scene's 1200 training images the
 training compile cost takes to pay back. Each measurement runs in a fresh
 process with an empty inductor cache, so the compile cost is what a user's first run pays.
-Writes results/bench/compile.md, .json.
+Writes results/bench/<machine>/compile.md and .json (bagnet.bench).
 """
 from __future__ import annotations
 
@@ -19,14 +19,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from bagnet import create_model, io
-from bagnet.provenance import provenance
+from bagnet.bench import write_bench
 
 
 def bench(name: str, compiled: bool, size: int, batch: int, steps: int, width: int) -> dict:
@@ -81,7 +80,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32, help="BagNet width (the cpu profile's)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("results/bench"))
+    ap.add_argument("--out-root", default=None, help="default: results/bench")
     args = ap.parse_args()
     rows = []
     for name in args.models:
@@ -102,18 +101,21 @@ def main() -> None:
     saved = 1200 / eager["train_img_s"] - 1200 / comp["train_img_s"]
     ratio["epochs to pay back"] = (ratio["train compile s"] / saved).where(saved > 0)
     ratio = ratio.reset_index()
-    prov = provenance(device=torch.device("cpu"), args=vars(args) | {"out": str(args.out)})
-    header = (f"Measured {prov['time']} on {prov['device']}, torch {prov['versions']['torch']}, commit "
-              f"{prov['git_commit']}; fp32, channels_last, AdamW, batch {args.batch}, {args.size} px, "
-              f"BagNet width {args.width}; {args.steps} timed steps after the first; command: "
-              f"`python scripts/bench_compile.py {' '.join(sys.argv[1:])}`. `epochs to pay back`: train "
-              f"compile s / training time saved per epoch of 1200 images (empty: compile is not faster).")
-    md = (header + "\n\n## Throughput\n\n" + io.to_markdown(df) + "\n\n## compile vs eager\n\n"
-          + io.to_markdown(ratio) + "\n")
-    io.write_text(md, args.out / "compile.md")
-    io.write_json({"provenance": prov, "rows": df.to_dict(orient="records"),
-                   "ratios": ratio.to_dict(orient="records")}, args.out / "compile.json")
+    device = torch.device("cpu")
+    header = (f"fp32, channels_last, AdamW, batch {args.batch}, {args.size} px, BagNet width {args.width}; each "
+              f"model and mode in a fresh process with an empty inductor cache, {args.steps} timed steps after the "
+              f"first (one round: compile dominates the cost); command: `python scripts/bench_compile.py "
+              f"{' '.join(sys.argv[1:])}`. `epochs to pay back`: train compile s / training time saved per epoch of "
+              f"1200 images (empty: compile is not faster).")
+    md = ("# Eager vs torch.compile, CPU\n\n" + header + "\n\n## Throughput\n\n" + io.to_markdown(df)
+          + "\n\n## compile vs eager\n\n" + io.to_markdown(ratio) + "\n")
+    headline = {f"{r['model']}: compile / eager train img/s": f"{r['compile/eager train']:.3g}"
+                for r in ratio.to_dict(orient="records")}
+    kwargs = {"out_root": args.out_root} if args.out_root else {}
+    path = write_bench("compile", md, {"headline": headline, "rows": df.to_dict(orient="records"),
+                                       "ratios": ratio.to_dict(orient="records")}, device, vars(args), **kwargs)
     print(md)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

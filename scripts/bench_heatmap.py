@@ -8,8 +8,11 @@ identity), one 224x224 image, one target class, the stride-1 map (224 x 224 patc
 
 * Baseline, the authors' routine (`bagnets.utils.generate_heatmap_pytorch`, re-implemented here with
   `.cuda()` replaced by the model's device): zero-pad by (q-1)/2, copy every q x q patch into one
-  [224*224, 3, q, q] NCHW tensor, run the model on consecutive batches of 1000 patches (a batch spans map
-  rows), keep the target logit. Same model object as the dense method (its forward, NCHW as the release).
+  [224*224, 3, q, q] NCHW tensor, run the network on consecutive batches of 1000 patches (a batch spans
+  map rows), keep the target logit. The network is the authors' forward op for op
+  (`bagnet.models.bagnet.release_forward`) on the same weights: the targets are judged against this.
+  Also timed: the same routine on this suite's forward (composed stem, format-keeping crop), which is
+  faster, so that the dense method's gain is shown apart from the model's.
 * Reference throughput: plain 1x1 convs of the dense net's two heaviest shapes (256 -> 1024 and
   512 -> 2048 channels on a 224 x 224 map, channels_last, no bias), timed in the same rounds; the faster
   is the machine's measured conv throughput that the q = 9 target (>= 70 %) refers to.
@@ -23,24 +26,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bagnet.bench import fmt_spread, interleaved, load_average, machine_id, spread, write_bench
+from bagnet.bench import Measured, fmt_spread, interleaved, load_average, machine_id, spread, write_bench
 from bagnet.engine import keep_freed_cpu_memory
 from bagnet.heatmaps import heatmap
-from bagnet.models.bagnet import BagNet
+from bagnet.models.bagnet import BagNet, release_forward
 
 TARGETS = {"speedup_q17_q33": 10.0, "q9_share_of_conv_reference": 0.70}
 
 
 @torch.no_grad()
 def authors_routine(model: nn.Module, image: torch.Tensor, target: int, rows: int | None = None,
-                    batch: int = 1000) -> torch.Tensor:
-    """The authors' patch-wise heatmap (their batching); ``rows`` stops after that many map rows."""
+                    batch: int = 1000, forward=None) -> torch.Tensor:
+    """The authors' patch-wise heatmap (their batching); ``rows`` stops after that many map rows.
+    ``forward(model, patches)``: the network's forward (default: ``model(patches)``)."""
     q = model.patch_size
     p = (q - 1) // 2
     x = F.pad(image, (p, p, p, p))
@@ -49,7 +56,8 @@ def authors_routine(model: nn.Module, image: torch.Tensor, target: int, rows: in
         patches = patches[:, :rows]
     h, w = patches.shape[1:3]
     patches = patches.contiguous().view(-1, 3, q, q)
-    logits = [model(b)[:, target] for b in torch.split(patches, batch)]
+    run = forward or (lambda m, b: m(b))
+    logits = [run(model, b)[:, target] for b in torch.split(patches, batch)]
     return torch.cat(logits).view(h, w)
 
 
@@ -63,6 +71,29 @@ def randomised_bagnet(q: int, seed: int) -> BagNet:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     return model
+
+
+def bench_inputs(qs, seed: int, size: int, device) -> tuple[torch.Tensor, dict]:
+    torch.manual_seed(seed)
+    image = torch.randn(1, 3, size, size, device=device)
+    return image, {q: randomised_bagnet(q, seed + q).to(device) for q in qs}
+
+
+_CHILD: dict = {}
+
+
+def time_authors_as_shipped(q: int, seed: int, size: int, rows: int, threads: int) -> float:
+    """In a fresh process with glibc's default allocator (as the authors' code runs): seconds of the
+    authors' routine on the release forward, after one untimed warm-up call."""
+    if q not in _CHILD:
+        torch.set_num_threads(threads)
+        image, models = bench_inputs([q], seed, size, "cpu")
+        _CHILD[q] = image, models[q]
+        authors_routine(models[q], image[..., :48, :48], 0, 2, forward=release_forward)
+    image, model = _CHILD[q]
+    t = time.perf_counter()
+    authors_routine(model, image, 0, rows, forward=release_forward)
+    return time.perf_counter() - t
 
 
 def flops(fn) -> int:
@@ -110,16 +141,26 @@ def main() -> None:
     load_before = load_average()
     print(f"machine {machine_id(device)}; load {load_before}")
 
-    torch.manual_seed(args.seed)
-    image = torch.randn(1, 3, args.size, args.size, device=device)
-    models = {q: randomised_bagnet(q, args.seed + q).to(device) for q in args.qs}
+    image, models = bench_inputs(args.qs, args.seed, args.size, device)
     fns, info = {}, {}
+    # One worker process, kept for all rounds, that never calls keep_freed_cpu_memory.
+    shipped = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if device.type == "cpu" else None
     for q, model in models.items():
         meta_model, meta_x = copy.deepcopy(model).to("meta"), image.to("meta")
         info[q] = {"flops_dense": flops(lambda: heatmap(meta_model, meta_x, 0)),
-                   "flops_authors": flops(lambda: authors_routine(meta_model, meta_x, 0, rows)) * args.size / rows}
-        fns[f"authors q={q}"] = (lambda m=model: authors_routine(m, image, 0, rows))
+                   "flops_authors": flops(lambda: authors_routine(meta_model, meta_x, 0, rows, forward=release_forward))
+                   * args.size / rows,
+                   "flops_authors_suite": flops(lambda: authors_routine(meta_model, meta_x, 0, rows)) * args.size / rows}
+        fns[f"authors q={q}"] = (lambda m=model: authors_routine(m, image, 0, rows, forward=release_forward))
+        if shipped is not None:
+            fns[f"authors, default allocator q={q}"] = (lambda q=q: Measured(shipped.submit(
+                time_authors_as_shipped, q, args.seed, args.size, rows, torch.get_num_threads()).result()))
+        fns[f"authors, suite forward q={q}"] = (lambda m=model: authors_routine(m, image, 0, rows))
         fns[f"dense q={q}"] = (lambda m=model: heatmap(m, image, 0))
+        small = image[..., :48, :48]                      # warm-up: allocator, oneDNN primitives
+        authors_routine(model, small, 0, 2, forward=release_forward)
+        authors_routine(model, small, 0, 2)
+        heatmap(model, image[..., :64, :64], 0)
     refs = {}
     for cin, cout in ((256, 1024), (512, 2048)):
         conv = nn.Conv2d(cin, cout, 1, bias=False).to(device).eval().to(memory_format=torch.channels_last)
@@ -127,7 +168,11 @@ def main() -> None:
         name = f"conv {cin}->{cout}"
         refs[name] = 2 * cin * cout * args.size ** 2
         fns[name] = (lambda c=conv, x=x: no_grad_call(c, x))
-    times = interleaved(fns, args.repeats, device)
+    for fn in [f for k, f in fns.items() if k.startswith("conv")]:
+        fn()
+    times = interleaved(fns, args.repeats, device, warmup=False)
+    if shipped is not None:
+        shipped.shutdown()
     load_after = load_average()
 
     rows_out, headline = [], {}
@@ -137,47 +182,55 @@ def main() -> None:
         rows_out.append({"method": name + (" (reference)" if name == best_ref else ""), "q": "",
                          "seconds": fmt_spread(spread(times[name])), "GFLOP": refs[name] / 1e9,
                          "GFLOP/s": fmt_spread(r), "share of reference": "", "max rel err": "", "rms rel err": ""})
+    baselines = {"authors": "authors' routine, release forward",
+                 "authors, default allocator": "the same, glibc's default allocator (the authors' code as shipped)",
+                 "authors, suite forward": "authors' routine on the suite's forward"}
+    verdicts = []
     for q, model in models.items():
         ref64 = heatmap(copy.deepcopy(model).double(), image.double(), 0)[0]
-        dense = heatmap(model, image, 0)[0]
-        authors = authors_routine(model, image, 0, rows)
-        err_d, err_a = relative_errors(dense[:rows], ref64[:rows]), relative_errors(authors, ref64[:rows])
-        t_a = [t * args.size / rows for t in times[f"authors q={q}"]]
+        err = {"dense": relative_errors(heatmap(model, image, 0)[0][:rows], ref64[:rows]),
+               "authors": relative_errors(authors_routine(model, image, 0, rows, forward=release_forward), ref64[:rows]),
+               "authors, suite forward": relative_errors(authors_routine(model, image, 0, rows), ref64[:rows])}
+        err["authors, default allocator"] = err["authors"]            # the same computation
         t_d = times[f"dense q={q}"]
-        speedups = spread([a / d for a, d in zip(t_a, t_d)])
-        rate_d = spread([info[q]["flops_dense"] / t / 1e9 for t in t_d])
         share = spread([info[q]["flops_dense"] / t / 1e9 / conv_rate[best_ref]["median"] for t in t_d])
-        info[q].update(speedup=speedups, dense_gflops=rate_d, share_of_reference=share, err_dense=err_d,
-                       err_authors=err_a, seconds_dense=spread(t_d), seconds_authors=spread(t_a))
-        for method, t, f, err in (("authors' routine", t_a, info[q]["flops_authors"], err_a),
-                                  ("dense `heatmap`", t_d, info[q]["flops_dense"], err_d)):
-            rows_out.append({"method": method, "q": q, "seconds": fmt_spread(spread(t)), "GFLOP": f / 1e9,
+        info[q].update(seconds_dense=spread(t_d), share_of_reference=share, errors=err,
+                       dense_gflops=spread([info[q]["flops_dense"] / t / 1e9 for t in t_d]))
+        for key, label in [*baselines.items(), ("dense", "dense `heatmap`")]:
+            if key != "dense" and f"{key} q={q}" not in times:
+                continue
+            t = t_d if key == "dense" else [t * args.size / rows for t in times[f"{key} q={q}"]]
+            f = info[q]["flops_dense" if key == "dense" else
+                        "flops_authors_suite" if key.endswith("suite forward") else "flops_authors"]
+            if key != "dense":
+                info[q][f"speedup vs {key}"] = spread([a / d for a, d in zip(t, t_d)])
+                headline[f"q={q}: dense vs {label}"] = f"{fmt_spread(info[q][f'speedup vs {key}'])}x"
+            rows_out.append({"method": label, "q": q, "seconds": fmt_spread(spread(t)), "GFLOP": f / 1e9,
                              "GFLOP/s": fmt_spread(spread([f / s / 1e9 for s in t])),
-                             "share of reference": fmt_spread(share, 2) if method.startswith("dense") else "",
-                             "max rel err": f"{err['max']:.2e}", "rms rel err": f"{err['rms']:.2e}"})
-        headline[f"q={q}: dense vs authors' routine"] = f"{fmt_spread(speedups)}x"
+                             "share of reference": fmt_spread(share, 2) if key == "dense" else "",
+                             "speed-up of dense": fmt_spread(info[q][f"speedup vs {key}"]) if key != "dense" else "",
+                             "max rel err": f"{err[key]['max']:.2e}", "rms rel err": f"{err[key]['rms']:.2e}"})
+        judged = info[q]["speedup vs authors"]
         if q == 9:
             headline["q=9: dense GFLOP/s / conv reference"] = fmt_spread(share, 2)
-
+            ok = share["median"] >= TARGETS["q9_share_of_conv_reference"]
+            verdicts.append(f"- q = 9: dense sustains {fmt_spread(share, 2)} of the reference conv's GFLOP/s "
+                            f"(target >= 0.70): **{'holds' if ok else 'MISSED'}**; {fmt_spread(judged)}x the "
+                            f"authors' routine.")
+        else:
+            ok = judged["median"] >= TARGETS["speedup_q17_q33"]
+            shipped_note = (f"; {fmt_spread(info[q]['speedup vs authors, default allocator'])}x the authors' code as shipped"
+                            if "speedup vs authors, default allocator" in info[q] else "")
+            verdicts.append(f"- q = {q}: dense is {fmt_spread(judged)}x the authors' routine, same process and "
+                            f"allocator (target >= 10x): **{'holds' if ok else 'MISSED'}**{shipped_note}; dense at "
+                            f"{fmt_spread(share, 2)} of the reference conv's GFLOP/s.")
+        worse = err["dense"]["rms"] > err["authors"]["rms"]
+        verdicts.append(f"  float32 error (max / RMS, relative to max |logit|): dense {err['dense']['max']:.2e} / "
+                        f"{err['dense']['rms']:.2e}, authors' {err['authors']['max']:.2e} / {err['authors']['rms']:.2e}"
+                        f"{' (dense higher)' if worse else ''}.")
     import pandas as pd
     from bagnet import io
     table = io.to_markdown(pd.DataFrame(rows_out))
-    verdicts = []
-    for q in models:
-        if q in (17, 33):
-            ok = info[q]["speedup"]["median"] >= TARGETS["speedup_q17_q33"]
-            verdicts.append(f"- q = {q}: dense is {fmt_spread(info[q]['speedup'])}x the authors' routine "
-                            f"(target >= 10x): **{'holds' if ok else 'MISSED'}**.")
-        if q == 9:
-            ok = info[q]["share_of_reference"]["median"] >= TARGETS["q9_share_of_conv_reference"]
-            verdicts.append(f"- q = 9: dense sustains {fmt_spread(info[q]['share_of_reference'], 2)} of the "
-                            f"reference conv's GFLOP/s (target >= 0.70): **{'holds' if ok else 'MISSED'}**; "
-                            f"{fmt_spread(info[q]['speedup'])}x the authors' routine.")
-        worse = info[q]["err_dense"]["rms"] > info[q]["err_authors"]["rms"]
-        verdicts.append(f"  float32 error (max / RMS, relative to max |logit|): dense "
-                        f"{info[q]['err_dense']['max']:.2e} / {info[q]['err_dense']['rms']:.2e}, authors' "
-                        f"{info[q]['err_authors']['max']:.2e} / {info[q]['err_authors']['rms']:.2e}"
-                        f"{' (dense higher)' if worse else ''}.")
     rows_note = "all map rows" if rows == args.size else f"the first {rows} of {args.size} map rows, time x {args.size}/{rows}"
     md = (f"# Heatmap benchmark: dense vs the authors' patch-wise routine, q = {', '.join(map(str, models))}\n\n"
           f"{args.size} x {args.size} image, one target class, stride-1 map, float32, full-width BagNets "

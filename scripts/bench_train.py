@@ -19,63 +19,13 @@ import argparse
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from bagnet import create_model, io
-from bagnet.bench import fmt_spread, interleaved, load_average, machine_id, spread, write_bench
+from bagnet import io
+from bagnet.bench import fmt_spread, interleaved, load_average, machine_id, make_steps, spread, write_bench
 from bagnet.engine import keep_freed_cpu_memory
 
 MODELS = ["bagnet9", "bagnet17", "bagnet33", "resnet50"]
 TARGET_RATIO = 4.0   # BagNet-33 / ResNet-50 training time per image at 224 px (FLOP ratio 3.98)
-
-
-def saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
-
-
-def make_steps(name: str, size: int, dtype, batch: int, device: torch.device, width: int | None,
-               channels_last: bool = True, compile_model: bool = False):
-    """(train_step, infer_step, memory_bytes) for one configuration."""
-    kw = {"width": width} if (width and name.startswith("bagnet")) else {}
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(name, num_classes=1000, **kw).to(device).to(memory_format=fmt)
-    run = torch.compile(model) if compile_model else model
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 1000, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-    def train_step():
-        model.train()
-        with autocast():
-            loss = F.cross_entropy(run(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def infer_step():
-        model.eval()
-        with torch.inference_mode(), autocast():
-            run(x)
-
-    train_step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        train_step()
-        mem = torch.cuda.max_memory_allocated(device)
-    else:
-        mem = saved_bytes(train_step)
-    return train_step, infer_step, mem
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .registry import register_model
 from .weights import load_pretrained
 
-__all__ = ["Bottleneck", "BagNet", "bagnet", "bagnet9", "bagnet17", "bagnet33", "KERNEL3", "DEFAULT_CFGS"]
+__all__ = ["Bottleneck", "BagNet", "bagnet", "release_forward", "bagnet9", "bagnet17", "bagnet33", "KERNEL3", "DEFAULT_CFGS"]
 
 # Per-stage number of leading blocks whose conv2 is 3x3 (the rest are 1x1). This alone sets q.
 KERNEL3 = {9: (1, 1, 0, 0), 17: (1, 1, 1, 0), 33: (1, 1, 1, 1)}
@@ -170,6 +170,25 @@ class BagNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # mean-then-linear == linear-then-mean, and is cheaper.
         return self.fc(self.forward_features(x).mean((2, 3)))
+
+
+def release_forward(model: BagNet, x: torch.Tensor) -> torch.Tensor:
+    """The authors' ``bagnets.pytorchnet`` forward, op for op, on this model's weights: conv1 and conv2 as
+    two convs, the residual cropped by plain slicing, ``out += residual``. The reference that the fast
+    forward is tested against and that the heatmap benchmark's baseline runs."""
+    x = model.relu(model.bn1(model.conv2(model.conv1(x))))
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for b in layer:
+            out = b.relu(b.bn1(b.conv1(x)))
+            out = b.relu(b.bn2(b.conv2(out)))
+            out = b.bn3(b.conv3(out))
+            residual = x if b.downsample is None else b.downsample(x)
+            diff = residual.size(-1) - out.size(-1)
+            if diff:
+                residual = residual[:, :, :-diff, :-diff]
+            out += residual
+            x = b.relu(out)
+    return model.fc(x.mean((2, 3)))
 
 
 def receptive_field_size(kernel3: Sequence[int], strides: Sequence[int]) -> int:
