@@ -113,6 +113,25 @@ def command_line(args) -> str:
                     for k, v in vars(args).items() if v is not None and k != "out_root")
 
 
+CATEGORIES = (("convolution", ("conv",)), ("batch norm", ("batch_norm",)), ("ReLU", ("relu", "clamp", "threshold")),
+              ("classifier", ("addmm", "mm", "einsum", "linear")), ("residual add", ("add",)),
+              ("copies / layout", ("copy", "contiguous", "clone", "reorder")))
+
+
+def where_time_goes(fn) -> dict[str, float]:
+    """Share of self CPU time by kind of op over one call (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    shares: dict[str, float] = {}
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    for e in events:
+        kind = next((c for c, keys in CATEGORIES if any(k in e.key for k in keys)), "other")
+        shares[kind] = shares.get(kind, 0.0) + e.self_cpu_time_total / total
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 def relative_errors(got: torch.Tensor, ref: torch.Tensor) -> dict:
     scale = ref.abs().max()
     err = got.double() - ref
@@ -231,16 +250,25 @@ def main() -> None:
     import pandas as pd
     from bagnet import io
     table = io.to_markdown(pd.DataFrame(rows_out))
+    profile_rows = []
+    for q, model in models.items():        # after the timed rounds: the profiler's overhead stays out of them
+        for label, fn in ((f"dense q={q}", lambda m=model: heatmap(m, image, 0)),
+                          (f"authors' routine q={q} (first {min(rows, 8)} rows)",
+                           lambda m=model: authors_routine(m, image, 0, min(rows, 8), forward=release_forward))):
+            profile_rows.append({"call": label, **{k: f"{v:.0%}" for k, v in where_time_goes(fn).items()}})
+    profile_table = io.to_markdown(pd.DataFrame(profile_rows).fillna(""))
     rows_note = "all map rows" if rows == args.size else f"the first {rows} of {args.size} map rows, time x {args.size}/{rows}"
     md = (f"# Heatmap benchmark: dense vs the authors' patch-wise routine, q = {', '.join(map(str, models))}\n\n"
           f"{args.size} x {args.size} image, one target class, stride-1 map, float32, full-width BagNets "
           f"(random weights, randomised BN statistics). Authors' routine over {rows_note}. "
           f"{args.repeats} interleaved rounds; median [min, max]. FLOPs from `FlopCounterMode`. "
           f"Command: `python scripts/bench_heatmap.py {command_line(args)}`.\n\n"
-          + "\n".join(verdicts) + "\n\n" + table + "\n")
+          + "\n".join(verdicts) + "\n\n" + table + "\n\n## Where the time goes\n\nShare of self CPU time by kind "
+          "of op, one profiled call each (torch.profiler, after the timed rounds).\n\n" + profile_table + "\n")
     kwargs = {"out_root": args.out_root} if args.out_root else {}
     path = write_bench("heatmap", md, {"headline": headline, "per_q": {str(q): v for q, v in info.items()},
-                                       "conv_reference_gflops": conv_rate, "times_s": times},
+                                       "conv_reference_gflops": conv_rate, "times_s": times,
+                                       "profile": profile_rows},
                        device, vars(args), load=(load_before, load_after), **kwargs)
     print(md)
     print(f"wrote {path}")
