@@ -121,6 +121,31 @@ def write_bench(name: str, markdown: str, payload: Mapping, device: torch.device
     return folder / f"{name}.md"
 
 
+# Kinds of op for :func:`where_time_goes`: (label, substrings of the aten op name), first match wins.
+INFERENCE_OPS = (("convolution", ("conv",)), ("batch norm", ("batch_norm",)), ("ReLU", ("relu", "clamp", "threshold")),
+                 ("classifier", ("addmm", "mm", "einsum", "linear")), ("residual add", ("add",)),
+                 ("copies / layout", ("copy", "contiguous", "clone", "reorder")))
+TRAINING_OPS = (("conv backward", ("convolution_backward",)), ("conv forward", ("conv",)),
+                ("BN backward", ("batch_norm_backward",)), ("BN forward", ("batch_norm",)),
+                ("ReLU fwd+bwd", ("relu", "clamp", "threshold")), ("residual add / grad sums", ("add",)),
+                ("zero-fill / copies", ("fill", "zero", "copy", "contiguous", "clone")),
+                ("classifier", ("addmm", "mm", "linear")))
+
+
+def where_time_goes(fn: Callable[[], object], kinds=INFERENCE_OPS) -> dict[str, float]:
+    """Share of self CPU time by kind of op over one call of ``fn`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares: dict[str, float] = {}
+    for e in events:
+        kind = next((label for label, keys in kinds if any(k in e.key for k in keys)), "other")
+        shares[kind] = shares.get(kind, 0.0) + e.self_cpu_time_total / total
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 def summary_tables(out_root: Path = BENCH_DIR, link_prefix: str = "") -> str:
     """Each bench's headline figures for every machine measured, side by side (one table per bench)."""
     out_root = Path(out_root)

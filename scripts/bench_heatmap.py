@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bagnet.bench import Measured, fmt_spread, interleaved, load_average, machine_id, spread, write_bench
+from bagnet.bench import INFERENCE_OPS, Measured, fmt_spread, interleaved, where_time_goes, load_average, machine_id, spread, write_bench
 from bagnet.engine import keep_freed_cpu_memory
 from bagnet.heatmaps import heatmap
 from bagnet.models.bagnet import BagNet, release_forward
@@ -111,25 +111,6 @@ def no_grad_call(fn, *args):
 def command_line(args) -> str:
     return " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                     for k, v in vars(args).items() if v is not None and k != "out_root")
-
-
-CATEGORIES = (("convolution", ("conv",)), ("batch norm", ("batch_norm",)), ("ReLU", ("relu", "clamp", "threshold")),
-              ("classifier", ("addmm", "mm", "einsum", "linear")), ("residual add", ("add",)),
-              ("copies / layout", ("copy", "contiguous", "clone", "reorder")))
-
-
-def where_time_goes(fn) -> dict[str, float]:
-    """Share of self CPU time by kind of op over one call (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    shares: dict[str, float] = {}
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    for e in events:
-        kind = next((c for c, keys in CATEGORIES if any(k in e.key for k in keys)), "other")
-        shares[kind] = shares.get(kind, 0.0) + e.self_cpu_time_total / total
-    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
 def relative_errors(got: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -255,7 +236,7 @@ def main() -> None:
         for label, fn in ((f"dense q={q}", lambda m=model: heatmap(m, image, 0)),
                           (f"authors' routine q={q} (first {min(rows, 8)} rows)",
                            lambda m=model: authors_routine(m, image, 0, min(rows, 8), forward=release_forward))):
-            profile_rows.append({"call": label, **{k: f"{v:.0%}" for k, v in where_time_goes(fn).items()}})
+            profile_rows.append({"call": label, **{k: f"{v:.0%}" for k, v in where_time_goes(fn, INFERENCE_OPS).items()}})
     profile_table = io.to_markdown(pd.DataFrame(profile_rows).fillna(""))
     rows_note = "all map rows" if rows == args.size else f"the first {rows} of {args.size} map rows, time x {args.size}/{rows}"
     md = (f"# Heatmap benchmark: dense vs the authors' patch-wise routine, q = {', '.join(map(str, models))}\n\n"

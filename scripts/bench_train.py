@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from bagnet import io
-from bagnet.bench import fmt_spread, interleaved, load_average, machine_id, make_steps, spread, write_bench
+from bagnet.bench import (TRAINING_OPS, fmt_spread, interleaved, load_average, machine_id, make_steps, spread,
+                          where_time_goes, write_bench)
 from bagnet.engine import keep_freed_cpu_memory
 
 MODELS = ["bagnet9", "bagnet17", "bagnet33", "resnet50"]
@@ -58,6 +59,13 @@ def main() -> None:
                 fns[f"infer {name} {size} {prec}"] = infer
     times = interleaved(fns, args.repeats, device, warmup=False)
     load_after = load_average()
+    profile_rows = []                       # after the timed rounds: the profiler's overhead stays out of them
+    if device.type == "cpu":
+        for name in [m for m in ("bagnet33", "resnet50") if m in args.models]:
+            for prec in args.precisions:
+                key = f"train {name} {max(args.sizes)} {prec}"
+                profile_rows.append({"training step": key[6:], **{k: f"{v:.0%}" for k, v in
+                                                                 where_time_goes(fns[key], TRAINING_OPS).items()}})
 
     rows, ratios, headline = [], [], {}
     for name, size, prec in configs:
@@ -90,12 +98,15 @@ def main() -> None:
           f"width {args.cpu_profile_width} at sizes <= 128 (the cpu profile), full width at 224. "
           f"Command: `python scripts/bench_train.py --sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats} "
           f"--batch {args.batch}`.\n\n" + "\n".join(verdicts) + "\n\n## BagNet-33 / ResNet-50 time ratio (per round)\n\n"
-          + io.to_markdown(ratio_df) + "\n\n## Throughput\n\n" + io.to_markdown(pd.DataFrame(rows)) + "\n")
+          + io.to_markdown(ratio_df) + "\n\n## Throughput\n\n" + io.to_markdown(pd.DataFrame(rows)) + "\n"
+          + ("\n## Where the time goes\n\nShare of self CPU time by kind of op, one profiled training step each "
+             "(torch.profiler, after the timed rounds).\n\n" + io.to_markdown(pd.DataFrame(profile_rows).fillna(""))
+             + "\n" if profile_rows else ""))
     kwargs = {"out_root": args.out_root} if args.out_root else {}
     path = write_bench("train", md, {"headline": headline, "rows": rows,
                                      "ratios": [{k: v for k, v in r.items() if k != "_train"} | {"train": r["_train"]}
                                                 for r in ratios],
-                                     "times_s": times}, device, vars(args), load=(load_before, load_after), **kwargs)
+                                     "times_s": times, "profile": profile_rows}, device, vars(args), load=(load_before, load_after), **kwargs)
     print(md)
     print(f"wrote {path}")
 
