@@ -101,9 +101,10 @@ def spread(values: list[float]) -> dict:
 
 
 def fmt_spread(s: Mapping, digits: int = 3) -> str:
-    """'12.3 [11.9, 12.8]' (median [min, max])."""
-    g = f".{digits}g"
-    return f"{s['median']:{g}} [{s['min']:{g}}, {s['max']:{g}}]"
+    """'12.3 [11.9, 12.8]' (median [min, max]); numbers of 1000 and more without exponent."""
+    def f(v: float) -> str:
+        return f"{v:.0f}" if abs(v) >= 10 ** digits else f"{v:.{digits}g}"
+    return f"{f(s['median'])} [{f(s['min'])}, {f(s['max'])}]"
 
 
 def write_bench(name: str, markdown: str, payload: Mapping, device: torch.device, args: Mapping,

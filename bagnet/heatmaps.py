@@ -191,7 +191,8 @@ def _elems_per_output_pixel(net: nn.Module, stem, blocks, stride: int) -> int:
 
 @torch.no_grad()
 def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1,
-            chunk_rows: int | None = None, max_elems: int = 1 << 27) -> torch.Tensor:
+            chunk_rows: int | None = None, max_elems: int = 1 << 27,
+            channels_last: bool | None = None) -> torch.Tensor:
     """Dense patch-logit heatmap, numerically the same as :func:`heatmap_patchwise`.
 
     Args:
@@ -204,6 +205,10 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
         chunk_rows: output rows per pass (the map is computed in row bands of the padded image,
             exact because the dense net is translation-equivariant and band starts are multiples of
             the stride); None sizes bands so that no tensor exceeds ``max_elems`` elements.
+        channels_last: None (auto) runs NHWC except for nets narrower than 16 channels on CPU. On CPU the
+            NHWC kernels are faster but accumulate with a larger float32 error than the NCHW ones the
+            authors' patch-wise routine runs (measured in results/bench/<machine>/heatmap.md); False
+            gives the NCHW error at a cost in time.
     """
     net = _check(model, stride)
     q = net.patch_size
@@ -225,7 +230,7 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
         band = x[:, :, stride * r0: stride * (r1 - 1) + q]
         # NHWC lets oneDNN/cuDNN skip layout reorders around every conv (~1.5-2x on CPU here);
         # not for nets narrower than 16 channels, where torch 2.14.1's CPU NHWC kernels segfaulted.
-        if stem.conv.out_channels >= 16 or band.is_cuda:
+        if channels_last if channels_last is not None else (stem.conv.out_channels >= 16 or band.is_cuda):
             band = band.contiguous(memory_format=torch.channels_last)
         f = _dense_features(band, stem, blocks)                           # [B, C, r1-r0, W_s]
         if tgt is None:

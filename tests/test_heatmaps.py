@@ -50,6 +50,13 @@ def test_other_kernel3_layouts(kernel3):
         assert (heatmap(m, x, 2, stride) - heatmap_patchwise(m, x, 2, stride)).abs().max() <= 1e-9
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_both_memory_layouts_are_exact(channels_last):
+    m, x = tiny_bagnet(17, width=16), images(30, 27, b=1)
+    got = heatmap(m, x, None, 1, channels_last=channels_last)
+    assert (got - heatmap_patchwise(m, x, None, 1)).abs().max() <= 1e-9
+
+
 def test_float32_relative():
     m32 = tiny_bagnet(33, dtype=torch.float32)
     x = images(41, 38, dtype=torch.float32)
