@@ -128,7 +128,7 @@ class _Conv:
         dil = self.dilation // self.g_in if k > 1 else 1
         w, b = _fold_bn(self.conv, self.bn)
         if self.pre is not None:
-            w = torch.einsum("omyx,mc->ocyx", w, self.pre.weight[:, :, 0, 0])
+            w = torch.einsum("omyx,mc->ocyx", w, self.pre.weight[:, :, 0, 0]).contiguous()   # as BagNet.stem_conv
         return F.conv2d(x, w, b, stride=self.g_out // self.g_in, dilation=dil)
 
 

@@ -138,7 +138,10 @@ class BagNet(nn.Module):
         3.6 GFLOP per image (about a fifth of BagNet-33's forward) that the 3x3 conv spends on
         width input channels at full resolution."""
         # conv1 is built 1x1, stride 1, without bias (__init__); no shape test here, so torch.fx traces it.
-        return F.conv2d(x, torch.einsum("omyx,mc->ocyx", self.conv2.weight, self.conv1.weight[:, :, 0, 0]))
+        # einsum returns the kernel in channels_last strides; contiguous, so that the input alone picks the
+        # layout (an NHWC kernel for a net narrower than 16 channels crashes torch 2.14.1 on CPU).
+        w = torch.einsum("omyx,mc->ocyx", self.conv2.weight, self.conv1.weight[:, :, 0, 0]).contiguous()
+        return F.conv2d(x, w)
 
     def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of every patch: [B, num_classes, H', W']."""
