@@ -198,6 +198,11 @@ def _acquire(lock: SoftFileLock, path: Path, what: str) -> None:
             if not path.exists():
                 continue
             holder = _holder(path)
+            for _ in range(20):   # created but not yet written: its holder writes it within milliseconds
+                if holder is not None or not path.exists():
+                    break
+                time.sleep(0.05)
+                holder = _holder(path)
             who = (f"process {holder[0]} on {holder[1]} (since {_mtime(path)})" if holder
                    else "an unknown process (unreadable lock file)")
             raise LockError(f"{path.parent} ({what}) is in use by {who}; wait for it to finish, or "
