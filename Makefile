@@ -81,11 +81,11 @@ reproduce-paper: setup
 	$(RUN) task=paper experiment=paper $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) \
 	  $(if $(BAGNET_WEIGHTS_DIR),paper.weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
 
-# CPU benchmarks (~35 min on 2 cores; run them on a quiet machine): results/bench/<machine>/ + README.md
+# CPU benchmarks (~35 min on 2 cores; run them on a quiet machine; DATA_ROOT=15-Scene for data loading): results/bench/<machine>/ + README.md
 bench: setup
 	$(PY) scripts/bench_heatmap.py
 	$(PY) scripts/bench_train.py
-	$(PY) scripts/bench_data.py
+	$(if $(DATA_ROOT),$(PY) scripts/bench_data.py --root $(abspath $(DATA_ROOT)),@echo "bench_data skipped: make bench DATA_ROOT=/path/to/scene15 measures data loading")
 	$(PY) scripts/bench_compile.py
 
 # The GPU profile (CUDA img/s, TF32/bf16/fp32, torch.compile on/off, loading from disk), same format

@@ -1,7 +1,7 @@
 """Is decoding the bottleneck of training? Images/s of the 15-Scene train loader (decode + augment) at 112
 and 224 px with 0/1/2 workers, with and without the decoded-image cache.
 
-    python scripts/bench_data.py [--root ../shared/data/scene15] [--image-sizes 112 224] [--seconds 4]
+    python scripts/bench_data.py --root /path/to/scene15 [--image-sizes 112 224] [--seconds 4]
 
 About 1.5 minutes. Writes results/bench/<machine>/data.md and .json (bagnet.bench).
 """
@@ -19,7 +19,6 @@ from bagnet import io
 from bagnet.bench import fmt_spread, interleaved, load_average, spread, write_bench
 from bagnet.data import build_data, build_loader
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/scene15"
 
 
 def loader_rate(ds, batch: int, workers: int, seconds: float, warm: bool) -> float:
@@ -42,15 +41,15 @@ def loader_rate(ds, batch: int, workers: int, seconds: float, warm: bool) -> flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=os.environ.get("SCENE15_ROOT", str(SHARED)))
+    ap.add_argument("--root", default=os.environ.get("SCENE15_ROOT"), help="15-Scene folder (default: $SCENE15_ROOT)")
     ap.add_argument("--image-sizes", type=int, nargs="+", default=[112, 224])
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=4, help="per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out-root", default=None, help="default: results/bench")
     args = ap.parse_args()
-    if not Path(args.root).is_dir():
-        raise SystemExit(f"bench_data: no 15-Scene folder at {args.root}; pass --root or set SCENE15_ROOT")
+    if not args.root or not Path(args.root).is_dir():
+        raise SystemExit(f"bench_data: no 15-Scene folder at {args.root}; pass --root /path/to/scene15 or set SCENE15_ROOT (make bench DATA_ROOT=...)")
     device = torch.device("cpu")
     load_before = load_average()
     fns = {}
