@@ -99,17 +99,22 @@ def heatmap_patchwise(model: nn.Module, images: torch.Tensor, target=None, strid
 # Dense computation.
 # ----------------------------------------------------------------------------------------------
 
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None):
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, pre: nn.Conv2d | None = None):
     """Eval-mode BN is a per-channel affine map, so it folds into the preceding conv: saves a full
-    pass over every activation (BN was ~15% of the dense run time on CPU)."""
-    w, b = conv.weight, conv.bias
-    if bn is None:
-        return w, b
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
-    if b is not None:
-        shift = shift + b * scale
-    return w * scale[:, None, None, None], shift
+    pass over every activation (BN was ~15% of the dense run time on CPU). ``pre``: a bias-free 1x1
+    conv run before ``conv``, composed into it. Folded in float64 and rounded once, so the folded
+    kernel is the exact product to float32's rounding (no error added to the patch-wise one)."""
+    w = conv.weight.double()
+    if pre is not None:
+        w = torch.einsum("omyx,mc->ocyx", w, pre.weight[:, :, 0, 0].double())
+    b = None if conv.bias is None else conv.bias.double()
+    if bn is not None:
+        scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.double() - bn.running_mean.double() * scale
+        b = shift if b is None else shift + b * scale
+        w = w * scale[:, None, None, None]
+    dtype = conv.weight.dtype
+    return w.to(dtype).contiguous(), None if b is None else b.to(dtype)
 
 
 @dataclass
@@ -122,14 +127,43 @@ class _Conv:
     g_out: int = 1
     pre: nn.Conv2d | None = None   # a 1x1 stride-1 conv without bias applied before this one, composed into it
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def affine(self, mu_in: torch.Tensor | None):
+        """Kernel and bias that map the input stored as ``x - mu_in`` to the true (BN-ed) output, the bias
+        in float64: ``conv(x, w, b) == conv(x - mu, w, b + sum(w * mu))`` for valid convs."""
+        w, b = _fold_bn(self.conv, self.bn, self.pre)      # (the stem's pre: as BagNet.stem_conv)
+        if mu_in is not None:
+            b = torch.einsum("oc...,c->o", w.double(), mu_in) + (0 if b is None else b.double())
+        return w, b
+
+    def run(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, every: int = 1) -> torch.Tensor:
+        """The dense conv; ``every`` > 1 computes only every such output row and column (the same values)."""
         k = self.conv.kernel_size[0]
         assert self.conv.padding == (0, 0) and self.conv.kernel_size[0] == self.conv.kernel_size[1]
         dil = self.dilation // self.g_in if k > 1 else 1
-        w, b = _fold_bn(self.conv, self.bn)
-        if self.pre is not None:
-            w = torch.einsum("omyx,mc->ocyx", w, self.pre.weight[:, :, 0, 0]).contiguous()   # as BagNet.stem_conv
-        return F.conv2d(x, w, b, stride=self.g_out // self.g_in, dilation=dil)
+        b = None if b is None else b.to(w.dtype)
+        return F.conv2d(x, w, b, stride=every * (self.g_out // self.g_in), dilation=dil)
+
+
+def _channel_mean(t: torch.Tensor) -> torch.Tensor:
+    return t.mean((0, 2, 3), dtype=torch.float64)
+
+
+def _relu_centred(c: _Conv, x: torch.Tensor, mu_x: torch.Tensor | None):
+    """relu(c(x)) stored as ``y - mu_y``, mu_y ~ its channel means (from every 8th row and column).
+
+    Why centre: a conv's float32 error grows with its running sums, and ReLU outputs (the residual stream
+    most: its mean grows block by block) have a mean near their spread, so the sums drift far from their
+    result. Centred inputs keep them small: on a 2-core EPYC's NHWC kernels this took the dense map's
+    float32 error from ~1.5x to well below the patch-wise routine's (results/bench/<machine>/heatmap.md).
+    The offset costs no pass over the data: it is folded into the biases, and relu(y) - mu is
+    max(y - mu, -mu), one clamp in place of the ReLU."""
+    w, b = c.affine(mu_x)
+    mu_y = _channel_mean(c.run(x, w, b, every=_SAMPLE).relu_())
+    y = c.run(x, w, (0 if b is None else b) - mu_y)
+    return y.clamp_(min=(-mu_y).to(y.dtype)[None, :, None, None]), mu_y
+
+
+_SAMPLE = 8    # the centring offsets are means over every 8th row and column: 1/64 of a conv's work
 
 
 def _plan(net: nn.Module, stride: int):
@@ -166,18 +200,29 @@ def _plan(net: nn.Module, stride: int):
     return stem, blocks
 
 
-def _dense_features(x: torch.Tensor, stem, blocks) -> torch.Tensor:
-    x = stem(x).relu_()
+def _dense_features(x: torch.Tensor, stem, blocks):
+    """Dense features, stored centred: returns (f - mu, mu) with mu per channel (see _relu_centred)."""
+    x, mu_x = _relu_centred(stem, x, None)
     for c1, c2, c3, ds in blocks:
-        out = c3(c2(c1(x).relu_()).relu_())
+        a, mu_a = _relu_centred(c1, x, mu_x)
+        h, mu_h = _relu_centred(c2, a, mu_a)
+        w3, b3 = c3.affine(mu_h)
+        t = c3.g_out // c1.g_in                  # the block's input -> output step ratio
         if ds is not None:
-            residual = ds(x)
-        else:
-            t = c3.g_out // c1.g_in          # the block's input -> output step ratio
-            residual = x[..., ::t, ::t]
+            wd, bd = ds.affine(mu_x)
+            residual = lambda every=1: ds.run(x, wd, bd, every)
+        else:                                    # the stored x; its offset goes into c3's bias
+            residual = lambda every=1: x[..., ::t * every, ::t * every]
+            b3 = b3 + mu_x
+        # The block output relu(out + residual), centred by its estimated channel means mu_o.
+        out_s = c3.run(h, w3, b3, every=_SAMPLE)
+        out_s.add_(residual(_SAMPLE)[..., : out_s.shape[-2], : out_s.shape[-1]])
+        mu_o = _channel_mean(out_s.relu_())
+        out = c3.run(h, w3, b3 - mu_o)
         # Same top-left alignment as the release's crop: both paths start at dense position 0.
-        x = out.add_(residual[..., : out.shape[-2], : out.shape[-1]]).relu_()
-    return x
+        out.add_(residual()[..., : out.shape[-2], : out.shape[-1]])
+        x, mu_x = out.clamp_(min=(-mu_o).to(out.dtype)[None, :, None, None]), mu_o
+    return x, mu_x
 
 
 def _elems_per_output_pixel(net: nn.Module, stem, blocks, stride: int) -> int:
@@ -205,10 +250,12 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
         chunk_rows: output rows per pass (the map is computed in row bands of the padded image,
             exact because the dense net is translation-equivariant and band starts are multiples of
             the stride); None sizes bands so that no tensor exceeds ``max_elems`` elements.
-        channels_last: None (auto) runs NHWC except for nets narrower than 16 channels on CPU. On CPU the
-            NHWC kernels are faster but accumulate with a larger float32 error than the NCHW ones the
-            authors' patch-wise routine runs (measured in results/bench/<machine>/heatmap.md); False
-            gives the NCHW error at a cost in time.
+        channels_last: None (auto) runs NHWC except for nets narrower than 16 channels on CPU; True/False
+            force a layout (both exact; NHWC is faster on CPU and GPU).
+
+    Every conv's input is stored centred by its channel means (offsets folded into the biases: same
+    values, no extra pass; see _relu_centred), which keeps float32 sums small: the float32 map is more
+    exact than the patch-wise routine's (error columns of results/bench/<machine>/heatmap.md).
     """
     net = _check(model, stride)
     q = net.patch_size
@@ -232,9 +279,10 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
         # not for nets narrower than 16 channels, where torch 2.14.1's CPU NHWC kernels segfaulted.
         if channels_last if channels_last is not None else (stem.conv.out_channels >= 16 or band.is_cuda):
             band = band.contiguous(memory_format=torch.channels_last)
-        f = _dense_features(band, stem, blocks)                           # [B, C, r1-r0, W_s]
+        f, mu = _dense_features(band, stem, blocks)                       # [B, C, r1-r0, W_s], stored f - mu
+        shift = (torch.einsum("...c,c->...", w.double(), mu) + bias.double()).to(f.dtype)   # [K] or [B]
         if tgt is None:
-            bands.append(torch.einsum("bchw,kc->bkhw", f, w) + bias[None, :, None, None])
-        else:
-            bands.append(torch.einsum("bchw,bc->bhw", f, w) + bias[:, None, None])
+            bands.append(torch.einsum("bchw,kc->bkhw", f, w) + shift[None, :, None, None])
+        else:   # one classifier row per image
+            bands.append(torch.einsum("bchw,bc->bhw", f, w) + shift[:, None, None])
     return torch.cat(bands, dim=-2)
