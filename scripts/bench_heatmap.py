@@ -223,6 +223,8 @@ def main() -> None:
             t_dd = times[f"dense, default allocator q={q}"]
             t_ad = [t * args.size / rows for t in times[f"authors, default allocator q={q}"]]
             info[q]["speedup, both with the default allocator"] = spread([a / d for a, d in zip(t_ad, t_dd)])
+            headline[f"q={q}: dense vs authors' routine, both under glibc's default allocator"] = \
+                f"{fmt_spread(info[q]['speedup, both with the default allocator'])}x"
             rows_out.append({"method": "dense `heatmap`, glibc's default allocator", "q": q,
                              "seconds": fmt_spread(spread(t_dd)), "GFLOP": info[q]["flops_dense"] / 1e9,
                              "GFLOP/s": fmt_spread(spread([info[q]["flops_dense"] / s / 1e9 for s in t_dd])),
@@ -245,6 +247,7 @@ def main() -> None:
                             f"allocator (target >= 10x): **{'holds' if ok else 'MISSED'}**{shipped_note}; dense at "
                             f"{fmt_spread(share, 2)} of the reference conv's GFLOP/s.")
         d, a = err["dense"], err["authors"]
+        headline[f"q={q}: float32 RMS error, dense / authors' routine"] = f"{d['rms'] / a['rms']:.2f}"
         ok = d["max"] <= TARGETS["float32_max_rel_err"] and d["max"] <= a["max"] and d["rms"] <= a["rms"]
         verdicts.append(f"  float32 error (max / RMS, relative to max |logit|; target: max <= 1e-5 and no worse than "
                         f"the authors' in either): dense {d['max']:.2e} / {d['rms']:.2e}, authors' {a['max']:.2e} / "
