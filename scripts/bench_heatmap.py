@@ -16,6 +16,8 @@ identity), one 224x224 image, one target class, the stride-1 map (224 x 224 patc
 * Reference throughput: plain 1x1 convs of the dense net's two heaviest shapes (256 -> 1024 and
   512 -> 2048 channels on a 224 x 224 map, channels_last, no bias), timed in the same rounds; the faster
   is the machine's measured conv throughput that the q = 9 target (>= 70 %) refers to.
+* glibc's default allocator: the authors' routine and the dense map are also timed in a child process
+  that does not call keep_freed_cpu_memory (the authors' code as shipped; any script outside the runner).
 * Every round runs every method once, in turn (interleaved); figures are medians [min, max] over rounds.
 * Exactness: both float32 maps against the float64 dense map (itself equal to the float64 patch-wise
   map to 1e-9, tests/test_heatmaps.py), max and RMS error relative to max |logit|, on the rows timed.
