@@ -144,6 +144,9 @@ class _Conv:
         return F.conv2d(x, w, b, stride=every * (self.g_out // self.g_in), dilation=dil)
 
 
+_SAMPLE = 8    # the centring offsets are means over every 8th row and column: 1/64 of a conv's work
+
+
 def _channel_mean(t: torch.Tensor) -> torch.Tensor:
     return t.mean((0, 2, 3), dtype=torch.float64)
 
@@ -161,9 +164,6 @@ def _relu_centred(c: _Conv, x: torch.Tensor, mu_x: torch.Tensor | None):
     mu_y = _channel_mean(c.run(x, w, b, every=_SAMPLE).relu_())
     y = c.run(x, w, (0 if b is None else b) - mu_y)
     return y.clamp_(min=(-mu_y).to(y.dtype)[None, :, None, None]), mu_y
-
-
-_SAMPLE = 8    # the centring offsets are means over every 8th row and column: 1/64 of a conv's work
 
 
 def _plan(net: nn.Module, stride: int):
