@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-test: setup
-	$(PY) -m pytest -q
+test: setup   # a worker per core (pytest-xdist), each with its share of torch's threads (tests/conftest.py)
+	$(PY) -m pytest -q -n auto
 
 test-full: test test-slow
 

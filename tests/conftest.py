@@ -15,6 +15,13 @@ from bagnet.models import create_model
 from bagnet.models.bagnet import BagNet
 from bagnet.run import run_task
 
+# Under pytest-xdist (make test: -n auto) the workers share the cores: one worker per core, each with its share
+# of torch's threads (two workers with two threads each on two cores spend the time waiting for each other).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)      # and the commands a test starts
+
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 DATA = {"scene15": Path(os.environ.get("SCENE15_ROOT", SHARED / "scene15")),
         "imagenette-mini": Path(os.environ.get("IMAGENETTE_ROOT", SHARED / "imagenette-mini"))}
