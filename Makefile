@@ -12,7 +12,7 @@ DATA ?= synthetic
 ARGS ?=
 
 .PHONY: setup test test-full test-slow demo demo-seeds train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
-        eval-imagenet reproduce-paper bench bench-gpu render-results
+        eval-imagenet train-imagenette reproduce-paper bench bench-gpu render-results
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -72,6 +72,13 @@ IMAGES ?=
 heatmaps: setup
 	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),images=$(abspath $(IMAGES))) $(ARGS)
 	$(RUN) task=patches experiment=demo out_dir=runs/patches/demo $(ARGS)
+
+# Imagenette2 from scratch (configs/experiment/imagenette.yaml): the four models one after the other, ~1 h each on
+# 2 cores; resumable (run it again after an interruption). BAGNET_RUNS_DIR=/outside/the/clone keeps the runs for a later clone.
+IMAGENETTE_MODELS ?= resnet50,bagnet33,bagnet17,bagnet9
+IMAGENETTE_ARG := $(if $(DATA_ROOT),data.root=$(abspath $(DATA_ROOT)))
+train-imagenette: setup
+	$(RUN) -m task=train experiment=imagenette model=$(IMAGENETTE_MODELS) $(IMAGENETTE_ARG) $(ARGS)
 
 eval-imagenet: setup
 	$(RUN) task=eval_imagenet experiment=eval_imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)
