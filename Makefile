@@ -31,12 +31,12 @@ test-slow: setup
 
 # the documents' number blocks are re-rendered from the new results/demo/ (README.md quotes it)
 demo: setup
-	$(RUN) task=demo experiment=demo $(ARGS)
+	$(RUN) experiment=demo $(ARGS)
 	$(PY) scripts/render_results.py --documents
 
 # the demo with seeds 1 and 2 -> results/demo/seed1, seed2; results/demo/README.md gains the spread across seeds
 demo-seeds: setup
-	$(RUN) -m task=demo experiment=demo seed=1,2 'out_dir=$${paths.results_dir}/demo/seed$${seed}' $(ARGS)
+	$(RUN) -m experiment=demo seed=1,2 'out_dir=$${paths.results_dir}/demo/seed$${seed}' $(ARGS)
 	$(PY) scripts/render_results.py results/demo
 	$(PY) scripts/render_results.py --documents
 
@@ -64,13 +64,13 @@ reproduce-table1: setup
 signatures: setup
 	$(RUN) task=train experiment=table1 init=$(INIT) $(if $(filter imagenet,$(INIT)),model=vgg16 model.pretrained=true,model=vgg16_bn) \
 	  trainer.fused_optimizer=true $(DATA_ARG) profile=$(PROFILE) $(ARGS)
-	$(RUN) task=signatures experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+	$(RUN) experiment=signatures init=$(INIT) $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 
 # heatmaps and predictive patches of the demo's trained BagNets (make demo first) -> runs/heatmaps/demo/;
 # IMAGES=<file or folder>: your own image files instead (a figure each; a folder named like a class is its label)
 IMAGES ?=
 heatmaps: setup
-	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),images=$(abspath $(IMAGES))) $(ARGS)
+	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),signatures.heatmaps.images=$(abspath $(IMAGES))) $(ARGS)
 	$(RUN) task=patches experiment=demo out_dir=runs/patches/demo $(ARGS)
 
 # Imagenette2 from scratch (configs/experiment/imagenette.yaml): the four models one after the other, ~1 h each on

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,15 +26,23 @@ def as_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
+# Functions that put the experiment layer's structured-config schemas into Hydra's ConfigStore; that layer adds
+# its own when imported (experiments.registry). The library names no experiment.
+SCHEMA_STORES: list[Callable[[], None]] = []
+
+
+def add_schema_store(store: Callable[[], None]) -> None:
+    if store not in SCHEMA_STORES:
+        SCHEMA_STORES.append(store)
+
+
 def store_schemas() -> None:
     """Put the structured-config schemas into Hydra's ConfigStore before a compose: the library's own
-    (``trainer/schema``), then the functions named by ``schemas`` in configs/config.yaml (dotted paths, like
-    ``tasks``: the library imports no experiment)."""
+    (``trainer/schema``), then those the experiment layer added (:func:`add_schema_store`)."""
     from hydra.core.config_store import ConfigStore
-    from hydra.utils import get_method
     ConfigStore.instance().store(group="trainer", name="schema", node=TrainerNode)
-    for path in OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").get("schemas", []):
-        get_method(path)()
+    for store in SCHEMA_STORES:
+        store()
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:

@@ -1,9 +1,9 @@
 """The runner: ``python -m bagnet.run task=<task> model=<model> data=<data> [overrides]`` (or ``bagnet-run``).
 
-The top layer. Hydra composes the config; :func:`run_task` validates it, sets up the device and the
-process group once, finds the task's function by its dotted path in ``cfg.tasks``
-(configs/config.yaml), runs it, and writes the returned Result with provenance to ``cfg.out_dir``.
-No module of the library imports this one, and none imports ``experiments/``: the config names them.
+The top layer: it imports the library and the experiment layer, and nothing imports it. Hydra composes the
+config; :func:`run_task` validates it, sets up the device and the process group once, finds the task by
+name (the library's ``train`` and ``eval``, then every experiment and pipeline of the registry,
+:func:`experiments.tasks`), runs it, and writes the returned Result with provenance to ``cfg.out_dir``.
 
 Errors the user can fix (:class:`bagnet.errors.UserError`) end with one line on stderr and exit code 2;
 Hydra reports a bad override or an unknown config option itself; anything else is a bug and keeps its
@@ -26,8 +26,9 @@ from typing import Mapping, Sequence
 
 import hydra
 import torch
-from hydra.utils import get_method
 from omegaconf import DictConfig
+
+import experiments
 
 from . import io
 from .config import CONFIG_DIR, as_dict, compose, store_schemas, validate
@@ -36,22 +37,25 @@ from .engine import keep_freed_cpu_memory, resolve_device
 from .errors import ConfigError, Interrupted, UserError
 from .provenance import model_provenance, provenance
 from .result import Result
-from .tasks import Context
+from .tasks import Context, evaluate, train
 from .train import identity_diff
 
-# Config keys that cannot change a task's results: where files go, the device, progress bars, workers,
-# and which function implements each task name (code, which the provenance's commit records).
+# Config keys that cannot change a task's results: where files go, the device, progress bars, workers
+# (and tasks/schemas: results made before the registry named the tasks record them).
 RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "trainer.progress", "trainer.workers",
                    "data.workers", "tasks", "schemas")
 
 
+def tasks() -> dict:
+    """Task name -> function(ctx) -> Result: the library's own, then the registry's experiments and pipelines."""
+    return {"train": train, "eval": evaluate, **experiments.tasks()}
+
+
 def task_function(cfg: DictConfig):
-    if cfg.task not in cfg.tasks:
-        raise ConfigError(f"unknown task '{cfg.task}'; valid: {', '.join(sorted(cfg.tasks))}")
-    return get_method(cfg.tasks[cfg.task])
-
-
-_depth = 0   # run_task calls in progress (a pipeline runs its sub-tasks through it)
+    known = tasks()
+    if cfg.task not in known:
+        raise ConfigError(f"unknown task '{cfg.task}'; valid: {', '.join(sorted(known))}")
+    return known[cfg.task]
 
 
 def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
@@ -67,9 +71,7 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     dist = init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    ctx = Context(cfg, device, dist, list(overrides), runner=run_task)
-    global _depth
-    _depth += 1
+    ctx = Context(cfg, device, dist, list(overrides))
     try:
         started = time.perf_counter()
         result = fn(ctx)
@@ -89,9 +91,7 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                 where = ctx.out_dir
             print(f"done: {cfg.task}: {result.summary} (this command: {wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:
-        _depth -= 1
-        if _depth == 0:     # a pipeline's sub-tasks (ctx.run_task) leave the process group to the outermost
-            cleanup()
+        cleanup()
     return result
 
 

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,6 @@ class Context:
     device: torch.device = torch.device("cpu")
     dist: DistInfo = field(default_factory=DistInfo)
     overrides: list[str] = field(default_factory=list)   # the command line's, to compose sub-configs
-    runner: Callable | None = None    # the runner's run_task(cfg, overrides): a pipeline's sub-tasks write as tasks do
 
     @cached_property
     def data(self) -> DataBundle:
@@ -55,12 +54,7 @@ class Context:
         overrides = merge_overrides(self.overrides, extra)
         cfg = compose(overrides)
         validate(cfg)
-        return Context(cfg, self.device, self.dist, overrides, self.runner)
-
-    def run_task(self, *extra: str):
-        """This run's command line plus ``extra`` run as a task of its own (its own out_dir and provenance)."""
-        sub = self.with_overrides(*extra)
-        return self.runner(sub.cfg, sub.overrides)
+        return Context(cfg, self.device, self.dist, overrides)
 
     def models(self) -> dict[str, nn.Module]:
         """``cfg.models`` (name -> run dir / checkpoint, or a model config), on the device, in eval mode;

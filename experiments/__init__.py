@@ -1,13 +1,28 @@
-"""The paper's four "signatures" of bag-of-local-features behaviour (Brendel & Bethge, ICLR 2019, Sec. 4).
+"""The experiment layer: the paper's signatures, the explanations and the experiments beyond the paper, and
+the pipelines built from them. Importing this package registers every one of them
+(:mod:`experiments.registry`); the imports below are the one list of the suite's units of work.
 
-Each module has ``run(...) -> bagnet.result.Result`` and never writes files:
+Experiments (``run(models, data, cfg) -> Result``, never writing files):
 
-* :mod:`experiments.scrambling`    tile scrambling and texturised images (top-1/top-5 vs clean)
-* :mod:`experiments.additivity`    interaction of occluding two image parts vs their distance
-* :mod:`experiments.error_overlap` class-wise accuracies and per-image errors shared by models
-* :mod:`experiments.sensitivity`   how well BagNet heatmaps / attribution maps predict a CNN's occlusion sensitivity
+* :mod:`experiments.scrambling`       Sec. 4.1: tile scrambling and texturised images (top-1/top-5 vs clean)
+* :mod:`experiments.additivity`       Sec. 4.2: interaction of occluding two image parts vs their distance
+* :mod:`experiments.error_overlap`    Sec. 4.3: class-wise accuracies and per-image errors shared by models
+* :mod:`experiments.sensitivity`      Sec. 4.4: how well BagNet heatmaps predict a CNN's occlusion sensitivity
+* :mod:`experiments.explain`          exact BagNet heatmaps; the most class-predictive patches
+* :mod:`experiments.accuracy`         top-1/top-5 with intervals and paired contrasts
+* :mod:`experiments.precision`        how fp32 / bf16 / fp16 / TF32 change the answers
+* :mod:`experiments.patch_robustness` certified robustness to one adversarial patch
 
-Signatures: ``run(models, dataset, cfg, classes=None, mean=None, std=None)`` for the first, second and
-fourth; ``run(predictions, classes, cfg)`` for error_overlap. Every parameter is a key of ``cfg``
-(a Mapping) with a default in the module's ``DEFAULTS``.
+Pipelines (``task(ctx) -> Result``): :mod:`experiments.pipeline` (a pipeline stated in a config: ``make
+signatures``, ``make reproduce-imagenette``), :mod:`experiments.demo`, :mod:`experiments.table1`,
+:mod:`experiments.paper`, :mod:`experiments.eval_imagenet`.
 """
+from . import scrambling, additivity, error_overlap, sensitivity, explain, accuracy, precision, patch_robustness  # noqa: F401
+from . import pipeline, demo, table1, paper, eval_imagenet  # noqa: F401
+from . import registry, suite
+
+
+def tasks() -> dict:
+    """Task name -> function(ctx) -> Result: every registered experiment (run by :func:`experiments.suite.task`)
+    and every pipeline."""
+    return {**{name: suite.task for name in registry.REGISTRY}, **registry.PIPELINES}

@@ -1,5 +1,6 @@
-"""make demo: BagNet-9/17/33 and a small CNN trained on the synthetic probe, then every experiment on
-their test split, and a README that says whether each effect the probe is built to show appeared."""
+"""make demo's report: BagNet-9/17/33 and a small CNN trained on the synthetic probe, every experiment run on
+their test split (configs/experiment/demo.yaml, a pipeline), then this: accuracy per class kind, whether
+each effect the probe is built to show appeared (with its negative control) and the README."""
 from __future__ import annotations
 
 import json
@@ -8,57 +9,39 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from bagnet.checkpoint import load_run
 from bagnet.result import Result
 from bagnet.stats import fmt_ci
 
-from .common import train_models
 from .demo_checks import verdict, chance_images_needed, checks_summary, demo_checks
-from .suite import Store, data_key, model_key, run_experiment, signature_cfg, split_data
-from .explain import heatmaps_result, patches_result
-from .scrambling import group_ids
+from .registry import register_report
 
 
-def task(ctx) -> Result:
-    """Train BagNet-9/17/33 and the CNN on the synthetic probe, then every experiment on their test split."""
+@register_report("demo")
+def report(ctx, result: Result, trained: dict) -> Result:
+    """The demo's document: accuracy per class kind, each expected effect with its negative control (the
+    checks), one measured sentence per signature, and the README."""
     cfg, d = ctx.cfg, ctx.cfg.demo
-    group_ids(signature_cfg(ctx, "scrambling"), ctx.data.classes)   # a class-name typo fails now, not after training
-    runs = {label: Path(sub.cfg.run_dir) for label, (sub, _) in train_models(ctx, d.models).items()}
-    train_s = {k: json.loads((r / "summary.json").read_text()).get("train_wall_s") for k, r in runs.items()}
+    runs = {label: Path(sub.cfg.run_dir) for label, (sub, _) in trained.items()}
+    # the trainings' own wall time: a demo that reuses trained runs says what it did not redo
+    train_s = {label: s.get("train_wall_s") for label, (_, s) in trained.items()}
     data = ctx.data
-    test = data.split("test")
-    models = {k: load_run(r / "checkpoints" / "best.pt")[0].eval().to(ctx.device) for k, r in runs.items()}
     preds = {k: pd.read_csv(r / "eval" / "predictions_test.csv.gz") for k, r in runs.items()}
     acc = kind_accuracy(preds, data.classes, data.info.get("class_kinds", {}))
-    # the trainings' own wall time: a demo that reuses trained runs says what it did not redo
-    parts = {"accuracy": Result(tables={"accuracy": acc}, raw={"train_wall_s": train_s}, summary="accuracy per class kind")}
-    # the four signatures through the suite runner: each (signature, unit) saved in the run dir and reused
-    store = Store(Path(cfg.run_dir), progress=False)
-    key = {**data_key(ctx), "model_keys": {k: model_key(str(r)) for k, r in runs.items()}}
-    for name in SIGNATURES:
-        parts[name] = run_experiment(name, models, split_data(ctx, "test"), signature_cfg(ctx, name),
-                                     predictions=preds, store=store, key=key)
-    bagnets = {k: m for k, m in models.items() if k in d.bagnets}
-    parts["heatmaps"] = heatmaps_result(bagnets, test, data.classes, data.mean, data.std, d.heatmap_images,
-                                        cfg.seed, ctx.device)
-    parts["patches"] = patches_result(bagnets, test, data.classes, data.mean, data.std, k=d.patches_k,
-                                      per_class_images=d.patches_images, device=ctx.device)
+    parts = {"accuracy": Result(tables={"accuracy": acc}, raw={"train_wall_s": train_s},
+                                summary="accuracy per class kind"), **result.parts}
+    q = max(int(trained[b][0].cfg.model.patch_size) for b in d.bagnets)
     checks = demo_checks(preds, data.classes, data.info.get("class_kinds", {}), parts["scrambling"].tables["accuracy"],
                          list(d.bagnets), d.cnn, seed=cfg.seed,
                          by_group=parts["scrambling"].tables.get("accuracy_by_group"),
-                         grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size,
-                                                max(models[b].patch_size for b in d.bagnets)),
+                         grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size, q),
                          logit_drop=parts["sensitivity"].tables.get("logit_drop"))
     acc_part = parts["accuracy"]
     acc_part.tables["checks"] = pd.DataFrame(checks)
     findings = demo_findings(parts, list(d.bagnets), d.cnn)
-    return Result(parts=parts, summary=checks_summary(checks),
+    return Result(tables=result.tables, raw=result.raw, parts=parts, summary=checks_summary(checks),
                   readme=lambda prov: demo_readme(checks, prov["wall_s"], prov, cfg, findings,
                                                   seed_spread(cfg.out_dir, acc_part.tables, cfg.seed,
                                                               prov["wall_s"]), train_s))
-
-
-SIGNATURES = ("scrambling", "additivity", "error_overlap", "sensitivity")
 
 
 def kind_accuracy(predictions: dict[str, pd.DataFrame], classes: list[str], kinds: dict[str, str]) -> pd.DataFrame:
@@ -188,7 +171,8 @@ def _trained(train_s: dict | None, wall_s: float) -> str:
 
 def _epochs(cfg: DictConfig) -> str:
     """'5 epochs each' or '5 epochs (CNN: 10)': the demo's models may override the trainer's epochs."""
-    own = {k: (v.get("trainer") or {}).get("epochs") for k, v in cfg.demo.models.items() if isinstance(v, DictConfig)}
+    models = cfg.pipeline.train if "pipeline" in cfg else cfg.demo.models      # results made before the pipeline
+    own = {k: (v.get("trainer") or {}).get("epochs") for k, v in models.items() if isinstance(v, DictConfig)}
     own = {k: e for k, e in own.items() if e is not None and e != cfg.trainer.epochs}
     return f"{cfg.trainer.epochs} epochs" + (f" ({', '.join(f'{k}: {e}' for k, e in own.items())})" if own else " each")
 

@@ -7,7 +7,6 @@ release expects (its default config's mean/std), which is checked before any ima
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
@@ -15,29 +14,25 @@ from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
 from bagnet.errors import ConfigError
 from bagnet.models import create_model, default_cfg
-from bagnet.models.weights import HASH_RE
+from bagnet.models.weights import find_local
 from bagnet.result import Result
 from bagnet.train import evaluate_model
 
 from . import published
+from .registry import register_pipeline
 
 # top-1, top-5 (fractions). BagNets: the paper; baselines: torchvision's model docs (experiments/published.yaml).
 PAPER_IMAGENET = {m: (top1, top5) for m, (top1, top5, _) in published.imagenet_accuracy().items()}
 
 
 def local_weights(release_file: str, weights_dir: str | None) -> str | None:
-    """A local copy of ``release_file`` in ``weights_dir``: the same name, or the torch.hub form
-    '<stem>-<sha256 prefix>.<ext>' under another hash (e.g. a checkpoint re-saved under its own hash)."""
-    if not weights_dir:
-        return None
-    path = Path(weights_dir) / release_file
-    if path.is_file():
-        return str(path)
-    m = HASH_RE.search(release_file)
-    found = sorted(Path(weights_dir).glob(f"{release_file[:m.start()]}-*{release_file[m.end() - 1:]}")) if m else []
-    return str(found[0]) if found else None
+    """A local copy of ``release_file`` in ``weights_dir`` (:func:`bagnet.models.weights.find_local`, the one
+    finder of weight files), as a string for a model config's ``weights``."""
+    found = find_local(release_file, weights_dir)
+    return str(found) if found else None
 
 
+@register_pipeline("eval_imagenet")
 def task(ctx) -> Result:
     """Top-1/top-5 of every model of ``cfg.eval_imagenet.models`` on ``cfg.split``."""
     cfg, data = ctx.cfg, ctx.data

@@ -1,8 +1,9 @@
-"""Heatmaps and most predictive patches as Results (tables + figures), for the runner and the demo."""
+"""Heatmaps and most predictive patches: the registered experiments ``heatmaps`` and ``patches``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -19,7 +20,8 @@ from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
 from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
 
-from .common import eval_indices, load_batch
+from .common import ExperimentConfig, eval_indices, load_batch, typed_cfg
+from .registry import Experiment, register
 
 
 def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -90,23 +92,44 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
                   summary=f"{name}: top-{k} patches and distractors for {len(class_ids)} classes")
 
 
-def heatmaps_task(ctx) -> Result:
-    """The ``heatmaps`` task: exact heatmaps of the BagNets among ``cfg.models`` on ``num_images`` images of
-    ``split``, or, with ``images=<file, folder or list>``, on those image files (a figure each)."""
-    data = ctx.data
-    if ctx.cfg.get("images"):
-        images = ctx.cfg.images if isinstance(ctx.cfg.images, str) else list(ctx.cfg.images)
-        return images_result(ctx.models(), image_files(images), data.classes, data.mean, data.std,
-                             int(data.image_size), ctx.device)
-    return heatmaps_result(ctx.models(), data.split(ctx.cfg.split), data.classes, data.mean, data.std,
-                           ctx.cfg.num_images, ctx.cfg.seed, ctx.device)
+@dataclass
+class HeatmapsConfig(ExperimentConfig):
+    num_images: Optional[int] = 16    # seeded images of the split, explained by every BagNet side by side
+    images: Any = None                # your own image files instead: a file, a folder or a list (any size)
+    stride: int = 1                   # one heatmap value every ``stride`` pixels (1: exact at every pixel)
 
 
-def patches_task(ctx) -> Result:
-    """The ``patches`` task: per class, the most predictive patches among ``patches_images`` images of it."""
-    data = ctx.data
-    return patches_result(ctx.models(), data.split(ctx.cfg.split), data.classes, data.mean, data.std, k=8,
-                          per_class_images=ctx.cfg.patches_images, device=ctx.device)
+def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
+    """Exact heatmaps of the BagNets among ``models`` on ``num_images`` images of the split, or, with
+    ``images=<file, folder or list>``, on those image files (a figure each)."""
+    c = typed_cfg(HeatmapsConfig, cfg, "signatures.heatmaps")
+    if c["images"]:
+        images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
+        return images_result(models, image_files(images), data.classes, data.mean, data.std,
+                             int(data.image_size), c["device"])
+    return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, c["num_images"], c["seed"],
+                           c["device"], c["stride"])
+
+
+@dataclass
+class PatchesConfig(ExperimentConfig):
+    k: int = 8                                 # patches shown per class (and distractors)
+    per_class_images: Optional[int] = 64       # images of each class scanned (None: all; the dense heatmap is cheap)
+    max_per_image: int = 2                     # at most this many of one image's windows in a class's top k
+
+
+def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
+    """Per class, the most predictive patches of the largest-q BagNet among ``per_class_images`` images of it."""
+    c = typed_cfg(PatchesConfig, cfg, "signatures.patches")
+    return patches_result(models, data.dataset, data.classes, data.mean, data.std, k=c["k"],
+                          per_class_images=c["per_class_images"], device=c["device"],
+                          max_per_image=c["max_per_image"])
+
+
+# a user's own image files may change under the same names: their heatmaps are computed every time, never reused
+register(Experiment("heatmaps", HeatmapsConfig, run_heatmaps, summary="exact BagNet heatmaps of the true class",
+                    stored=lambda cfg: not cfg.get("images")))
+register(Experiment("patches", PatchesConfig, run_patches, summary="per class, the most predictive patches"))
 
 
 # ---------------------------------------------------------------- a user's own image files

@@ -72,6 +72,7 @@ from .paper_setup import (
 from .scrambling import examples_figure, scramble_batch
 from .suite import SplitData, Store, digest as _digest, run_experiment
 from .texture_synthesis import TextureConfig
+from .registry import register_pipeline
 
 
 # ---------------------------------------------------------------- the parts
@@ -288,6 +289,7 @@ class Paper:
 
 
 # ---------------------------------------------------------------- the task
+@register_pipeline("paper")
 def task(ctx) -> Result:
     """The ``paper`` task (make reproduce-paper): every part of ``paper.parts`` (see module doc)."""
     cfg = typed_cfg(PaperConfig, as_dict(ctx.cfg).get("paper", {}), "paper")

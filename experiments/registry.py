@@ -1,24 +1,36 @@
-"""The registered experiments: a name, the schema of its ``signatures.<name>`` block, its run function and
-the figures its tables determine.
+"""The registry: every unit of work of the suite, by name. Two kinds:
+
+* an **experiment**: a name, the schema of its ``signatures.<name>`` block, ``run(models, data, cfg) ->
+  Result`` and the figures its tables determine. :mod:`experiments.suite` runs any of them on any models
+  and data, unit by unit, saved and reused; ``task=<name>`` runs one.
+* a **pipeline**: ``task(ctx) -> Result`` that trains or loads models and runs experiments (``make demo``,
+  Table 1, the paper, ``task=pipeline`` for a pipeline stated in a config).
+
+The modules that register are imported by ``experiments/__init__.py`` (the one list); the runner's tasks
+are derived from this registry (:func:`experiments.tasks`), never named as dotted strings.
 
 The schema (a dataclass) is the only home of an experiment's defaults: :func:`store_schemas` puts every
-schema into Hydra's ConfigStore as ``signatures/schema``, and ``configs/signatures/default.yaml`` states
-only where the suite's defaults differ. The suite runner (:mod:`experiments.suite`) runs any list of
-registered experiments on any models and data: ``make demo``, ``make signatures`` and the paper pipeline.
+schema into Hydra's ConfigStore as ``signatures/schema`` (the library calls it before every compose), and
+``configs/signatures/default.yaml`` states only where the suite's defaults differ.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import typing
 from dataclasses import dataclass, field, make_dataclass
 from typing import Callable, Mapping
 
+from bagnet.config import add_schema_store
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 
-# the modules that register an experiment when imported (their order is the suite's default order)
-MODULES = ("scrambling", "additivity", "error_overlap", "sensitivity", "explain", "precision", "patch_robustness")
+
+@dataclass
+class Unit:
+    """Part of an experiment computed on its own: ``models`` with ``cfg`` over the experiment's config."""
+    name: str
+    models: list[str]
+    cfg: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -28,24 +40,56 @@ class Experiment:
     run: Callable[..., Result]                     # run(models, data, cfg) or run(predictions, classes, cfg)
     inputs: str = "models"                         # "models" | "predictions" (per-image predictions)
     per_model: bool = False                        # one model at a time gives the same rows: resumable per model
-    units: Callable | None = None                  # (models, cfg) -> [suite.Unit]: how else it splits into units
+    units: Callable | None = None                  # (models, cfg) -> [Unit]: how else it splits into units
     figures: Callable[[Mapping, Mapping], dict] | None = None   # (tables, raw) -> figures of combined units
     summary: str = ""                              # one line: what it measures (docs, README tables)
     version: int = 1                               # part of every saved unit's key: bump when the protocol changes
+    check: Callable[[Mapping, list], None] | None = None   # (cfg, classes): refuse a config before anything trains
+    stored: Callable[[Mapping], bool] | None = None        # (cfg): may its units be saved and reused? (default yes)
 
 
 REGISTRY: dict[str, Experiment] = {}
+PIPELINES: dict[str, Callable] = {}          # name -> task(ctx) -> Result
+REPORTS: dict[str, Callable] = {}            # name -> report(ctx, result, trained) -> Result: a pipeline's checks
+                                             # and document (``pipeline.report``)
 
 
 def register(experiment: Experiment) -> Experiment:
+    if experiment.name in REGISTRY or experiment.name in PIPELINES:
+        raise ValueError(f"'{experiment.name}' is registered twice")
     REGISTRY[experiment.name] = experiment
     return experiment
 
 
+def register_pipeline(name: str):
+    """Decorator: ``task(ctx) -> Result`` as the pipeline ``task=<name>``."""
+    def add(fn: Callable) -> Callable:
+        if name in REGISTRY or name in PIPELINES:
+            raise ValueError(f"'{name}' is registered twice")
+        PIPELINES[name] = fn
+        return fn
+    return add
+
+
+def register_report(name: str):
+    """Decorator: ``report(ctx, result, trained) -> Result`` as ``pipeline.report=<name>``: it receives the
+    pipeline's Result (a part per experiment) and its trained runs (label -> (sub-run Context, summary))."""
+    def add(fn: Callable) -> Callable:
+        if name in REPORTS:
+            raise ValueError(f"report '{name}' is registered twice")
+        REPORTS[name] = fn
+        return fn
+    return add
+
+
+def report(name: str) -> Callable:
+    if name not in REPORTS:
+        raise ConfigError(f"unknown pipeline.report '{name}'; registered: {', '.join(REPORTS) or 'none'}")
+    return REPORTS[name]
+
+
 def registered() -> dict[str, Experiment]:
-    """Every registered experiment (importing the modules that register them)."""
-    for module in MODULES:
-        importlib.import_module(f"experiments.{module}")
+    """Every registered experiment, in the order ``experiments/__init__.py`` imports their modules."""
     return dict(REGISTRY)
 
 
@@ -94,3 +138,6 @@ def store_schemas() -> None:
     """``signatures/schema`` in Hydra's ConfigStore (configs/signatures/default.yaml extends it)."""
     from hydra.core.config_store import ConfigStore
     ConfigStore.instance().store(group="signatures", name="schema", node=signatures_schema())
+
+
+add_schema_store(store_schemas)   # the library's compose stores the experiments' schemas too

@@ -291,4 +291,5 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
 
 
 register(Experiment("scrambling", Config, run, figures=lambda tables, raw: figures_from_tables(tables),
-                    summary="signature 1: accuracy on clean, g x g tile-scrambled and texturised images"))
+                    summary="signature 1: accuracy on clean, g x g tile-scrambled and texturised images",
+                    check=lambda cfg, classes: group_ids(typed_cfg(Config, cfg, "signatures.scrambling"), classes)))

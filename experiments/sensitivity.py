@@ -71,7 +71,7 @@ from bagnet.seeding import generator, seed_everything
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 from bagnet.utils import jsonable, unwrap
 
-from .registry import Experiment, register
+from .registry import Experiment, Unit, register
 from .lrp import lrp_maps, lrp_support
 from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, occluder_fill,
                      prepare_model, resolve_data, typed_cfg)
@@ -347,7 +347,6 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
 def units(models: Mapping[str, nn.Module], cfg: Mapping) -> list:
     """One unit per target, with the heatmap BagNet beside it (its rows do not depend on the other
     targets), then the BagNet scored by its own heatmap (the control)."""
-    from .suite import Unit
     bag = cfg.get("bagnet") or next((n for n, m in models.items() if is_bagnet(m)), None)
     targets = list(cfg.get("targets") or ([n for n, m in models.items() if not is_bagnet(m)] or list(models)))
     if cfg.get("bagnet_control", True) and bag and bag not in targets:

@@ -1,9 +1,9 @@
 """The suite runner: registered experiments (:mod:`experiments.registry`) on any models and data, each
 (experiment, unit) saved as soon as it is done and reused while its key is unchanged.
 
-One code path serves every pipeline: ``make demo`` (:mod:`experiments.demo`), ``make signatures``
-(``task=signatures``: the experiments of ``suite.experiments``, each into its own folder) and
-``make reproduce-paper`` (:mod:`experiments.paper`). A unit is one model for experiments whose rows do
+One code path serves every pipeline: ``task=<experiment>``, the config-stated pipelines
+(:mod:`experiments.pipeline`: ``make signatures``, ``make reproduce-imagenette``), ``make demo`` and
+``make reproduce-paper``. A unit is one model for experiments whose rows do
 not depend on the other models (``per_model``), one target for sensitivity, else all models together.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pickle
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -33,20 +33,12 @@ from bagnet.utils import file_sha256, jsonable, refused_content
 from . import registry
 
 
-@dataclass
-class Unit:
-    """Part of an experiment computed on its own: ``models`` with ``cfg`` over the experiment's config."""
-    name: str
-    models: list[str]
-    cfg: dict = field(default_factory=dict)
-
-
-def units(experiment: registry.Experiment, models: Mapping[str, nn.Module], cfg: Mapping) -> list[Unit]:
+def units(experiment: registry.Experiment, models: Mapping[str, nn.Module], cfg: Mapping) -> list[registry.Unit]:
     if experiment.units is not None:
         return experiment.units(models, cfg)
     if experiment.per_model:
-        return [Unit(name, [name]) for name in models]
-    return [Unit("all", list(models))]
+        return [registry.Unit(name, [name]) for name in models]
+    return [registry.Unit("all", list(models))]
 
 
 def run_experiment(experiment: registry.Experiment | str, models: Mapping[str, nn.Module], data, cfg: Mapping,
@@ -66,7 +58,7 @@ def run_experiment(experiment: registry.Experiment | str, models: Mapping[str, n
             if exp.inputs == "predictions":
                 return exp.run({m: predictions[m] for m in u.models}, getattr(data, "classes", None), ucfg)
             return exp.run({m: models[m] for m in u.models}, data, ucfg)
-        if store is None:
+        if store is None or (exp.stored is not None and not exp.stored(ucfg)):
             results.append(compute())
         else:
             ukey = {**dict(key or {}), "experiment": exp.name, "version": exp.version, "cfg": ucfg,
@@ -104,11 +96,18 @@ def signature_cfg(ctx, name: str) -> dict:
     return {**as_dict(ctx.cfg.signatures.get(name, {})), "seed": ctx.cfg.seed, "device": str(ctx.device)}
 
 
-def predictions(ctx) -> dict[str, pd.DataFrame]:
-    """Per-image predictions on ``cfg.split`` for every model: a run's saved ones when there, else computed."""
+def model_specs(ctx) -> dict:
+    """``cfg.models`` (name -> run dir / checkpoint / model config), or the config's own model (None: the
+    ``model=`` config, from ``checkpoint=`` when given; :meth:`bagnet.tasks.Context.model`)."""
+    return dict(ctx.cfg.models) or {ctx.cfg.model.tag: None}
+
+
+def predictions(ctx, specs: Mapping | None = None) -> dict[str, pd.DataFrame]:
+    """Per-image predictions on ``cfg.split`` for every model of ``specs`` (default :func:`model_specs`): a
+    run's saved ones when there, else computed."""
     cfg = ctx.cfg
     out = {}
-    for name, spec in (dict(cfg.models) or {cfg.model.tag: None}).items():
+    for name, spec in (specs or model_specs(ctx)).items():
         saved = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
         if saved is not None and saved.is_file():   # the run's own predictions: only of these very images
             check_run_data(spec, cfg, f"models.{name}", same_images=True)
@@ -126,11 +125,13 @@ class SplitData:
     classes: list
     mean: tuple
     std: tuple
+    image_size: int | None = None    # the size the models see (images of other sizes are resized to it)
 
 
 def split_data(ctx, split: str | None = None) -> SplitData:
     data = ctx.data
-    return SplitData(data.split(split or ctx.cfg.split), list(data.classes), tuple(data.mean), tuple(data.std))
+    return SplitData(data.split(split or ctx.cfg.split), list(data.classes), tuple(data.mean), tuple(data.std),
+                     int(data.image_size))
 
 
 def model_key(spec) -> dict | None:
@@ -148,29 +149,28 @@ def data_key(ctx) -> dict:
     return {"data": d, "split": ctx.cfg.split, "seed": ctx.cfg.seed}
 
 
+def run_experiments(ctx, names, specs: Mapping) -> dict[str, Result]:
+    """The registered experiments ``names`` on the models ``specs`` (name -> run dir / checkpoint / model
+    config) and ``cfg.split``, one Result each. Units are saved in the run dir only when every model is a
+    trained run (keyed by its checkpoint's content; a model config may be random weights)."""
+    cfg = ctx.cfg
+    trained = {m: (s if s is not None else cfg.checkpoint or None) for m, s in specs.items()}
+    key = {**data_key(ctx), "model_keys": {m: model_key(s) for m, s in trained.items()}}
+    store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in trained.values()) else None
+    experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
+    models = {name: ctx.model(name, spec).to(ctx.device).eval()
+              for name, spec in specs.items()} if any(e.inputs == "models" for e in experiments) else {}
+    preds = predictions(ctx, specs) if any(e.inputs == "predictions" for e in experiments) else None
+    data = split_data(ctx)
+    return {e.name: run_experiment(e, models or {m: None for m in specs}, data, signature_cfg(ctx, e.name),
+                                   predictions=preds, store=store, key=key)
+            for e in experiments}
+
+
 def task(ctx) -> Result:
     """A registered experiment as a task (``task=<name>``) on ``cfg.models`` and ``cfg.split``, its units
     saved in the run dir (an interrupted run resumes; a finished unit is reused while its key holds)."""
-    cfg = ctx.cfg
-    exp = registry.get(cfg.task)
-    specs = dict(cfg.models) or {cfg.model.tag: cfg.checkpoint or None}
-    key = {**data_key(ctx), "model_keys": {m: model_key(s) for m, s in specs.items()}}
-    # units are saved only for trained runs (keyed by checkpoint content); a model config may be random weights
-    store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in specs.values()) else None
-    if exp.inputs == "predictions":
-        return run_experiment(exp, {m: None for m in specs}, split_data(ctx), signature_cfg(ctx, exp.name),
-                              predictions=predictions(ctx), store=store, key=key)
-    return run_experiment(exp, ctx.models(), split_data(ctx), signature_cfg(ctx, exp.name), store=store, key=key)
-
-
-def suite_task(ctx) -> Result:
-    """``task=signatures``: every experiment of ``suite.experiments`` as its own task (its own out_dir,
-    as ``task=<name>`` would write it), one after the other; finished ones are reused."""
-    done = []
-    for name in ctx.cfg.suite.experiments:
-        ctx.run_task(f"task={name}")
-        done.append(name)
-    return Result(summary=f"ran {', '.join(done)}")
+    return run_experiments(ctx, [ctx.cfg.task], model_specs(ctx))[ctx.cfg.task]
 
 
 # ---------------------------------------------------------------- resumable units

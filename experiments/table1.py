@@ -35,6 +35,7 @@ from bagnet.train import evaluate_model
 from . import published
 from .common import estimate_training, model_overrides, train_models
 from .scrambling import scramble_batch
+from .registry import register_pipeline
 
 REPORT_TABLE1 = published.report_table1()   # the 15-Scene report's Table 1: model -> (val, test, scrambled test)
 
@@ -82,6 +83,7 @@ def check_all_weights(ctx, models: dict) -> dict:
     return files
 
 
+@register_pipeline("table1")
 def task(ctx) -> Result:
     """Train (or reuse) every model of ``cfg.table1.models``, then val / test / scrambled-test top-1 with 95%
     bootstrap intervals over images; ``table1.seed_models`` are trained again at each ``table1.extra_seeds``

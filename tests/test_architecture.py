@@ -83,8 +83,27 @@ def test_files_stay_small(folder):
     assert not long, long
 
 
-def test_every_task_in_the_registry_resolves_to_a_function():
-    from hydra.utils import get_method
-    tasks = OmegaConf.load(REPO / "configs" / "config.yaml")["tasks"]
-    for name, target in tasks.items():
-        assert callable(get_method(target)), name
+def test_tasks_are_derived_from_the_registry_and_no_config_names_code():
+    """One list: every registered experiment and pipeline is a task, and no config names a function by a dotted
+    path (the runner finds tasks in the registry, the library's compose gets the schemas from it)."""
+    import experiments
+    from bagnet.run import tasks
+    from experiments import registry
+    found = tasks()
+    assert {"train", "eval", *registry.REGISTRY, *registry.PIPELINES} == set(found)
+    assert {"heatmaps", "patches", "accuracy", "pipeline"} <= set(found) and all(map(callable, found.values()))
+    assert "demo" in registry.REPORTS
+    cfg = OmegaConf.load(REPO / "configs" / "config.yaml")
+    assert "tasks" not in cfg and "schemas" not in cfg
+    import re
+    code_path = re.compile(r"\b(experiments|bagnet|reports)\.[A-Za-z_]+\.[A-Za-z_]+")   # e.g. experiments.suite.task
+    dotted = [p for p in (REPO / "configs").rglob("*.yaml")
+              if any(code_path.search(line.split("#")[0]) for line in p.read_text().splitlines())]
+    assert not dotted, dotted
+    assert experiments.registry is registry
+
+
+def test_the_runner_sits_on_top():
+    g = graph()
+    assert any(d.startswith("experiments") for d in g[RUNNER]), "the runner finds tasks in the registry"
+    assert not [m for m, deps in g.items() if RUNNER in deps], "nothing imports the runner"

@@ -194,8 +194,10 @@ def test_debug_fast_writes_results_under_runs(tmp_path, extra):
         assert not Path(cfg.out_dir).is_relative_to(tmp_path / "results"), (task, cfg.out_dir)
 
 
-def test_results_of_another_config_are_not_replaced(tmp_path, capsys):
-    probe = ["+tasks.probe=test_guarantees.probe_task", "task=probe", "device=cpu"]
+def test_results_of_another_config_are_not_replaced(tmp_path, capsys, monkeypatch):
+    from experiments import registry
+    monkeypatch.setitem(registry.PIPELINES, "probe", probe_task)      # a task of the registry, for this test
+    probe = ["task=probe", "device=cpu"]
     cfg, _ = run(tmp_path, *probe)
     raw = Path(cfg.out_dir) / "raw.json"
     assert json.loads(raw.read_text())["raw"] == {"seed": 0}

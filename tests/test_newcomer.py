@@ -119,7 +119,7 @@ def test_heatmaps_of_a_users_own_image_files(tmp_path):
     mine.mkdir(parents=True)
     PILImage.new("RGB", (61, 40), (200, 30, 30)).save(mine / "wide.png")     # any size, not square
     PILImage.new("RGB", (40, 40), (30, 200, 30)).save(tmp_path / "mine" / "loose.jpg")
-    _, result = run(tmp_path, "task=heatmaps", *data, f"checkpoint={cfg.run_dir}", f"images={tmp_path / 'mine'}",
+    _, result = run(tmp_path, "task=heatmaps", *data, f"checkpoint={cfg.run_dir}", f"signatures.heatmaps.images={tmp_path / 'mine'}",
                     f"out_dir={tmp_path / 'out'}")
     table = result.tables["images"].set_index(result.tables["images"]["file"].map(lambda f: f.rsplit("/", 1)[-1]))
     assert set(table.index) == {"wide.png", "loose.jpg"}

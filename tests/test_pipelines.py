@@ -102,27 +102,26 @@ def test_table1_pipeline_tiny(tmp_path):
     vgg, _ = run(tmp_path, "task=train", "model=vgg16_bn", "experiment=table1", "init=scratch", *TINY,
                  "trainer.fused_optimizer=true")
     labels = set(table["model"]) | {"VGG-16"}
-    for name in ("error_overlap", "scrambling"):
-        sig, res = run(tmp_path, "experiment=signatures", f"task={name}", *TINY, "signatures.scrambling.grids=[2]",
-                       "signatures.scrambling.num_images=4", "signatures.scrambling.texture=false")
-        assert {str(v) for v in sig.models.values()} == set(table["run_dir"]) | {vgg.run_dir}
-        # debug=fast (in TINY) writes under runs/, never over results/
-        assert Path(sig.out_dir) == tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default-scratch" / name
-        if name == "error_overlap":
-            pairs = res.tables["pairs"]
-            assert len(pairs) == 28 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels
-        else:
-            assert set(res.tables["accuracy"]["model"]) == labels
+    sig, res = run(tmp_path, "experiment=signatures", *TINY, "pipeline.experiments=[error_overlap,scrambling]",
+                   "signatures.scrambling.grids=[2]", "signatures.scrambling.num_images=4",
+                   "signatures.scrambling.texture=false")
+    assert {str(v) for v in sig.models.values()} == set(table["run_dir"]) | {vgg.run_dir}
+    # debug=fast (in TINY) writes under runs/, never over results/; each experiment into a folder of its own
+    out = tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default-scratch"
+    assert Path(sig.out_dir) == out and all((out / n / "raw.json").is_file() for n in ("error_overlap", "scrambling"))
+    pairs = res.parts["error_overlap"].tables["pairs"]
+    assert len(pairs) == 28 and set(pairs["model_a"]) | set(pairs["model_b"]) == labels
+    assert set(res.parts["scrambling"].tables["accuracy"]["model"]) == labels
 
 
-def test_signatures_task_runs_each_experiment_and_resumes_from_its_units(tmp_path):
-    """task=signatures (make signatures) runs every task of suite.experiments into its own folder; a second
-    call reuses every saved unit (per model for additivity) instead of computing it again."""
+def test_pipeline_runs_each_experiment_and_resumes_from_its_units(tmp_path):
+    """task=pipeline (make signatures) runs every experiment of pipeline.experiments into its own folder; a
+    second call reuses every saved unit (per model for additivity) instead of computing it again."""
     b9, _ = run(tmp_path, "task=train", "model=bagnet9", *TINY)
     cnn, _ = run(tmp_path, "task=train", "model=small_cnn", "model.width=4", *TINY)
-    args = ["task=signatures", *TINY, f"+models.B9={b9.run_dir}", f"+models.CNN={cnn.run_dir}",
-            "suite.experiments=[additivity,error_overlap]", "signatures.additivity.num_images=2",
-            "signatures.additivity.patch_sizes=[8]", "out_dir=" + str(tmp_path / "sig" / "${task}")]
+    args = ["task=pipeline", *TINY, f"+models.B9={b9.run_dir}", f"+models.CNN={cnn.run_dir}",
+            "pipeline.experiments=[additivity,error_overlap]", "signatures.additivity.num_images=2",
+            "signatures.additivity.patch_sizes=[8]", "out_dir=" + str(tmp_path / "sig")]
     run(tmp_path, *args)
     units = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")}
     assert {p.parent.name for p in units if p.parent.parent.name == "additivity"} == {"B9", "CNN"}
@@ -134,8 +133,8 @@ def test_signatures_task_runs_each_experiment_and_resumes_from_its_units(tmp_pat
 
 def test_demo_pipeline_tiny(tmp_path):
     """make demo at 64 px, width 4, one step per model (seconds), and its documents rebuilt from raw.json."""
-    cfg, demo = run(tmp_path, "task=demo", "experiment=demo", *TINY, "demo.heatmap_images=2", "demo.patches_k=2",
-                    "demo.patches_images=4", "signatures.scrambling.num_images=16",
+    cfg, demo = run(tmp_path, "experiment=demo", *TINY, "signatures.heatmaps.num_images=2",
+                    "signatures.patches.k=2", "signatures.patches.per_class_images=4", "signatures.scrambling.num_images=16",
                     "signatures.additivity.num_images=2", "signatures.sensitivity.num_images=2",
                     "signatures.sensitivity.ig_steps=4", "signatures.scrambling.texture_patch=9")
     results = demo.parts
@@ -348,7 +347,7 @@ def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch)
 def test_explain_tasks_on_a_trained_bagnet(tmp_path, name):
     train, _ = run(tmp_path, "task=train", "model=bagnet17", *TINY)
     cfg, result = run(tmp_path, f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
-                      "num_images=2")
+                      "signatures.heatmaps.num_images=2", "signatures.patches.per_class_images=2")
     out = Path(cfg.out_dir)
     assert result.figures and all((out / f"{f}.png").is_file() for f in result.figures)
     assert (out / f"{name}.csv").is_file()
@@ -392,9 +391,9 @@ def test_signatures_find_the_table1_runs_of_their_init(init, profile):
                 for label, spec in table1_models(t1).items()}
     vgg = ["model=vgg16", "model.pretrained=true"] if init == "imagenet" else ["model=vgg16_bn"]   # the Makefile's
     expected["VGG-16"] = compose(["task=train", "experiment=table1", *common, *vgg]).run_dir
-    sig = compose(["experiment=signatures", "task=scrambling", *common])
+    sig = compose(["experiment=signatures", *common])
     assert {k: str(v) for k, v in sig.models.items()} == expected
-    assert Path(sig.out_dir).parts[-3:] == ("scene15", f"{profile}-{init}", "scrambling")
+    assert Path(sig.out_dir).parts[-3:] == ("signatures", "scene15", f"{profile}-{init}")   # + /<experiment>/
 
 
 def test_demo_seed_spread_reads_every_seed(tmp_path):
