@@ -12,7 +12,7 @@ DATA ?= synthetic
 ARGS ?=
 
 .PHONY: setup test test-full test-slow demo demo-seeds train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
-        eval-imagenet train-imagenette reproduce-paper bench bench-gpu render-results
+        eval-imagenet train-imagenette reproduce-imagenette reproduce-paper bench bench-gpu render-results
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -79,6 +79,12 @@ IMAGENETTE_MODELS ?= resnet50,bagnet33,bagnet17,bagnet9
 IMAGENETTE_ARG := $(if $(DATA_ROOT),data.root=$(abspath $(DATA_ROOT)))
 train-imagenette: setup
 	$(RUN) -m task=train experiment=imagenette model=$(IMAGENETTE_MODELS) $(IMAGENETTE_ARG) $(ARGS)
+
+# the paper on real ImageNet photos (configs/experiment/imagenette.yaml): trains what is not trained yet (as
+# train-imagenette), then every experiment of the pipeline -> results/imagenette/. Data: scripts/get_imagenette.py
+reproduce-imagenette: setup
+	$(RUN) experiment=imagenette $(IMAGENETTE_ARG) $(ARGS)
+	$(PY) scripts/render_results.py --documents
 
 eval-imagenet: setup
 	$(RUN) task=eval_imagenet experiment=eval_imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)

@@ -362,6 +362,35 @@ def test_get_scene15_from_local_zip(tmp_path):
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_get_imagenette_from_a_local_archive(tmp_path):
+    """The published md5 is checked (a small local archive is refused against it, accepted with its own md5), the
+    archive's imagenette2/train|val/<wnid>/ land in --out/train|val/<wnid>/, and a failed download is one line."""
+    import hashlib
+    import runpy
+    import tarfile
+    script = runpy.run_path(str(REPO / "scripts/get_imagenette.py"))
+    src = tmp_path / "src" / "imagenette2"
+    for split in ("train", "val"):
+        for w in script["WNIDS"]:
+            (src / split / w).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(src / split / w / f"{split}_{w}.JPEG")
+    archive = tmp_path / "imagenette2.tgz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(src, arcname="imagenette2")
+    cmd = [sys.executable, str(REPO / "scripts/get_imagenette.py"), str(archive), "--out", str(tmp_path / "out")]
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 2 and "md5 mismatch" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    digest = hashlib.md5(archive.read_bytes()).hexdigest()
+    ok = subprocess.run([*cmd, "--md5", digest], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "val").iterdir()) == script["WNIDS"]
+    assert len(list((tmp_path / "out").rglob("*.JPEG"))) == 20 and "10 train and 10 val" in ok.stdout
+    build_data({"name": "imagenette", "root": str(tmp_path / "out"), "image_size": 8, "label_space": "compact"})
+    with pytest.raises(script["Fail"], match="cannot download"):
+        script["download"]("https://invalid.invalid/imagenette2.tgz", tmp_path / "src")
+
+
 def test_prepare_imagenet_val(tmp_path):
     val = tmp_path / "val"
     val.mkdir()
