@@ -11,7 +11,7 @@ MODEL ?= bagnet33
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: setup test test-full test-slow demo demo-seeds train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
+.PHONY: setup test test-full test-slow lint demo demo-seeds train train-bagnet33 sweep-patch reproduce-table1 signatures heatmaps \
         eval-imagenet train-imagenette reproduce-imagenette reproduce-paper bench bench-gpu render-results
 
 setup: $(VENV)/.installed
@@ -25,6 +25,9 @@ test: setup   # a worker per core (pytest-xdist), each with its share of torch's
 	$(PY) -m pytest -q -n auto
 
 test-full: test test-slow
+
+lint: setup   # ruff, configured in pyproject.toml ([tool.ruff])
+	$(PY) -m ruff check .
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -34,6 +34,18 @@ class Precision:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """TF32 kernels for CUDA matmuls and cuDNN convolutions on or off inside the block, the caller's setting
+    restored after (the one switch: the precision experiment, the paper pipeline's guard, the GPU bench)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def cpu_has_fast_bf16() -> bool:
     try:
         flags = open("/proc/cpuinfo").read()

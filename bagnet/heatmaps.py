@@ -234,10 +234,29 @@ def _elems_per_output_pixel(net: nn.Module, stem, blocks, stride: int) -> int:
     return worst
 
 
+EVIDENCE = ("logit", "relative")
+
+
+def classifier(net: nn.Module, evidence: str = "logit") -> tuple[torch.Tensor, torch.Tensor]:
+    """The final layer as (weight [K, C], bias [K]) for ``evidence``.
+
+    A patch's class logits are identifiable only up to a constant per patch: adding the same number to all of
+    one patch's logits changes no prediction (the image's softmax is over the mean of the patch logits), yet
+    it moves every raw logit of that patch. "relative" evidence removes that constant, the patch's mean logit
+    over the K classes: z_c - mean_k z_k = (w_c - mean_k w_k) . f + (b_c - mean_k b_k), the same linear layer
+    with centred rows, so heatmaps and patch scans stay exact."""
+    if evidence == "logit":
+        return net.fc.weight, net.fc.bias
+    if evidence == "relative":
+        w, b = net.fc.weight, net.fc.bias
+        return w - w.mean(0, keepdim=True), b - b.mean()
+    raise ValueError(f"unknown evidence '{evidence}'; valid: {', '.join(EVIDENCE)}")
+
+
 @torch.no_grad()
 def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1,
             chunk_rows: int | None = None, max_elems: int = 1 << 27,
-            channels_last: bool | None = None) -> torch.Tensor:
+            channels_last: bool | None = None, evidence: str = "logit") -> torch.Tensor:
     """Dense patch-logit heatmap, numerically the same as :func:`heatmap_patchwise`.
 
     Args:
@@ -252,6 +271,8 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
             the stride); None sizes bands so that no tensor exceeds ``max_elems`` elements.
         channels_last: None (auto) runs NHWC except for nets narrower than 16 channels on CPU; True/False
             force a layout (both exact; NHWC is faster on CPU and GPU).
+        evidence: "logit" (the patch's class logit, as the authors' routine) or "relative" (the logit minus
+            the patch's mean logit over all classes, :func:`relative_classifier`).
 
     Every conv's input is stored centred by its channel means (offsets folded into the biases: same
     values, no extra pass; see _relu_centred), which keeps float32 sums small: the float32 map is more
@@ -268,9 +289,10 @@ def heatmap(model: nn.Module, images: torch.Tensor, target=None, stride: int = 1
     if chunk_rows is None:
         per_row = b * ws * _elems_per_output_pixel(net, stem, blocks, stride)
         chunk_rows = max(1, max_elems // max(per_row, 1))
+    weight, bias_all = classifier(net, evidence)
     # Only the target row of the classifier is needed for a single class.
-    w = net.fc.weight if tgt is None else net.fc.weight[tgt]                   # [K, C] or [B, C]
-    bias = net.fc.bias if tgt is None else net.fc.bias[tgt]
+    w = weight if tgt is None else weight[tgt]                                 # [K, C] or [B, C]
+    bias = bias_all if tgt is None else bias_all[tgt]
     bands = []
     for r0 in range(0, hs, chunk_rows):
         r1 = min(hs, r0 + chunk_rows)

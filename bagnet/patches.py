@@ -6,6 +6,12 @@ sees the q x q crop of x at top-left (8i, 8j). For each class c we keep
   * "distractor": the k patches with the highest logit for c among images of other classes
     (the paper's fingers-on-green-background predicting "tench").
 One forward per batch; a running top-k per class keeps memory at O(len(classes) * k) patches.
+
+``evidence``: "logit" ranks by the raw class logit (the authors' routine); "relative" by the logit minus the
+patch's mean logit over all classes. A patch's logits are identifiable only up to a constant per patch (it
+changes no prediction), so raw logits rank first the patches whose every logit is high: the same
+cassette-player patch at the top of both tench's and golf ball's distractors. Relative evidence removes that
+constant (:func:`bagnet.heatmaps.classifier`).
 """
 from __future__ import annotations
 
@@ -15,11 +21,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .heatmaps import classifier
 from .utils import unwrap
 
 __all__ = ["most_predictive_patches"]
 
 _FIELDS = ("logits", "patches", "image_index", "location", "label")
+
+
+def patch_evidence(net: nn.Module, x: torch.Tensor, evidence: str = "logit") -> torch.Tensor:
+    """Per patch and class [B, K, h, w]: the class logit, or (``relative``) it minus the patch's mean logit."""
+    w, b = classifier(net, evidence)
+    return torch.einsum("bchw,kc->bkhw", net.forward_features(x), w) + b[None, :, None, None]
 
 
 def _empty(q: int, dtype) -> dict:
@@ -71,7 +84,7 @@ def _candidates(x, labels, index, scores, mask, k, q, stride=8, max_per_image: i
 def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Dataset | Iterable,
                             classes: Sequence[int], k: int = 8, per_class_images: int | None = None,
                             device: str | torch.device = "cpu", batch_size: int = 32,
-                            max_per_image: int | None = 2) -> dict:
+                            max_per_image: int | None = 2, evidence: str = "logit") -> dict:
     """Scan a split and return, per class, its most predictive patches and strongest distractors.
 
     Args:
@@ -82,6 +95,7 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
         per_class_images: scan at most this many images of each label (None: all).
         max_per_image: at most this many windows from one image, none overlapping another of the same image
             (non-maximum suppression); None: the plain top-k (overlapping neighbours included).
+        evidence: "logit" or "relative" (module doc); the entries' "logits" hold that score.
 
     Returns:
         {c: {"class": d, "distractor": d}} with d = {"logits": [n], "patches": [n, 3, q, q]
@@ -113,7 +127,7 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
         if len(keep) < len(labels):
             x, labels, index = x[keep], labels[keep], index[keep]
         x = x.to(device=device, dtype=dtype)
-        logits = net.patch_logits(x)[:, cls_t]                                 # [B, C, h, w]
+        logits = patch_evidence(net, x, evidence)[:, cls_t]                    # [B, C, h, w]
         labels_d = labels.to(device)
         for j, c in enumerate(classes):
             own = labels_d == c
@@ -128,12 +142,12 @@ def most_predictive_patches(model: nn.Module, loader_or_dataset: DataLoader | Da
 
 
 @torch.no_grad()
-def top_windows(model: nn.Module, image: torch.Tensor, target: int, k: int = 3) -> dict:
-    """The ``k`` highest-logit q x q windows of one image [3, H, W] for class ``target``, distinct (no two
+def top_windows(model: nn.Module, image: torch.Tensor, target: int, k: int = 3, evidence: str = "logit") -> dict:
+    """The ``k`` highest-scoring q x q windows of one image [3, H, W] for class ``target``, distinct (no two
     overlapping): the same entries as :func:`most_predictive_patches` gives for one image."""
     net = unwrap(model).eval()
     p = next(net.parameters())
     x = image[None].to(p.device, p.dtype)
-    scores = net.patch_logits(x)[:, target]
+    scores = patch_evidence(net, x, evidence)[:, target]
     return _candidates(x, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), scores,
                        torch.ones(1, dtype=torch.bool, device=x.device), k, net.patch_size, max_per_image=k)

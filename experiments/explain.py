@@ -14,7 +14,7 @@ from bagnet.data.folder import IMAGE_EXTENSIONS, load_rgb
 from bagnet.data.names import display_names
 from bagnet.data.transforms import ToNormalizedTensor
 from bagnet.errors import ConfigError
-from bagnet.heatmaps import heatmap
+from bagnet.heatmaps import EVIDENCE, heatmap
 from bagnet.models import is_bagnet
 from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
@@ -32,7 +32,8 @@ def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
 
 
 def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
-                    num_images: int = 8, seed: int = 0, device="cpu", stride: int = 1) -> Result:
+                    num_images: int = 8, seed: int = 0, device="cpu", stride: int = 1,
+                    evidence: str = "logit") -> Result:
     """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side."""
     bagnets = _bagnets(models)
     names = display_names(classes)
@@ -42,7 +43,8 @@ def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[
     with torch.inference_mode():
         for name, model in bagnets.items():
             model = model.to(device).eval()
-            h = heatmap(model, images.to(device), target=labels.to(device), stride=stride).float().cpu()
+            h = heatmap(model, images.to(device), target=labels.to(device), stride=stride,
+                        evidence=evidence).float().cpu()
             maps[name] = h
             logits = model(images.to(device)).float().cpu()
             for k, i in enumerate(idx):
@@ -56,20 +58,20 @@ def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[
               for y, r in zip(labels, last)]
     fig = compare_bagnets_figure(images, maps, titles, mean, std)
     return Result(tables={"heatmaps": pd.DataFrame(rows)}, figures={"heatmaps": fig},
-                  raw={"indices": idx, "stride": stride},
+                  raw={"indices": idx, "stride": stride, "evidence": evidence},
                   summary=f"{len(idx)} images x {len(bagnets)} BagNets")
 
 
 def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
                    k: int = 8, per_class_images: int | None = None, device="cpu",
-                   class_ids: Sequence[int] | None = None, max_per_image: int = 2) -> Result:
+                   class_ids: Sequence[int] | None = None, max_per_image: int = 2, evidence: str = "logit") -> Result:
     """Per class: the k most predictive patches among its images and the k strongest distractors: distinct
     windows (no two overlapping in one image), at most ``max_per_image`` from one image."""
     name, model = next(reversed(_bagnets(models).items()))  # the largest-q BagNet when listed by q
     class_ids = list(range(len(classes))) if class_ids is None else list(class_ids)
     with torch.inference_mode():
         found = most_predictive_patches(model, dataset, class_ids, k=k, per_class_images=per_class_images,
-                                        device=device, max_per_image=max_per_image)
+                                        device=device, max_per_image=max_per_image, evidence=evidence)
     rows, figures, names = [], {}, display_names(classes)
     for c in class_ids:
         for kind in ("class", "distractor"):
@@ -77,19 +79,27 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
             for r in range(len(d["logits"])):
                 source = int(d["label"][r])
                 rows.append({"class": classes[c], "class_name": names[c], "kind": kind, "rank": r + 1,
-                             "logit": float(d["logits"][r]), "image_index": int(d["image_index"][r]),
+                             "score": float(d["logits"][r]), "image_index": int(d["image_index"][r]),
                              "source_label": classes[source], "source_name": names[source],
                              "row": int(d["location"][r][0]), "col": int(d["location"][r][1]),
                              "images_scanned": found[c]["scanned"][kind]})
         fig = patches_figure(found[c], names[c], names, mean, std)
-        fig.suptitle(f"{name}: logit for '{names[c]}' ({found[c]['scanned']['class']} images of the class and "
+        fig.suptitle(f"{name}: {EVIDENCE_SHOWN[evidence]} for '{names[c]}' ({found[c]['scanned']['class']} images of the class and "
                      f"{found[c]['scanned']['distractor']} of others scanned; <= {max_per_image} per image, "
                      "no overlaps)", fontsize=7)
         figures[f"patches_{classes[c]}"] = fig
     return Result(tables={"patches": pd.DataFrame(rows)}, figures=figures,
-                  raw={"model": name, "k": k, "max_per_image": max_per_image,
+                  raw={"model": name, "k": k, "max_per_image": max_per_image, "evidence": evidence,
                        "images_scanned": {classes[c]: found[c]["scanned"] for c in class_ids}},
                   summary=f"{name}: top-{k} patches and distractors for {len(class_ids)} classes")
+
+
+EVIDENCE_SHOWN = {"logit": "logit", "relative": "logit minus the patch's mean logit"}
+
+
+def _check_evidence(value: str, key: str) -> None:
+    if value not in EVIDENCE:
+        raise ConfigError(f"{key}: '{value}'; valid: {', '.join(EVIDENCE)}")
 
 
 @dataclass
@@ -97,6 +107,10 @@ class HeatmapsConfig(ExperimentConfig):
     num_images: Optional[int] = 16    # seeded images of the split, explained by every BagNet side by side
     images: Any = None                # your own image files instead: a file, a folder or a list (any size)
     stride: int = 1                   # one heatmap value every ``stride`` pixels (1: exact at every pixel)
+    evidence: str = "relative"        # relative: the class logit minus the patch's mean logit (README says why); logit
+
+    def __post_init__(self):
+        _check_evidence(self.evidence, "signatures.heatmaps.evidence")
 
 
 def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
@@ -106,9 +120,9 @@ def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     if c["images"]:
         images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
         return images_result(models, image_files(images), data.classes, data.mean, data.std,
-                             int(data.image_size), c["device"])
+                             int(data.image_size), c["device"], evidence=c["evidence"])
     return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, c["num_images"], c["seed"],
-                           c["device"], c["stride"])
+                           c["device"], c["stride"], c["evidence"])
 
 
 @dataclass
@@ -116,6 +130,10 @@ class PatchesConfig(ExperimentConfig):
     k: int = 8                                 # patches shown per class (and distractors)
     per_class_images: Optional[int] = 64       # images of each class scanned (None: all; the dense heatmap is cheap)
     max_per_image: int = 2                     # at most this many of one image's windows in a class's top k
+    evidence: str = "relative"                 # rank by the logit minus the patch's mean logit; or logit (raw)
+
+    def __post_init__(self):
+        _check_evidence(self.evidence, "signatures.patches.evidence")
 
 
 def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
@@ -123,7 +141,7 @@ def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     c = typed_cfg(PatchesConfig, cfg, "signatures.patches")
     return patches_result(models, data.dataset, data.classes, data.mean, data.std, k=c["k"],
                           per_class_images=c["per_class_images"], device=c["device"],
-                          max_per_image=c["max_per_image"])
+                          max_per_image=c["max_per_image"], evidence=c["evidence"])
 
 
 # a user's own image files may change under the same names: their heatmaps are computed every time, never reused
@@ -158,7 +176,7 @@ def load_image(path: Path, size: int, mean, std) -> torch.Tensor:
 
 
 def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classes: Sequence[str], mean, std,
-                  size: int, device="cpu", k: int = 3) -> Result:
+                  size: int, device="cpu", k: int = 3, evidence: str = "logit") -> Result:
     """Each image file explained by each BagNet: its prediction, the heatmaps of the predicted class and (when
     the file's folder names a class) of the true class, and its top patches for the predicted class."""
     names = display_names(classes)
@@ -178,8 +196,9 @@ def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classe
             if true is not None and true != pred:
                 targets[f"true: {names[true]}"] = true
             with torch.inference_mode():
-                maps = {t: heatmap(model, x[None].to(device), target=c).float().cpu()[0] for t, c in targets.items()}
-            top = top_windows(model, x.to(device), pred, k)
+                maps = {t: heatmap(model, x[None].to(device), target=c, evidence=evidence).float().cpu()[0]
+                        for t, c in targets.items()}
+            top = top_windows(model, x.to(device), pred, k, evidence)
             rows.append({"model": name, "file": str(path), "height": x.shape[1], "width": x.shape[2],
                          "pred": classes[pred], "pred_name": names[pred], "pred_logit": float(logits[pred]),
                          "true": classes[true] if true is not None else None,
@@ -189,5 +208,6 @@ def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classe
             title = f"{name} on {path.name}: predicts {names[pred]}{verdict}"
             figures[f"explain_{name}_{path.stem}"] = explain_image_figure(x, maps, top["patches"],
                                                                           top["logits"].tolist(), title, mean, std)
-    return Result(tables={"images": pd.DataFrame(rows)}, figures=figures, raw={"files": [str(f) for f in files]},
+    return Result(tables={"images": pd.DataFrame(rows)}, figures=figures,
+                  raw={"files": [str(f) for f in files], "evidence": evidence},
                   summary=f"{len(files)} image file(s) x {len(_bagnets(models))} BagNet(s)")

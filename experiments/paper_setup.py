@@ -4,7 +4,6 @@ pretrained models loaded from release files, and the per-(part, unit) store a ki
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from bagnet.checkpoint import model_kwargs
+from bagnet.engine import tf32
 from bagnet.errors import ConfigError
 from bagnet.models import create_model, default_cfg
 
@@ -119,16 +119,9 @@ def numerics_state() -> dict:
     return state
 
 
-@contextmanager
 def tf32_off():
     """TF32 off for matmuls and cuDNN convolutions inside the block; the caller's setting restored after."""
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    return tf32(False)
 
 
 class Tf32Guard:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from bagnet.engine import tf32
 from bagnet.heatmaps import heatmap
 from bagnet.models import is_bagnet
 from bagnet.result import Result
@@ -46,16 +47,12 @@ def runnable(mode: str, device: torch.device) -> bool:
 @contextlib.contextmanager
 def precision_mode(mode: str, device: torch.device):
     """fp32 with TF32 off (the reference), bf16/fp16 autocast, or fp32 tensors with TF32 kernels."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
-    try:
+    with tf32(mode == "tf32"):
         if mode in ("bf16", "fp16"):
             with torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16):
                 yield
         else:
             yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ Without CUDA it refuses, unless --allow-cpu (a smoke test of the script itself).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -33,18 +32,9 @@ from PIL import Image
 from bagnet import io
 from bagnet.bench import fmt_spread, interleaved, load_average, machine_id, make_steps, spread, write_bench
 from bagnet.data import build_data, build_loader
+from bagnet.engine import tf32
 
 DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def guarded(fn, enabled_tf32: bool, oom: set, key: str):

@@ -203,6 +203,41 @@ def _png_size(fig, path):
         return im.size
 
 
+def test_relative_evidence_removes_a_per_patch_constant():
+    """A feature that raises every class's logit of a patch by the same amount changes no prediction, yet the raw
+    logit ranks its patches first for every class (the same patches head two classes' lists); relative
+    evidence (logit minus the patch's mean logit) ranks as the model without that feature does, and its
+    heatmap is exactly the patch-wise logits minus their class mean."""
+    import copy
+    m = tiny_bagnet(9, num_classes=4)
+    x = images(40, 40, b=3)
+    ref = heatmap_patchwise(m, x, target=None)
+    rel = heatmap(m, x, target=None, evidence="relative")
+    assert torch.allclose(rel, ref - ref.mean(1, keepdim=True), atol=1e-9)
+    assert torch.allclose(heatmap(m, x, target=2, evidence="relative"), rel[:, 2], atol=1e-12)
+    shifted = copy.deepcopy(m)
+    feats = m.forward_features(x)
+    j = int(feats.std((0, 2, 3)).argmax())             # the feature that varies most across patches
+    shifted.fc.weight.data[:, j] += 50.0                 # + 50 f_j to every class's logit of every patch
+    assert torch.equal(shifted(x).argmax(1), m(x).argmax(1))
+    data = TensorDataset(x, torch.tensor([0, 1, 2]))
+
+    def best(model, evidence):    # per class: (score, image, row, col) of its best patch in any image
+        found = most_predictive_patches(model, data, classes=range(4), k=3, max_per_image=None, evidence=evidence)
+        out = {}
+        for c in range(4):
+            d = [found[c][kind] for kind in ("class", "distractor")]
+            scores = torch.cat([e["logits"] for e in d])
+            where = torch.cat([torch.cat([e["image_index"][:, None], e["location"]], 1) for e in d])
+            out[c] = (float(scores.max()), tuple(where[int(scores.argmax())].tolist()))
+        return out
+    raw, rel, plain = best(shifted, "logit"), best(shifted, "relative"), best(m, "relative")
+    assert len({raw[c][1] for c in range(4)}) == 1          # raw: one patch of high f_j heads every class
+    assert len({plain[c][1] for c in range(4)}) > 1
+    assert {c: v[1] for c, v in rel.items()} == {c: v[1] for c, v in plain.items()}   # relative: blind to it
+    assert all(abs(rel[c][0] - plain[c][0]) < 1e-9 for c in range(4))
+
+
 def test_figures_have_expected_pixel_size(tmp_path):
     x = images(40, 40, dtype=torch.float32)
     maps = {f"BagNet-{q}": heatmap(MODELS[q], x, 0, stride=1) for q in (9, 17, 33)}
