@@ -18,7 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+# configs/ of a checkout, or bagnet/configs/ of an installed wheel (pyproject.toml ships them there)
+_PACKAGE = Path(__file__).resolve().parent
+CONFIG_DIR = str(_PACKAGE / "configs" if (_PACKAGE / "configs" / "config.yaml").is_file()
+                 else _PACKAGE.parent / "configs")
 
 
 def as_dict(cfg) -> dict:

@@ -1,6 +1,7 @@
 """The experiment layer: the paper's signatures, the explanations and the experiments beyond the paper, and
-the pipelines built from them. Importing this package registers every one of them
-(:mod:`experiments.registry`); the imports below are the one list of the suite's units of work.
+the pipelines built from them. Importing this package imports every module in it, and each
+registers what it defines (:mod:`experiments.registry`): the registry is the one list of the suite's units of
+work, and a new experiment is one module.
 
 Experiments (``run(models, data, cfg) -> Result``, never writing files):
 
@@ -17,9 +18,15 @@ Pipelines (``task(ctx) -> Result``): :mod:`experiments.pipeline` (a pipeline sta
 signatures``, ``make reproduce-imagenette``), :mod:`experiments.demo`, :mod:`experiments.table1`,
 :mod:`experiments.paper`, :mod:`experiments.eval_imagenet`.
 """
-from . import scrambling, additivity, error_overlap, sensitivity, explain, accuracy, precision, patch_robustness  # noqa: F401
-from . import pipeline, demo, table1, paper, eval_imagenet  # noqa: F401
-from . import registry, suite
+import importlib
+import pkgutil
+
+# Every module of this package is imported, so a module that registers is all a new experiment, pipeline or
+# report needs; the registry (experiments.registry), filled by these imports, is the one list.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from . import registry, suite  # noqa: E402
 
 
 def tasks() -> dict:

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from bagnet.config import compose
+from bagnet.engine import tf32
 from bagnet.run import run_task
 
 IMAGENETTE = Path(os.environ.get("IMAGENETTE_ROOT",
@@ -99,16 +100,11 @@ def run_paper(tmp_path_factory, models: dict) -> dict:
                  "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
                  f"paper.weights_dir={weights_dir}", *SHRUNK,
                  *[f"~paper.models.{label}" for label in MODELS if label not in models]]
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    paper.load_model = watched
-    try:
+    with pytest.MonkeyPatch.context() as mp, tf32(True):     # both restored after, whatever happens
+        mp.setattr(paper, "load_model", watched)
         cfg = compose(overrides)
         result = run_task(cfg, overrides)
         after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    finally:
-        paper.load_model = original
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     return {"cfg": cfg, "overrides": overrides, "result": result, "seen": seen, "loaded": loaded, "after": after}
 
 

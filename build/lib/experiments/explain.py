@@ -1,0 +1,213 @@
+"""Heatmaps and most predictive patches: the registered experiments ``heatmaps`` and ``patches``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from bagnet.data.folder import IMAGE_EXTENSIONS, load_rgb
+from bagnet.data.names import display_names
+from bagnet.data.transforms import ToNormalizedTensor
+from bagnet.errors import ConfigError
+from bagnet.heatmaps import EVIDENCE, heatmap
+from bagnet.models import is_bagnet
+from bagnet.patches import most_predictive_patches, top_windows
+from bagnet.result import Result
+from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
+
+from .common import ExperimentConfig, eval_indices, load_batch, typed_cfg
+from .registry import Experiment, register
+
+
+def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    out = {k: m for k, m in models.items() if is_bagnet(m)}
+    if not out:
+        raise ConfigError(f"heatmaps and patches need a BagNet; got {', '.join(models)}")
+    return out
+
+
+def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
+                    num_images: int = 8, seed: int = 0, device="cpu", stride: int = 1,
+                    evidence: str = "logit") -> Result:
+    """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side."""
+    bagnets = _bagnets(models)
+    names = display_names(classes)
+    idx = eval_indices(len(dataset), num_images, seed)
+    images, labels = load_batch(dataset, idx)
+    maps, rows = {}, []
+    with torch.inference_mode():
+        for name, model in bagnets.items():
+            model = model.to(device).eval()
+            h = heatmap(model, images.to(device), target=labels.to(device), stride=stride,
+                        evidence=evidence).float().cpu()
+            maps[name] = h
+            logits = model(images.to(device)).float().cpu()
+            for k, i in enumerate(idx):
+                pred = int(logits[k].argmax())
+                rows.append({"model": name, "index": i, "label": classes[labels[k]], "label_name": names[labels[k]],
+                             "pred": classes[pred], "pred_name": names[pred], "true_logit": float(logits[k, labels[k]]),
+                             "heat_min": float(h[k].min()), "heat_max": float(h[k].max()),
+                             "heat_mean": float(h[k].mean())})
+    last = rows[-len(idx):]          # the largest-q BagNet's predictions, for the titles
+    titles = [f"{names[int(y)]}" + ("" if r["pred_name"] == names[int(y)] else f" (predicted: {r['pred_name']})")
+              for y, r in zip(labels, last)]
+    fig = compare_bagnets_figure(images, maps, titles, mean, std)
+    return Result(tables={"heatmaps": pd.DataFrame(rows)}, figures={"heatmaps": fig},
+                  raw={"indices": idx, "stride": stride, "evidence": evidence},
+                  summary=f"{len(idx)} images x {len(bagnets)} BagNets")
+
+
+def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
+                   k: int = 8, per_class_images: int | None = None, device="cpu",
+                   class_ids: Sequence[int] | None = None, max_per_image: int = 2, evidence: str = "logit") -> Result:
+    """Per class: the k most predictive patches among its images and the k strongest distractors: distinct
+    windows (no two overlapping in one image), at most ``max_per_image`` from one image."""
+    name, model = next(reversed(_bagnets(models).items()))  # the largest-q BagNet when listed by q
+    class_ids = list(range(len(classes))) if class_ids is None else list(class_ids)
+    with torch.inference_mode():
+        found = most_predictive_patches(model, dataset, class_ids, k=k, per_class_images=per_class_images,
+                                        device=device, max_per_image=max_per_image, evidence=evidence)
+    rows, figures, names = [], {}, display_names(classes)
+    for c in class_ids:
+        for kind in ("class", "distractor"):
+            d = found[c][kind]
+            for r in range(len(d["logits"])):
+                source = int(d["label"][r])
+                rows.append({"class": classes[c], "class_name": names[c], "kind": kind, "rank": r + 1,
+                             "score": float(d["logits"][r]), "image_index": int(d["image_index"][r]),
+                             "source_label": classes[source], "source_name": names[source],
+                             "row": int(d["location"][r][0]), "col": int(d["location"][r][1]),
+                             "images_scanned": found[c]["scanned"][kind]})
+        fig = patches_figure(found[c], names[c], names, mean, std)
+        fig.suptitle(f"{name}: {EVIDENCE_SHOWN[evidence]} for '{names[c]}' ({found[c]['scanned']['class']} images of the class and "
+                     f"{found[c]['scanned']['distractor']} of others scanned; <= {max_per_image} per image, "
+                     "no overlaps)", fontsize=7)
+        figures[f"patches_{classes[c]}"] = fig
+    return Result(tables={"patches": pd.DataFrame(rows)}, figures=figures,
+                  raw={"model": name, "k": k, "max_per_image": max_per_image, "evidence": evidence,
+                       "images_scanned": {classes[c]: found[c]["scanned"] for c in class_ids}},
+                  summary=f"{name}: top-{k} patches and distractors for {len(class_ids)} classes")
+
+
+EVIDENCE_SHOWN = {"logit": "logit", "relative": "logit minus the patch's mean logit"}
+
+
+def _check_evidence(value: str, key: str) -> None:
+    if value not in EVIDENCE:
+        raise ConfigError(f"{key}: '{value}'; valid: {', '.join(EVIDENCE)}")
+
+
+@dataclass
+class HeatmapsConfig(ExperimentConfig):
+    num_images: Optional[int] = 16    # seeded images of the split, explained by every BagNet side by side
+    images: Any = None                # your own image files instead: a file, a folder or a list (any size)
+    stride: int = 1                   # one heatmap value every ``stride`` pixels (1: exact at every pixel)
+    evidence: str = "relative"        # relative: the class logit minus the patch's mean logit (README says why); logit
+
+    def __post_init__(self):
+        _check_evidence(self.evidence, "signatures.heatmaps.evidence")
+
+
+def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
+    """Exact heatmaps of the BagNets among ``models`` on ``num_images`` images of the split, or, with
+    ``images=<file, folder or list>``, on those image files (a figure each)."""
+    c = typed_cfg(HeatmapsConfig, cfg, "signatures.heatmaps")
+    if c["images"]:
+        images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
+        return images_result(models, image_files(images), data.classes, data.mean, data.std,
+                             int(data.image_size), c["device"], evidence=c["evidence"])
+    return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, c["num_images"], c["seed"],
+                           c["device"], c["stride"], c["evidence"])
+
+
+@dataclass
+class PatchesConfig(ExperimentConfig):
+    k: int = 8                                 # patches shown per class (and distractors)
+    per_class_images: Optional[int] = 64       # images of each class scanned (None: all; the dense heatmap is cheap)
+    max_per_image: int = 2                     # at most this many of one image's windows in a class's top k
+    evidence: str = "relative"                 # rank by the logit minus the patch's mean logit; or logit (raw)
+
+    def __post_init__(self):
+        _check_evidence(self.evidence, "signatures.patches.evidence")
+
+
+def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
+    """Per class, the most predictive patches of the largest-q BagNet among ``per_class_images`` images of it."""
+    c = typed_cfg(PatchesConfig, cfg, "signatures.patches")
+    return patches_result(models, data.dataset, data.classes, data.mean, data.std, k=c["k"],
+                          per_class_images=c["per_class_images"], device=c["device"],
+                          max_per_image=c["max_per_image"], evidence=c["evidence"])
+
+
+# a user's own image files may change under the same names: their heatmaps are computed every time, never reused
+register(Experiment("heatmaps", HeatmapsConfig, run_heatmaps, summary="exact BagNet heatmaps of the true class",
+                    stored=lambda cfg: not cfg.get("images")))
+register(Experiment("patches", PatchesConfig, run_patches, summary="per class, the most predictive patches"))
+
+
+# ---------------------------------------------------------------- a user's own image files
+def image_files(images) -> list[Path]:
+    """``images``: a file, a folder (its image files, recursively, sorted) or a list of either."""
+    items = [images] if isinstance(images, (str, Path)) else list(images)
+    files = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ConfigError(f"images: {item} is neither an image file nor a folder")
+    if not files:
+        raise ConfigError(f"images: no image files in {', '.join(map(str, items))}")
+    return files
+
+
+def load_image(path: Path, size: int, mean, std) -> torch.Tensor:
+    """The file as the model sees it: RGB, short side resized to ``size`` (aspect kept, no crop), normalised."""
+    img = load_rgb(path)
+    scale = size / min(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    return ToNormalizedTensor(mean, std)(img)
+
+
+def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classes: Sequence[str], mean, std,
+                  size: int, device="cpu", k: int = 3, evidence: str = "logit") -> Result:
+    """Each image file explained by each BagNet: its prediction, the heatmaps of the predicted class and (when
+    the file's folder names a class) of the true class, and its top patches for the predicted class."""
+    names = display_names(classes)
+    by_folder = {c.lower(): i for i, c in enumerate(classes)} | {n.lower(): i for i, n in enumerate(names)}
+    rows, figures = [], {}
+    for name, model in _bagnets(models).items():
+        model = model.to(device).eval()
+        for path in files:
+            x = load_image(path, size, mean, std)
+            if min(x.shape[1:]) < model.patch_size:
+                raise ConfigError(f"{path}: {tuple(x.shape[1:])} px is smaller than {name}'s {model.patch_size} px "
+                                  "patches")
+            with torch.inference_mode():
+                logits = model(x[None].to(device)).float().cpu()[0]
+            pred, true = int(logits.argmax()), by_folder.get(path.parent.name.lower())
+            targets = {f"predicted: {names[pred]}": pred}
+            if true is not None and true != pred:
+                targets[f"true: {names[true]}"] = true
+            with torch.inference_mode():
+                maps = {t: heatmap(model, x[None].to(device), target=c, evidence=evidence).float().cpu()[0]
+                        for t, c in targets.items()}
+            top = top_windows(model, x.to(device), pred, k, evidence)
+            rows.append({"model": name, "file": str(path), "height": x.shape[1], "width": x.shape[2],
+                         "pred": classes[pred], "pred_name": names[pred], "pred_logit": float(logits[pred]),
+                         "true": classes[true] if true is not None else None,
+                         "true_name": names[true] if true is not None else None,
+                         "top_patch_logits": [round(float(v), 4) for v in top["logits"]]})
+            verdict = "" if true is None else (" (correct)" if true == pred else f" (true: {names[true]})")
+            title = f"{name} on {path.name}: predicts {names[pred]}{verdict}"
+            figures[f"explain_{name}_{path.stem}"] = explain_image_figure(x, maps, top["patches"],
+                                                                          top["logits"].tolist(), title, mean, std)
+    return Result(tables={"images": pd.DataFrame(rows)}, figures=figures,
+                  raw={"files": [str(f) for f in files], "evidence": evidence},
+                  summary=f"{len(files)} image file(s) x {len(_bagnets(models))} BagNet(s)")

@@ -1,0 +1,94 @@
+"""A pipeline stated in a config (``task=pipeline``): which models to train (or reuse, or resume), which to
+load, and which registered experiments to run on them, each into a folder of its own.
+
+    pipeline:
+      train: {BagNet-33: bagnet33, ResNet-50: resnet50}   # label -> model entry, trained on this config's data
+      experiments: [accuracy, scrambling, heatmaps]        # registered experiments, in order
+    models: {VGG-16: /path/to/run}                         # label -> run dir / model config, loaded as is
+
+``make signatures`` and ``make reproduce-imagenette`` are such configs (configs/experiment/). Nothing here
+names an experiment: what runs is the config's list, through :func:`experiments.suite.run_experiments`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from bagnet.config import add_schema_store, as_dict, untyped_node
+from bagnet.errors import ConfigError
+from bagnet.result import Result
+
+from . import registry
+from .common import estimate_training, train_models, typed_cfg
+from .registry import register_pipeline
+from .suite import run_experiments, signature_cfg
+
+
+@dataclass
+class PipelineConfig:
+    # label -> model entry (a model option, or {option: ..., <model key>: value, trainer: {...}}), trained as
+    # task=train with this run's data and trainer; a finished run is reused, an interrupted one resumes
+    train: dict[str, Any] = field(default_factory=dict)
+    experiments: list[str] = field(default_factory=list)   # registered experiments, each a folder of the result
+    report: Optional[str] = None                            # a registered report: the checks and the README
+    estimate: bool = True                                   # print the training time left before training
+
+
+# pipeline/schema in Hydra's ConfigStore (configs/pipeline/default.yaml extends it): every key exists, a typo is
+# refused at compose; types are checked by typed_cfg in one line, as for the trainer (bagnet.config.untyped_node)
+PipelineNode = untyped_node(PipelineConfig, "PipelineNode")
+PipelineNode.__module__ = __name__        # importable by name: a composed config pickles (sweeps, launchers)
+
+
+def store_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+    ConfigStore.instance().store(group="pipeline", name="schema", node=PipelineNode)
+
+
+add_schema_store(store_schema)
+
+
+@register_pipeline("pipeline")
+def task(ctx) -> Result:
+    """Train ``pipeline.train``, then run ``pipeline.experiments`` on those runs and ``cfg.models``."""
+    p = typed_cfg(PipelineConfig, as_dict(ctx.cfg).get("pipeline"), "pipeline")
+    if not p["experiments"]:
+        raise ConfigError("pipeline.experiments is empty; name registered experiments: "
+                          + ", ".join(registry.registered()))
+    for name in p["experiments"]:              # a typo fails before anything trains
+        experiment = registry.get(name)
+        if experiment.check is not None:
+            experiment.check(signature_cfg(ctx, name), list(ctx.data.classes))
+    report = registry.report(p["report"]) if p["report"] else None
+    if p["train"] and p["estimate"] and ctx.dist.is_main:
+        estimate_training(ctx, {"": (p["train"], [])})
+    trained = train_models(ctx, p["train"])
+    runs = {label: str(sub.cfg.run_dir) for label, (sub, _) in trained.items()}
+    # models= may name the trained runs too (task=heatmaps experiment=demo reads them), but nothing else
+    clash = sorted(k for k, v in ctx.cfg.models.items() if k in runs and str(v) != runs[k])
+    if clash:
+        raise ConfigError(f"{clash} are in pipeline.train and in models with another run; give each label once")
+    specs = {**runs, **{k: v for k, v in ctx.cfg.models.items() if k not in runs}}
+    if not specs:
+        raise ConfigError("the pipeline has no models: set pipeline.train and/or models")
+    parts = run_experiments(ctx, p["experiments"], specs)
+    tables = {"training": training_table(trained)} if trained else {}
+    result = Result(tables=tables, parts=parts, raw={"models": specs},
+                    summary=f"{len(specs)} models; ran {', '.join(parts)}")
+    return report(ctx, result, trained) if report else result
+
+
+def training_table(trained: dict) -> pd.DataFrame:
+    """One row per trained model: epochs, best val top-1, the eval splits' top-1/top-5, training time."""
+    rows = []
+    for label, (sub, s) in trained.items():
+        row = {"model": label, "epochs": s["epochs"], "best_val_top1": s["best_val_top1"],
+               "train_min": s["train_wall_s"] / 60, "precision": s.get("precision"),
+               "run_dir": str(Path(sub.cfg.run_dir))}
+        for split, m in (s.get("eval") or {}).items():
+            row.update({f"{split}_top1": m["top1"], f"{split}_top5": m["top5"]})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,238 @@
+"""The suite runner: registered experiments (:mod:`experiments.registry`) on any models and data, each
+(experiment, unit) saved as soon as it is done and reused while its key is unchanged.
+
+One code path serves every pipeline: ``task=<experiment>``, the config-stated pipelines
+(:mod:`experiments.pipeline`: ``make signatures``, ``make reproduce-imagenette``), ``make demo`` and
+``make reproduce-paper``. A unit is one model for experiments whose rows do
+not depend on the other models (``per_model``), one target for sensitivity, else all models together.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+from bagnet import io
+from bagnet.config import as_dict
+from bagnet.errors import ConfigError
+from bagnet.result import Result
+from bagnet.tasks import check_run_data
+from bagnet.train import evaluate_model
+from bagnet.utils import file_sha256, jsonable, refused_content
+
+from . import registry
+
+
+def units(experiment: registry.Experiment, models: Mapping[str, nn.Module], cfg: Mapping) -> list[registry.Unit]:
+    if experiment.units is not None:
+        return experiment.units(models, cfg)
+    if experiment.per_model:
+        return [registry.Unit(name, [name]) for name in models]
+    return [registry.Unit("all", list(models))]
+
+
+def run_experiment(experiment: registry.Experiment | str, models: Mapping[str, nn.Module], data, cfg: Mapping,
+                   predictions: Mapping[str, pd.DataFrame] | None = None, store: "Store | None" = None,
+                   key: Mapping | None = None, part: str | None = None) -> Result:
+    """``experiment`` on ``models`` (or their ``predictions``) and ``data`` (:class:`SplitData`, or a
+    Dataset), unit by unit; with a ``store`` each unit is saved (in ``<part>/<unit>``, part = the
+    experiment's name unless given) and reused under ``key`` (what else the result depends on: data,
+    model identities) plus the unit's config."""
+    exp = registry.get(experiment) if isinstance(experiment, str) else experiment
+    parts = units(exp, models, cfg)
+    results = []
+    for u in parts:
+        ucfg = {**cfg, **u.cfg}
+
+        def compute(u=u, ucfg=ucfg):
+            if exp.inputs == "predictions":
+                return exp.run({m: predictions[m] for m in u.models}, getattr(data, "classes", None), ucfg)
+            return exp.run({m: models[m] for m in u.models}, data, ucfg)
+        if store is None or (exp.stored is not None and not exp.stored(ucfg)):
+            results.append(compute())
+        else:
+            ukey = {**dict(key or {}), "experiment": exp.name, "version": exp.version, "cfg": ucfg,
+                    "models": {m: (key or {}).get("model_keys", {}).get(m) for m in u.models}}
+            ukey.pop("model_keys", None)
+            results.append(store.unit(part or exp.name, u.name, ukey, compute))
+    return results[0] if len(results) == 1 else combine(exp, results)
+
+
+def combine(exp: registry.Experiment, results: list[Result]) -> Result:
+    """One Result from its units': tables concatenated in unit order, raw dicts merged (the first unit's
+    value of a key that is not a dict), figures redrawn from the combined tables."""
+    import matplotlib.pyplot as plt
+    tables = {name: pd.concat([r.tables[name] for r in results if name in r.tables], ignore_index=True)
+              for name in dict.fromkeys(n for r in results for n in r.tables)}
+    raw: dict = {}
+    for r in results:
+        for k, v in (r.raw or {}).items():
+            if isinstance(v, dict) and isinstance(raw.get(k), dict):
+                raw[k] = {**raw[k], **v}
+            else:
+                raw.setdefault(k, v)
+    for r in results:                                 # the units' own figures are redrawn below
+        for fig in r.figures.values():
+            if not isinstance(fig, (str, Path)):
+                plt.close(fig)
+    figures = exp.figures(tables, raw) if exp.figures else {}
+    return Result(tables=tables, figures=figures, raw=raw, summary=" | ".join(r.summary for r in results if r.summary),
+                  header=results[0].header)
+
+
+# ---------------------------------------------------------------- what a task's experiments run on
+def signature_cfg(ctx, name: str) -> dict:
+    """``signatures.<name>`` plus the run's seed and device."""
+    return {**as_dict(ctx.cfg.signatures.get(name, {})), "seed": ctx.cfg.seed, "device": str(ctx.device)}
+
+
+def model_specs(ctx) -> dict:
+    """``cfg.models`` (name -> run dir / checkpoint / model config), or the config's own model (None: the
+    ``model=`` config, from ``checkpoint=`` when given; :meth:`bagnet.tasks.Context.model`)."""
+    return dict(ctx.cfg.models) or {ctx.cfg.model.tag: None}
+
+
+def predictions(ctx, specs: Mapping | None = None) -> dict[str, pd.DataFrame]:
+    """Per-image predictions on ``cfg.split`` for every model of ``specs`` (default :func:`model_specs`): a
+    run's saved ones when there, else computed."""
+    cfg = ctx.cfg
+    out = {}
+    for name, spec in (specs or model_specs(ctx)).items():
+        saved = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
+        if saved is not None and saved.is_file():   # the run's own predictions: only of these very images
+            check_run_data(spec, cfg, f"models.{name}", same_images=True)
+            out[name] = pd.read_csv(saved)
+            continue
+        model = ctx.model(name, spec).eval()
+        out[name] = evaluate_model(model, ctx.data, [cfg.split], as_dict(cfg), ctx.device)[cfg.split][1]
+    return out
+
+
+@dataclass
+class SplitData:
+    """What an experiment runs on: one split's images with the data's class names and normalisation."""
+    dataset: object
+    classes: list
+    mean: tuple
+    std: tuple
+    image_size: int | None = None    # the size the models see (images of other sizes are resized to it)
+
+
+def split_data(ctx, split: str | None = None) -> SplitData:
+    data = ctx.data
+    return SplitData(data.split(split or ctx.cfg.split), list(data.classes), tuple(data.mean), tuple(data.std),
+                     int(data.image_size))
+
+
+def model_key(spec) -> dict | None:
+    """What identifies a model of ``cfg.models``: a run's checkpoint by path and content, or its config."""
+    if isinstance(spec, str):
+        path = Path(spec)
+        ckpt = path / "checkpoints" / "best.pt" if path.is_dir() else path
+        return {"path": str(path.resolve()), "sha256": file_sha256(ckpt) if ckpt.is_file() else None}
+    return None if spec is None else as_dict(spec)
+
+
+def data_key(ctx) -> dict:
+    d = as_dict(ctx.cfg.data)
+    d.pop("workers", None)
+    return {"data": d, "split": ctx.cfg.split, "seed": ctx.cfg.seed}
+
+
+def run_experiments(ctx, names, specs: Mapping) -> dict[str, Result]:
+    """The registered experiments ``names`` on the models ``specs`` (name -> run dir / checkpoint / model
+    config) and ``cfg.split``, one Result each. Units are saved in the run dir only when every model is a
+    trained run (keyed by its checkpoint's content; a model config may be random weights)."""
+    cfg = ctx.cfg
+    trained = {m: (s if s is not None else cfg.checkpoint or None) for m, s in specs.items()}
+    key = {**data_key(ctx), "model_keys": {m: model_key(s) for m, s in trained.items()}}
+    store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in trained.values()) else None
+    experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
+    models = {name: ctx.model(name, spec).to(ctx.device).eval()
+              for name, spec in specs.items()} if any(e.inputs == "models" for e in experiments) else {}
+    preds = predictions(ctx, specs) if any(e.inputs == "predictions" for e in experiments) else None
+    data = split_data(ctx)
+    return {e.name: run_experiment(e, models or {m: None for m in specs}, data, signature_cfg(ctx, e.name),
+                                   predictions=preds, store=store, key=key)
+            for e in experiments}
+
+
+def task(ctx) -> Result:
+    """A registered experiment as a task (``task=<name>``) on ``cfg.models`` and ``cfg.split``, its units
+    saved in the run dir (an interrupted run resumes; a finished unit is reused while its key holds)."""
+    return run_experiments(ctx, [ctx.cfg.task], model_specs(ctx))[ctx.cfg.task]
+
+
+# ---------------------------------------------------------------- resumable units
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Store:
+    """Saved (part, unit) Results under ``root``; a unit is reused only if its key is unchanged."""
+
+    def __init__(self, root: Path, progress: bool = True):
+        self.root, self.progress = Path(root), progress
+        self.computed: list[str] = []
+        self.reused: list[str] = []
+        self.seconds: dict[str, float] = {}
+
+    def unit(self, part: str, name: str, key: dict, compute: Callable[[], Result]) -> Result:
+        d = self.root / part / _slug(name)
+        marker = d / "unit.pt"
+        key = jsonable(key)
+        if marker.is_file():   # tensors and plain containers only (weights_only), like every file this suite reads
+            try:
+                saved = torch.load(marker, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise ConfigError(f"refused to load {marker}: {refused_content(e)}; remove it (the unit is then "
+                                  "computed again)") from None
+            if saved.get("key") == key:
+                self.reused.append(f"{part}/{name}")
+                return _result_from_plain(saved["result"], d)
+        started = time.perf_counter()
+        result = compute()
+        self.seconds[f"{part}/{name}"] = time.perf_counter() - started
+        for tname, df in result.tables.items():   # readable copies; unit.pt (last) marks the unit done
+            if len(df) > 500:
+                io.write_predictions(df, d / f"{tname}.csv.gz")
+            else:
+                io.write_table(df, d / tname)
+        for fname, fig in result.figures.items():
+            io.write_figure(fig, d / f"figure_{_slug(fname)}")
+        io.write_json({"key": key, "raw": result.raw, "wall_s": self.seconds[f"{part}/{name}"]}, d / "unit.json")
+        io.save_checkpoint({"key": key, "result": _plain_result(result)}, marker)
+        self.computed.append(f"{part}/{name}")
+        return _result_from_plain(_plain_result(result), d)
+
+
+def _plain_result(result: Result) -> dict:
+    """A unit's Result as plain containers (weights_only-loadable): tables column by column with their
+    dtypes, raw as JSON values, figures by name (their files lie beside unit.pt)."""
+    tables = {name: {"columns": [str(c) for c in df.columns], "data": [df[c].tolist() for c in df.columns],
+                     "dtypes": [str(t) for t in df.dtypes]} for name, df in result.tables.items()}
+    header = result.header if isinstance(result.header, str) else ""
+    return {"tables": tables, "raw": json.loads(json.dumps(jsonable(result.raw))), "summary": result.summary,
+            "figures": list(result.figures), "header": header}
+
+
+def _result_from_plain(plain: dict, unit_dir: Path) -> Result:
+    tables = {name: pd.DataFrame(dict(zip(t["columns"], t["data"])), columns=t["columns"]).astype(
+        dict(zip(t["columns"], t["dtypes"]))) for name, t in plain["tables"].items()}
+    figures = {name: unit_dir / f"figure_{_slug(name)}" for name in plain["figures"]}
+    return Result(tables=tables, figures=figures, raw=plain["raw"], summary=plain["summary"],
+                  header=plain.get("header", ""))
