@@ -21,24 +21,10 @@ import torch.nn.functional as F
 
 from . import io
 from .models import create_model
-from .provenance import REPO_ROOT, cpu_name, provenance
+from .provenance import REPO_ROOT, cpu_flags, cpu_name, provenance
 
 BENCH_DIR = REPO_ROOT / "results" / "bench"
 # The CPU features that decide which kernels torch runs (fp32 AVX-512 vs AVX2; bf16 native or emulated).
-KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in KEY_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
-
-
 def machine_id(device: torch.device) -> str:
     """File-safe name of what was measured: 'cuda-nvidia-h200' or 'cpu-amd-epyc-avx512_bf16-2t'."""
     if device.type == "cuda":

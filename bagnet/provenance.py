@@ -55,6 +55,32 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+# CPU features that change which kernels run, and so the floating-point results (bf16 autocast is ~2x
+# faster with AVX512-BF16 than without)
+KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if v}
+
+
+def cpu_flags() -> list[str]:
+    have = set(_cpuinfo_fields().get("flags", "").split())
+    return [f for f in KEY_FLAGS if f in have]
+
+
+def cpu_id() -> str:
+    """Family, model and stepping: two CPUs with the same marketing name ("AMD EPYC") can differ here, and so
+    can their results (the same commit and thread count trained other demo models on another such machine)."""
+    f = _cpuinfo_fields()
+    return " ".join(f"{k} {f[k]}" for k in ("cpu family", "model", "stepping") if k in f) or platform.machine()
+
+
 def device_description(device: str | torch.device = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
@@ -81,7 +107,8 @@ def provenance(config: dict | None = None, device: str | torch.device = "cpu", s
                **extra) -> dict:
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(), "versions": versions(), "device": device_description(device),
-            "host": platform.node(), "seed": seed, "config": config, **extra}
+            "cpu": {"id": cpu_id(), "flags": cpu_flags()}, "host": platform.node(), "seed": seed,
+            "config": config, **extra}
 
 
 def model_provenance(models: Mapping, seed: int = 0) -> dict:
