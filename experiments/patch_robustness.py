@@ -1,20 +1,23 @@
-"""Certified robustness of BagNets to one adversarial square patch (``task=patch_robustness``).
+"""Certified robustness to one adversarial square patch (``task=patch_robustness``).
 
-For each BagNet and each patch size (``patch_px``, or ``patch_share`` of the image area), per test image:
-clean and certified top-1 of the undefended BagNet (never certified: its local logits are unbounded), of
-the clipped BagNet (CBN: ``tanh(0.05 x - 1)``, Zhang et al. 2020) and of PatchGuard's robust masking
-without and with detection (threshold ``mask_threshold``; Xiang et al. 2021), the window size
-``ceil((p + q - 1) / 8)`` from p, q and the feature stride (bagnet/certify.py has the proof sketch); and
-beside the certificate an empirical attack: PGD inside the patch at the locations the certificate finds
-weakest, against the clipped BagNet's score (the undefended model's mean of local logits for it).
-Intervals: 95% bootstrap over images. Reference numbers (ImageNet, authors' weights, one 2% patch; the
-patch-defense leaderboard): README "Certified robustness".
+For each model and each patch size (``patch_px``, or ``patch_share`` of the image area), per test image: clean
+and certified top-1 of every defence in ``defences``. BagNets: the undefended BagNet (never certified: its
+local logits are unbounded), the clipped BagNet (CBN: ``tanh(0.05 x - 1)``, Zhang et al. 2020) and PatchGuard's
+robust masking without and with detection (threshold ``mask_threshold``; Xiang et al. 2021, with the sound
+bound of bagnet/certify.py), on the window ``ceil((p + q - 1) / 8)`` per axis of the local-logit grid. Any
+model (BagNets and CNNs): PatchCleanser's double masking (Xiang et al. 2022; bagnet/patchcleanser.py,
+``cleanser_masks`` masks per axis), whose cost (forwards and seconds per image) is its own table. Beside the
+certificates an empirical attack on each BagNet defence: PGD inside the patch at the locations where the true
+class has most to lose, against the defence's own scores; a certified image it flips is a
+``certificate_violation``. Intervals: 95% bootstrap over images. Reference numbers (ImageNet, one 2% patch;
+the patch-defense leaderboard): README "Certified robustness".
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,8 +25,10 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from bagnet.certify import (affected, certify_clipping, certify_masking, clip, clipped_predict, masking_predict,
-                            window_size)
+from bagnet import patchcleanser
+from bagnet.certify import (affected, certify_clipping, certify_masking, clip, clipped_predict, clipped_scores,
+                            masking_predict, masking_scores, window_size)
+from bagnet.errors import ConfigError
 from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci
@@ -31,14 +36,18 @@ from bagnet.stats import bootstrap_ci
 from .registry import Experiment, register
 from .common import ExperimentConfig, eval_indices, iter_batches, resolve_data, typed_cfg
 
-DEFENCES = ("undefended", "clipped", "masking", "masking_detect")
+DEFENCES = ("undefended", "clipped", "masking", "masking_detect", "patchcleanser")
+BAGNET_DEFENCES = ("clipped", "masking", "masking_detect")        # from local logits: BagNets only
 
 
 @dataclass
 class Config(ExperimentConfig):
     patch_px: list[int] = field(default_factory=lambda: [8, 16])
     patch_share: list[float] = field(default_factory=list)     # of the image area, e.g. 0.02 = the leaderboard's
+    defences: list[str] = field(default_factory=lambda: list(DEFENCES))
     mask_threshold: float = 0.2                                # detection threshold T of Mask-BN
+    cleanser_masks: int = 6                                    # PatchCleanser's masks per axis (the paper's k = 6)
+    cleanser_images: Optional[int] = None                      # PatchCleanser on the first n images only (None: all)
     attack_images: int = 16                                    # PGD on this many images per model and patch
     attack_steps: int = 20
     attack_locations: int = 3
@@ -51,18 +60,38 @@ def patch_sizes(cfg: Mapping, image_px: int) -> list[int]:
     return sorted(set(int(p) for p in cfg["patch_px"]) | set(shares))
 
 
+def defence_scores(defence: str, window: int, threshold: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A BagNet defence's class scores from local logits [..., h, w', K], differentiable (PGD's objective)."""
+    if defence == "clipped":
+        return lambda L: clipped_scores(L, "cbn")
+    return lambda L: masking_scores(L, window, threshold if defence == "masking_detect" else 0.0)
+
+
+def bagnet_answers(L: torch.Tensor, y: int, window: int, threshold: float, defences) -> dict:
+    """Clean (defended prediction is y) and certified per BagNet defence, from one image's local logits."""
+    out = {}
+    if "clipped" in defences:
+        out["clipped_clean"] = clipped_predict(L, "cbn") == y
+        out["clipped_certified"] = certify_clipping(L, y, window, "cbn")
+    for name, T in (("masking", 0.0), ("masking_detect", threshold)):
+        if name in defences:
+            out[f"{name}_clean"] = masking_predict(L, window, T) == y
+            out[f"{name}_certified"] = certify_masking(L, y, window, T)
+    return out
+
+
 def pgd_patch(model: nn.Module, image: torch.Tensor, label: int, p: int, locations, steps: int,
-              lo: torch.Tensor, hi: torch.Tensor) -> bool:
-    """Whether PGD inside a p x p patch at one of ``locations`` flips the clipped BagNet away from ``label``."""
+              lo: torch.Tensor, hi: torch.Tensor, scores: Callable) -> bool:
+    """Whether PGD inside a p x p patch at one of ``locations`` flips the defended BagNet away from ``label``."""
     for y, x in locations:
         delta = image[:, y:y + p, x:x + p].clone().requires_grad_(True)
         for _ in range(steps):
             img = image.clone()
             img[:, y:y + p, x:x + p] = delta
-            z = clip(model.patch_logits(img[None])[0].permute(1, 2, 0), "cbn")[0].mean((0, 1))
-            others = torch.cat([z[:label], z[label + 1:]])
-            if others.max() > z[label]:
+            z = scores(model.patch_logits(img[None])[0].permute(1, 2, 0))
+            if int(z.argmax()) != label:
                 return True
+            others = torch.cat([z[:label], z[label + 1:]])
             (others.max() - z[label]).backward()
             with torch.no_grad():
                 delta += 0.1 * (hi - lo).view(3, 1, 1) * delta.grad.sign()
@@ -71,79 +100,119 @@ def pgd_patch(model: nn.Module, image: torch.Tensor, label: int, p: int, locatio
     return False
 
 
+def weakest_corners(evidence: torch.Tensor, image_hw, p: int, q: int, k: int) -> list[tuple[int, int]]:
+    """The k patch corners (on the 8 px grid) whose reached local logits hold the most true-class evidence."""
+    (H, W), (h, w) = image_hw, evidence.shape
+    corners = [(y, x) for y in range(0, H - p + 1, 8) for x in range(0, W - p + 1, 8)]
+
+    def lost(y, x):
+        rr, cc = affected(y, x, p, q, h, w)
+        return float(evidence[rr.start:rr.stop, cc.start:cc.stop].sum())
+    score = [lost(y, x) for y, x in corners]
+    return [corners[i] for i in np.argsort(score, kind="stable")[::-1][:k]]
+
+
+def attack(model, dataset, rows: list[dict], cfg: Mapping, defences, device, lo, hi) -> None:
+    """PGD against each BagNet defence on the rows of the first ``attack_images`` images it gets right."""
+    if not defences:
+        return
+    q = model.patch_size
+    for r in rows:
+        image = torch.as_tensor(dataset[r["index"]][0]).to(device)
+        p = r["patch_px"]
+        with torch.no_grad():
+            local = model.patch_logits(image[None])[0].permute(1, 2, 0)
+        for defence in defences:
+            if not r[f"{defence}_clean"]:
+                continue
+            kind = "cbn" if defence == "clipped" else "relu"
+            top = weakest_corners(clip(local, kind)[0][..., r["label"]], image.shape[-2:], p, q, cfg["attack_locations"])
+            r[f"{defence}_attacked"] = pgd_patch(model, image, r["label"], p, top, cfg["attack_steps"], lo, hi,
+                                                 defence_scores(defence, window_size(p, q), cfg["mask_threshold"]))
+
+
 def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, classes=None, mean=None,
         std=None) -> Result:
     cfg = typed_cfg(Config, cfg, "signatures.patch_robustness")
+    unknown = set(cfg["defences"]) - set(DEFENCES)
+    if unknown:
+        raise ConfigError(f"signatures.patch_robustness.defences: unknown {sorted(unknown)}; valid: {', '.join(DEFENCES)}")
     dataset, classes, mean, std = resolve_data(data, classes, mean, std)
     device = torch.device(cfg["device"])
     idx = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     m, s = torch.as_tensor(mean), torch.as_tensor(std)
-    lo, hi = (0 - m) / s, (1 - m) / s                          # the patch's pixels stay valid images
-    rows = []
-    for name, model in ((n, mod) for n, mod in models.items() if is_bagnet(mod)):
+    lo, hi = ((0 - m) / s).to(device), ((1 - m) / s).to(device)      # the patch's pixels stay valid images
+    T, wanted = cfg["mask_threshold"], cfg["defences"]
+    cleanser_idx = set(idx[: cfg["cleanser_images"]] if "patchcleanser" in wanted else [])
+    rows, cost = [], []
+    for name, model in models.items():
+        bagnet = is_bagnet(model)
         model = model.float().to(device).eval()
-        q = model.patch_size
+        defences = [d for d in BAGNET_DEFENCES if d in wanted] if bagnet else []
+        seconds: dict[int, float] = {}
         for positions, images, labels in iter_batches(dataset, idx, cfg["batch_size"], cfg["progress"], desc=name):
+            images = images.to(device)
+            cleansed = [b for b, i in enumerate(positions) if i in cleanser_idx]
             with torch.no_grad():
-                local = model.patch_logits(images.to(device)).float().cpu().permute(0, 2, 3, 1)   # [B, h, w, K]
-            for b, (i, y) in enumerate(zip(positions, labels.tolist())):
-                size = images.shape[-1]
-                for p in patch_sizes(cfg, size):
-                    w = window_size(p, q)
-                    row = {"model": name, "index": i, "label": y, "patch_px": p, "patch_share": p * p / size ** 2,
-                           "window": w}
-                    L = local[b]
-                    row["undefended_clean"] = int(L.mean((0, 1)).argmax()) == y
-                    row["undefended_certified"] = False
-                    row["clipped_clean"] = clipped_predict(L, "cbn") == y
-                    row["clipped_certified"] = certify_clipping(L, y, w, "cbn")
-                    row["masking_clean"] = masking_predict(L, w) == y
-                    row["masking_certified"] = certify_masking(L, y, w)
-                    T = cfg["mask_threshold"]
-                    row["masking_detect_clean"] = masking_predict(L, w, T) == y
-                    row["masking_detect_certified"] = certify_masking(L, y, w, T)
+                local = model.patch_logits(images).cpu().permute(0, 2, 3, 1) if bagnet else None
+                logits = local.double().mean((1, 2)) if bagnet else model(images).double().cpu()
+            hw = tuple(images.shape[-2:])
+            for p in patch_sizes(cfg, hw[1]):
+                masks, maps = patchcleanser.mask_set(hw, p, cfg["cleanser_masks"]), {}
+                if cleansed:
+                    start = time.perf_counter()
+                    maps = dict(zip(cleansed, patchcleanser.prediction_maps(model, images[cleansed], masks,
+                                                                            cfg["batch_size"] * 8)))
+                    seconds[p] = seconds.get(p, 0.0) + time.perf_counter() - start
+                for b, (i, y) in enumerate(zip(positions, labels.tolist())):
+                    row = {"model": name, "index": i, "label": y, "patch_px": p, "patch_share": p * p / (hw[0] * hw[1]),
+                           "window": window_size(p, model.patch_size) if bagnet else None,
+                           "undefended_clean": int(logits[b].argmax()) == y, "undefended_certified": False}
+                    if bagnet:
+                        row.update(bagnet_answers(local[b], y, row["window"], T, defences))
+                    if b in maps:
+                        row["patchcleanser_clean"] = patchcleanser.double_masking(maps[b]) == y
+                        row["patchcleanser_certified"] = patchcleanser.certify(maps[b], y, masks)
                     rows.append(row)
-        # the empirical attack, beside the certificate, on the first attack_images images
-        attack = [r for r in rows if r["model"] == name and r["clipped_clean"]]
-        for r in [r for r in attack if r["index"] in idx[: cfg["attack_images"]]]:
-            image = torch.as_tensor(dataset[r["index"]][0]).to(device)
-            size, p = image.shape[-1], r["patch_px"]
-            n = (size - q) // 8 + 1
-            corners = [(y, x) for y in range(0, size - p + 1, 8) for x in range(0, size - p + 1, 8)]
-            with torch.no_grad():
-                z = clip(model.patch_logits(image[None])[0].permute(1, 2, 0), "cbn")[0]
-            evidence = z[..., r["label"]]                      # attack where the true class has most to lose
-
-            def lost(y, x):
-                rr, cc = affected(y, x, p, q, n, n)
-                return float(evidence[rr.start:rr.stop, cc.start:cc.stop].sum())
-            score = [lost(y, x) for y, x in corners]
-            top = [corners[k] for k in np.argsort(score)[::-1][: cfg["attack_locations"]]]
-            r["clipped_attacked"] = pgd_patch(model, image, r["label"], p, top, cfg["attack_steps"], lo.to(device),
-                                              hi.to(device))
+        for p, sec in seconds.items():
+            k = len(patchcleanser.mask_set(hw, p, cfg["cleanser_masks"]))
+            cost.append({"model": name, "patch_px": p, "defence": "patchcleanser", "masks": k,
+                         "forwards_per_image": k * (k + 1) // 2, "seconds_per_image": sec / len(cleanser_idx),
+                         "n": len(cleanser_idx)})
+        first = set(idx[: cfg["attack_images"]])
+        attack(model, dataset, [r for r in rows if r["model"] == name and r["index"] in first], cfg, defences, device,
+               lo, hi)
     per_image = pd.DataFrame(rows)
-    summary_rows = []
+    table = summary_table(per_image, cfg["seed"])
+    tables = {"patch_robustness": table, "per_image": per_image, "cost": pd.DataFrame(cost)}
+    if cleanser_idx and len(cleanser_idx) < len(idx):          # every defence on PatchCleanser's images
+        tables["same_images"] = summary_table(per_image[per_image["index"].isin(cleanser_idx)], cfg["seed"])
+    violations = {d: int((per_image[f"{d}_attacked"].eq(True) & per_image[f"{d}_certified"].eq(True)).sum())
+                  for d in BAGNET_DEFENCES if f"{d}_attacked" in per_image}
+    total = sum(violations.values())
+    return Result(tables=tables, figures={"certified_vs_patch": certified_figure(table)},
+                  raw={"certificate_violations": total, "violations_by_defence": violations, "n_images": len(idx)},
+                  summary=f"certified images broken by PGD: {total} (must be 0)")
+
+
+def summary_table(per_image: pd.DataFrame, seed: int) -> pd.DataFrame:
+    out = []
     for (name, p), d in per_image.groupby(["model", "patch_px"], sort=False):
+        cell = {"model": name, "patch_px": p, "patch_share": d["patch_share"].iloc[0], "window": d["window"].iloc[0]}
         for defence in DEFENCES:
             for kind in ("clean", "certified"):
-                ci = bootstrap_ci(d[f"{defence}_{kind}"].to_numpy(float), seed=cfg["seed"])
-                summary_rows.append({"model": name, "patch_px": p, "patch_share": d["patch_share"].iloc[0],
-                                     "window": d["window"].iloc[0], "defence": defence, "metric": kind,
-                                     "top1": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": len(d)})
-        attacked = d["clipped_attacked"].dropna() if "clipped_attacked" in d else pd.Series(dtype=float)
-        if len(attacked):
-            ci = bootstrap_ci((~attacked.astype(bool)).to_numpy(float), seed=cfg["seed"])
-            summary_rows.append({"model": name, "patch_px": p, "patch_share": d["patch_share"].iloc[0],
-                                 "window": d["window"].iloc[0], "defence": "clipped", "metric": "survives PGD",
-                                 "top1": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": len(attacked)})
-    table = pd.DataFrame(summary_rows)
-    attacked = per_image["clipped_attacked"] if "clipped_attacked" in per_image else pd.Series(dtype=object)
-    broken = attacked.fillna(False).astype(bool)
-    violations = int((broken & per_image["clipped_certified"]).sum()) if len(attacked) else 0
-    return Result(tables={"patch_robustness": table, "per_image": per_image},
-                  figures={"certified_vs_patch": certified_figure(table)},
-                  raw={"certificate_violations": violations, "n_images": len(idx)},
-                  summary=f"certified images broken by PGD: {violations} (must be 0)")
+                col = f"{defence}_{kind}"
+                if col in d and d[col].notna().any():
+                    ci = bootstrap_ci(d[col].dropna().to_numpy(float), seed=seed)
+                    out.append({**cell, "defence": defence, "metric": kind, "top1": ci.estimate, "lo": ci.lo,
+                                "hi": ci.hi, "n": int(d[col].notna().sum())})
+        for defence in BAGNET_DEFENCES:
+            attacked = d[f"{defence}_attacked"].dropna() if f"{defence}_attacked" in d else pd.Series(dtype=float)
+            if len(attacked):
+                ci = bootstrap_ci((~attacked.astype(bool)).to_numpy(float), seed=seed)
+                out.append({**cell, "defence": defence, "metric": "survives PGD", "top1": ci.estimate, "lo": ci.lo,
+                            "hi": ci.hi, "n": len(attacked)})
+    return pd.DataFrame(out)
 
 
 def certified_figure(table: pd.DataFrame):
@@ -153,16 +222,17 @@ def certified_figure(table: pd.DataFrame):
     for ax, name in zip(axes[0], models):
         for i, defence in enumerate(DEFENCES):
             d = table[(table["model"] == name) & (table["defence"] == defence) & (table["metric"] == "certified")]
-            ax.errorbar(d["patch_px"], d["top1"], yerr=[d["top1"] - d["lo"], d["hi"] - d["top1"]], marker="o",
-                        capsize=3, label=defence, color=f"C{i}")
+            if len(d):
+                ax.errorbar(d["patch_px"], d["top1"], yerr=[d["top1"] - d["lo"], d["hi"] - d["top1"]], marker="o",
+                            capsize=3, label=defence, color=f"C{i}")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("patch side (px)")
         ax.set_ylim(-0.02, 1.02)
     axes[0, 0].set_ylabel("certified top-1")
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    axes[0, -1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
 
 
-
-register(Experiment("patch_robustness", Config, run,
-                    summary="certified robustness to one adversarial square patch"))
+register(Experiment("patch_robustness", Config, run, version=2,
+                    summary="certified robustness to one adversarial square patch (BagNet defences, PatchCleanser)"))
