@@ -1,6 +1,7 @@
 """A non-editable install runs: the wheel carries every package, the configs and the data files, and its
 bagnet-run trains and runs an experiment from a folder outside the checkout (slow: builds the wheel)."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,9 +18,13 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory) -> Path:
     """The wheel built from this checkout, unpacked into a folder of its own (its dependencies are this
     environment's); the checkout is not on the path of what runs from there."""
+    # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds
+    source = tmp_path_factory.mktemp("source") / "bagnet-repro"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "results", "build", "dist",
+                                                                 "*.egg-info", "__pycache__", ".pytest_cache"))
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
-                    str(REPO)], check=True, capture_output=True, timeout=600)
+                    str(source)], check=True, capture_output=True, timeout=600)
     wheel = next(dist.glob("bagnet_repro-*.whl"))
     site = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
