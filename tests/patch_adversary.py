@@ -148,9 +148,9 @@ def random_maps(n: int, grid: tuple[int, int], k: int = 3, seed: int = 0) -> lis
         frac = (i // 2) / max(1, n // 2)
         if i % 2 == 0:
             local = torch.randn(*grid, k, generator=g) * 10
-            local[..., 0] += 40 * frac
+            local[..., 0] += 100 * frac
         else:
             local = torch.rand(*grid, k, generator=g) * 1.2
-            local[..., 0] = 0.4 + 0.6 * frac + 0.2 * torch.rand(*grid, generator=g)
+            local[..., 0] = 0.4 + 1.2 * frac + 0.2 * torch.rand(*grid, generator=g)
         out.append(local)
     return out

@@ -153,11 +153,11 @@ def test_defences_match_their_independent_scorers():
 # ---------------------------------------------------------------- the exhaustive adversary
 @pytest.mark.parametrize("name", list(DEFENCES))
 def test_certified_maps_survive_the_exhaustive_adversary(name):
-    """Fast subset (24 random maps per config; make test-slow: 400): no certificate broken; certificates exist
-    where the window leaves part of the grid, and none where it covers it."""
+    """Fast subset (24 random maps per config, 12 for the costlier masking defences; make test-slow: 400): no
+    certificate broken; certificates exist where the window leaves part of the grid, and none where it covers it."""
     found = {}
     for q, p, image in CONFIGS:
-        certified = certified_maps(name, q, p, image, 24)
+        certified = certified_maps(name, q, p, image, 12 if name.startswith("masking") else 24)
         found[(q, p, image)] = len(certified)
         assert not any(breaks(name, m, 0, q, p, image) for m in certified), (name, q, p, image)
     assert all(n == 0 for cfg, n in found.items() if cfg in COVERING)
