@@ -21,7 +21,8 @@ _NOT_CODE = (":(exclude)results", ":(exclude)*.md")
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """HEAD's sha, with "-dirty" when tracked code or configs differ from it; for an installed package (no
+    """HEAD's sha, with "-dirty" when code or configs differ from it (edited, or new files git does not ignore:
+    untracked code computes results too); for an installed package (no
     checkout of its own: a site-packages folder may sit inside somebody else's repository) its version."""
     try:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
@@ -30,7 +31,7 @@ def git_commit(root: Path = REPO_ROOT) -> str:
             return _installed_version()
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", ".", *_NOT_CODE],
                                cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
         return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

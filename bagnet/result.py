@@ -19,6 +19,7 @@ class Result:
     header: Text = ""                                               # paragraph above each Markdown table
     parts: dict[str, "Result"] = field(default_factory=dict)        # sub-results, one folder each
     readme: Text = ""                                               # README.md of the output folder
+    units: dict[str, Any] = field(default_factory=dict)             # stored unit -> the commit that computed it
 
     def is_empty(self) -> bool:
         return not (self.tables or self.figures or self.raw or self.parts or self.readme)

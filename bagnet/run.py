@@ -11,7 +11,8 @@ traceback. ``BAGNET_DEBUG=1`` shows the traceback of user errors too.
 
 A results folder (``out_dir``) is written under its lock and replaces results of the same config only:
 results that another config made are refused unless ``overwrite=true`` (keys that cannot change results,
-:data:`RESULTS_IGNORED`, are not compared), and a replacement is announced.
+:data:`RESULTS_IGNORED`, are not compared), files the suite did not write are refused always, and a
+replacement is announced. The folder is checked before the task runs, and again under the lock.
 """
 from __future__ import annotations
 
@@ -108,17 +109,19 @@ def results_identity(config: Mapping) -> dict:
     return out
 
 
-def saved_results(out_dir: Path) -> Path | None:
-    """The ``raw.json`` of the results in ``out_dir`` (its own, else its first part's), if any."""
-    if (out_dir / "raw.json").is_file():
-        return out_dir / "raw.json"
-    return next(iter(sorted(out_dir.glob("*/raw.json"))), None)
-
-
 def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
     """Refuse results in ``out_dir`` made by another config (unless ``overwrite=true``); the note to
-    print when they are replaced, None when there are none."""
-    raw = saved_results(out_dir)
+    print when they are replaced, None when there are none. Files the suite did not write (not in the folder's
+    manifest: the user's own) are refused whatever ``overwrite`` says."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir={out_dir} is a file, not a folder; choose another out_dir=")
+    foreign = io.foreign_files(out_dir)
+    if foreign:
+        shown = ", ".join(str(p.relative_to(out_dir)) for p in foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"{out_dir} holds files this suite did not write ({shown}); move them, or choose "
+                          "another out_dir= (overwrite=true replaces only the suite's own results)")
+    raw = io.saved_results(out_dir)
     if raw is None:
         return None
     try:
@@ -139,6 +142,23 @@ def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:
     return f"replacing the results in {out_dir} ({made}{differs})"
 
 
+# Swept keys that name a run dir already (runs/<task>/<data>/<model.tag>/<run_name>; run_name holds the seed)
+NAMED_BY_PATH = ("task", "model", "data", "seed", "run_name", "model.patch_size", "model.width")
+
+
+def sweep_run_name(run_name: str, job_overrides: Sequence[str], command_line: Sequence[str]) -> str:
+    """A multirun job's run name: ``run_name`` plus this job's value of every swept key that the run dir does
+    not name already (``-m trainer.lr=0.1,0.05``: ``seed0,trainer.lr=0.1``), as Hydra's ``override_dirname``
+    names job dirs, so every sweep point gets a run dir of its own. A ``run_name=`` on the command line wins."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parsed = OverridesParser.create().parse_overrides([a for a in command_line if "=" in a])
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()} - set(NAMED_BY_PATH)
+    if not swept or any(o.key_or_group == "run_name" for o in parsed):
+        return run_name
+    values = dict(o.split("=", 1) for o in job_overrides if "=" in o)
+    return ",".join([run_name] + [f"{k}={io.safe_name(values[k])}" for k in sorted(swept) if k in values])
+
+
 def run(*overrides: str) -> Result:
     """``python -m bagnet.run <overrides>`` in-process (tests, notebooks)."""
     return run_task(compose(overrides), overrides)
@@ -157,8 +177,11 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            cfg.run_name = sweep_run_name(cfg.run_name, HydraConfig.get().overrides.task, sys.argv[1:])
         run_task(cfg, HydraConfig.get().overrides.task)
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again: finished runs and parts are reused", file=sys.stderr,

@@ -3,12 +3,12 @@ their test split (configs/experiment/demo.yaml, a pipeline), then this: accuracy
 each effect the probe is built to show appeared (with its negative control) and the README."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from bagnet import io
 from bagnet.result import Result
 from bagnet.stats import fmt_ci
 
@@ -188,7 +188,7 @@ def seed_spread(out: str | Path, tables: dict[str, pd.DataFrame] | None = None, 
     out = Path(out)
     runs, walls = {}, {}
     for raw in sorted(out.glob(f"{SEED_DIRS}/accuracy/raw.json")):
-        blob = json.loads(raw.read_text())
+        blob = io.read_result(raw)
         k = int(blob["provenance"]["seed"])
         runs[k] = {n: pd.DataFrame(t) for n, t in blob["tables"].items()}
         walls[k] = blob["provenance"].get("wall_s", float("nan"))
@@ -227,7 +227,7 @@ def seed_spread(out: str | Path, tables: dict[str, pd.DataFrame] | None = None, 
 def rebuild_demo_readme(out: str | Path) -> str | None:
     """The README.md of a finished demo, rebuilt from its raw.json files (scripts/render_results.py)."""
     out = Path(out)
-    blobs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/raw.json")}
+    blobs = {p.parent.name: io.read_result(p) for p in out.glob("*/raw.json")}
     if "accuracy" not in blobs:
         return None
     prov = blobs["accuracy"]["provenance"]

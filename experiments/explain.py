@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from bagnet import io
 from bagnet.data.folder import IMAGE_EXTENSIONS, load_rgb
 from bagnet.data.names import display_names
 from bagnet.data.transforms import ToNormalizedTensor
@@ -87,7 +88,7 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
         fig.suptitle(f"{name}: {EVIDENCE_SHOWN[evidence]} for '{names[c]}' ({found[c]['scanned']['class']} images of the class and "
                      f"{found[c]['scanned']['distractor']} of others scanned; <= {max_per_image} per image, "
                      "no overlaps)", fontsize=7)
-        figures[f"patches_{classes[c]}"] = fig
+        figures[f"patches_{c:03d}_{io.safe_name(classes[c])}"] = fig     # the index: names that cannot collide
     return Result(tables={"patches": pd.DataFrame(rows)}, figures=figures,
                   raw={"model": name, "k": k, "max_per_image": max_per_image, "evidence": evidence,
                        "images_scanned": {classes[c]: found[c]["scanned"] for c in class_ids}},
@@ -184,7 +185,7 @@ def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classe
     rows, figures = [], {}
     for name, model in _bagnets(models).items():
         model = model.to(device).eval()
-        for path in files:
+        for i, path in enumerate(files):
             x = load_image(path, size, mean, std)
             if min(x.shape[1:]) < model.patch_size:
                 raise ConfigError(f"{path}: {tuple(x.shape[1:])} px is smaller than {name}'s {model.patch_size} px "
@@ -206,7 +207,7 @@ def images_result(models: Mapping[str, nn.Module], files: Sequence[Path], classe
                          "top_patch_logits": [round(float(v), 4) for v in top["logits"]]})
             verdict = "" if true is None else (" (correct)" if true == pred else f" (true: {names[true]})")
             title = f"{name} on {path.name}: predicts {names[pred]}{verdict}"
-            figures[f"explain_{name}_{path.stem}"] = explain_image_figure(x, maps, top["patches"],
+            figures[f"explain_{name}_{i:03d}_{io.safe_name(path.name)}"] = explain_image_figure(x, maps, top["patches"],
                                                                           top["logits"].tolist(), title, mean, std)
     return Result(tables={"images": pd.DataFrame(rows)}, figures=figures,
                   raw={"files": [str(f) for f in files], "evidence": evidence},

@@ -8,9 +8,12 @@ not depend on the other models (``per_model``), one target for sensitivity, else
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import pickle
+import shutil
 import re
 import time
 from collections.abc import Callable
@@ -22,9 +25,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+import bagnet
 from bagnet import io
 from bagnet.config import as_dict
 from bagnet.errors import ConfigError
+from bagnet.provenance import git_commit
 from bagnet.result import Result
 from bagnet.tasks import check_run_data
 from bagnet.train import evaluate_model
@@ -65,7 +70,11 @@ def run_experiment(experiment: registry.Experiment | str, models: Mapping[str, n
                     "models": {m: (key or {}).get("model_keys", {}).get(m) for m in u.models}}
             ukey.pop("model_keys", None)
             results.append(store.unit(part or exp.name, u.name, ukey, compute))
-    return results[0] if len(results) == 1 else combine(exp, results)
+    out = results[0] if len(results) == 1 else combine(exp, results)
+    if store is not None:   # raw.json names the commit that computed each stored unit (a reused one: older code)
+        out.units = {f"{part or exp.name}/{u.name}": store.commits[f"{part or exp.name}/{u.name}"]
+                     for u in parts if f"{part or exp.name}/{u.name}" in store.commits}
+    return out
 
 
 def combine(exp: registry.Experiment, results: list[Result]) -> Result:
@@ -182,42 +191,84 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """SHA-256 of the computing code: every .py file of the library and of this experiment layer, by path and
+    content. A stored unit is reused only under the same digest: code that changed recomputes it, whatever
+    its ``version`` or the commit state says (a unit records the commit that computed it, for the reader)."""
+    h = hashlib.sha256()
+    for package in (Path(bagnet.__file__).parent, Path(__file__).parent):
+        for f in sorted(package.rglob("*.py")):
+            h.update(f"{package.name}/{f.relative_to(package)}".encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 class Store:
-    """Saved (part, unit) Results under ``root``; a unit is reused only if its key is unchanged."""
+    """Saved (part, unit) Results under ``root``; a unit is reused only if its key (config, data, models and
+    the code's digest) is unchanged. A unit is written whole: into a staging folder, then renamed into place,
+    under its part's lock, so a kill or a second command never leaves a unit of mixed origins."""
 
     def __init__(self, root: Path, progress: bool = True):
         self.root, self.progress = Path(root), progress
         self.computed: list[str] = []
         self.reused: list[str] = []
         self.seconds: dict[str, float] = {}
+        self.commits: dict[str, str] = {}            # part/unit -> the commit that computed it
 
     def unit(self, part: str, name: str, key: dict, compute: Callable[[], Result]) -> Result:
         d = self.root / part / _slug(name)
-        marker = d / "unit.pt"
-        key = jsonable(key)
-        if marker.is_file():   # tensors and plain containers only (weights_only), like every file this suite reads
-            try:
-                saved = torch.load(marker, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise ConfigError(f"refused to load {marker}: {refused_content(e)}; remove it (the unit is then "
-                                  "computed again)") from None
-            if saved.get("key") == key:
+        key = jsonable({**key, "code": code_digest()})
+        with io.dir_lock(d.parent, "experiment units"):
+            saved = self._load(d / "unit.pt")
+            if saved is not None and saved.get("key") == key:
                 self.reused.append(f"{part}/{name}")
+                self.commits[f"{part}/{name}"] = saved.get("commit", "?")
                 return _result_from_plain(saved["result"], d)
-        started = time.perf_counter()
-        result = compute()
-        self.seconds[f"{part}/{name}"] = time.perf_counter() - started
-        for tname, df in result.tables.items():   # readable copies; unit.pt (last) marks the unit done
+            started = time.perf_counter()
+            result = compute()
+            self.seconds[f"{part}/{name}"] = time.perf_counter() - started
+            self.commits[f"{part}/{name}"] = commit = git_commit()
+            self._write(d, key, commit, result, self.seconds[f"{part}/{name}"])
+            self.computed.append(f"{part}/{name}")
+            return _result_from_plain(_plain_result(result), d)
+
+    @staticmethod
+    def _load(marker: Path) -> dict | None:
+        """A saved unit (tensors and plain containers only: weights_only, like every file this suite reads);
+        None when there is none, or when it is damaged (said in a note: it is computed again)."""
+        if not marker.is_file():
+            return None
+        try:
+            saved = torch.load(marker, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ConfigError(f"refused to load {marker}: {refused_content(e)}; remove it (the unit is then "
+                              "computed again)") from None
+        except Exception as e:   # empty, truncated, not a torch file: whatever the reader raises
+            print(f"note: {marker} is damaged ({type(e).__name__}: {str(e)[:80]}); computing the unit again",
+                  flush=True)
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    @staticmethod
+    def _write(d: Path, key: dict, commit: str, result: Result, wall_s: float) -> None:
+        staging = d.parent / f".{d.name}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        for tname, df in result.tables.items():   # readable copies beside unit.pt
             if len(df) > 500:
-                io.write_predictions(df, d / f"{tname}.csv.gz")
+                io.write_predictions(df, staging / f"{tname}.csv.gz")
             else:
-                io.write_table(df, d / tname)
+                io.write_table(df, staging / tname)
         for fname, fig in result.figures.items():
-            io.write_figure(fig, d / f"figure_{_slug(fname)}")
-        io.write_json({"key": key, "raw": result.raw, "wall_s": self.seconds[f"{part}/{name}"]}, d / "unit.json")
-        io.save_checkpoint({"key": key, "result": _plain_result(result)}, marker)
-        self.computed.append(f"{part}/{name}")
-        return _result_from_plain(_plain_result(result), d)
+            io.write_figure(fig, staging / f"figure_{_slug(fname)}")
+        io.write_json({"key": key, "commit": commit, "raw": result.raw,
+                       "wall_s": wall_s}, staging / "unit.json")
+        io.save_checkpoint({"key": key, "commit": commit, "result": _plain_result(result)}, staging / "unit.pt")
+        old = d.parent / f".{d.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if d.exists():
+            os.replace(d, old)
+        os.replace(staging, d)     # a kill before this line leaves no unit (computed again), never half of one
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _plain_result(result: Result) -> dict:

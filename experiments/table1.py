@@ -12,7 +12,6 @@ test cuts every test image into the report's ``scramble_grid`` x ``scramble_grid
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -351,7 +350,7 @@ def table1_overview(root: str | Path) -> tuple[pd.DataFrame, str] | None:
     """One table of every profile's Table 1 under ``root`` (``root/<profile>/raw.json``), for side-by-side reading."""
     frames, sources = [], []
     for raw_path in sorted(Path(root).glob("*/raw.json")):
-        blob = json.loads(raw_path.read_text())
+        blob = io.read_result(raw_path)
         prov = blob.get("provenance") or {}
         if (prov.get("config") or {}).get("task") != "table1" or "table1" not in (blob.get("tables") or {}):
             continue

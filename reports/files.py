@@ -2,11 +2,11 @@
 documents (reports/readings.py, reports/verdicts.py; tables: :func:`bagnet.io.to_markdown`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from bagnet.io import read_result
 from bagnet.stats import fmt_ci
 
 TABLE1 = "table1/cpu-scratch"                # the committed cpu Table 1 (results/...)
@@ -14,7 +14,7 @@ SIGNATURES = "signatures/scene15/cpu-scratch"  # the committed 15-Scene signatur
 
 def load(root: Path, folder: str) -> tuple[dict[str, pd.DataFrame], dict]:
     """The tables and provenance (with the raw entries under ``"raw"``) of ``root/folder/raw.json``."""
-    blob = json.loads((Path(root) / folder / "raw.json").read_text())
+    blob = read_result(Path(root) / folder / "raw.json")
     prov = {**(blob.get("provenance") or {}), "raw": blob.get("raw") or {}}
     return {k: pd.DataFrame(v) for k, v in (blob.get("tables") or {}).items()}, prov
 

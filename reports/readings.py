@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from bagnet.io import to_markdown
+from bagnet.io import read_result, results_files, to_markdown
 from bagnet.stats import fmt_ci
 from experiments import published
 from experiments.demo_checks import checks_summary
@@ -176,8 +176,8 @@ def block_photos(root: Path, folder: str = "photos/patches") -> str:
 
 def block_timings(root: Path) -> str:
     rows = []
-    for raw in sorted(Path(root).glob("**/raw.json")):
-        prov = json.loads(raw.read_text()).get("provenance") or {}
+    for raw in results_files(root):
+        prov = read_result(raw).get("provenance") or {}
         rows.append({"folder": f"`{raw.parent.relative_to(root)}/`", "device": prov.get("device", "?"),
                      "commit": f"`{str(prov.get('git_commit'))[:10]}`", "time": str(prov.get("time", "?"))[:16],
                      "wall min": f"{prov.get('wall_s', float('nan')) / 60:.1f}"})

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from bagnet import io
+from bagnet.errors import UserError
 from experiments.demo import rebuild_demo_readme
 from experiments.table1 import table1_overview
 from reports.readings import render_document
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def figure_makers(raw_path: Path):
-    task = ((json.loads(raw_path.read_text()).get("provenance") or {}).get("config") or {}).get("task")
+    task = ((io.read_result(raw_path).get("provenance") or {}).get("config") or {}).get("task")
     # A task's own output (task=scrambling) or one part of a pipeline's (results/demo/scrambling/)
     for name in (task, raw_path.parent.name):
         try:
@@ -42,7 +42,7 @@ def figure_makers(raw_path: Path):
 
 
 def render(raw_path: Path) -> list[Path]:
-    blob = json.loads(raw_path.read_text())
+    blob = io.read_result(raw_path)
     tables = {name: pd.DataFrame(cols) for name, cols in (blob.get("tables") or {}).items()}
     written = []
     for name, df in tables.items():
@@ -76,7 +76,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.documents:
         return render_documents()
-    raws = sorted(args.root.glob("**/raw.json"))
+    try:
+        raws = io.results_files(args.root)
+        for raw in raws:               # every file checked before any is rewritten
+            io.read_result(raw)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     if not raws:
         raise SystemExit(f"error: no raw.json under {args.root}")
     overview_roots = set()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from experiments.demo import rebuild_demo_readme
+from bagnet.io import result_digest
 from reports.readings import render_document, unsourced_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_claims_on_a_model_below_the_learned_floor_cannot_be_tested(tmp_path):
     acc = blob["tables"]["accuracy"]                                # column -> list of values
     (i,) = [i for i in range(len(acc["model"])) if acc["model"][i] == "DenseNet-169" and acc["condition"][i] == "clean"]
     acc["top1"][i], acc["top1_lo"][i], acc["top1_hi"][i] = 0.20, 0.17, 0.23   # above chance (1/15), below the floor
-    raw.write_text(json.dumps(blob))
+    raw.write_text(json.dumps({**blob, "digest": result_digest(blob)}))   # as if computed so
     after = block_verdicts(tmp_path)
     said = "cannot test (below the learned floor: DenseNet-169 clean top-1 0.200 [0.170, 0.230] vs floor 0.250)"
     assert said not in row(before, "| DenseNet-169: image parts") and said in row(after, "| DenseNet-169: image parts")
@@ -86,7 +87,7 @@ def test_signature_models_block_lists_the_checkpoints_and_flags_a_folder_that_us
     for i, raw in enumerate(raws):
         blob = json.loads(raw.read_text())
         blob["provenance"]["models"] = {"VGG-16": {**entry, "sha256": ("cd" if i == 1 else "ab") * 32}}
-        raw.write_text(json.dumps(blob))
+        raw.write_text(json.dumps({**blob, "digest": result_digest(blob)}))
     text = block_signature_models(tmp_path)
     assert "| VGG-16 | 0.400 [0.350, 0.450] (n=300) | – | 8 | bf16 | cpu: test, commit `c0ffeec0ff` | `abababababab` |" in text
     assert f"**Other checkpoints in: {raws[1].parent.name}.**" in text
@@ -114,3 +115,35 @@ def test_every_published_number_has_its_source_and_torchvisions_match_its_weight
         for k, acc in (("top1", "acc@1"), ("top5", "acc@5")):
             digits = len(repr(e[k]).split(".")[1])
             assert e[k] == round(meta[acc] / 100, digits), (model, k)
+
+
+def test_a_hand_edited_result_reaches_no_document(tmp_path):
+    """A raw.json changed after the suite wrote it (a number edited by hand) no longer matches its digest: the
+    documents' number blocks and scripts/render_results.py refuse it in one line naming the file, before any
+    file is rewritten."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from bagnet.errors import UserError
+    from reports.files import TABLE1
+    from reports.readings import block_timings
+
+    shutil.copytree(RESULTS / TABLE1, tmp_path / TABLE1)
+    assert "table1/cpu-scratch" in block_timings(tmp_path)
+    raw = tmp_path / TABLE1 / "raw.json"
+    blob = json.loads(raw.read_text())
+    blob["tables"]["table1"]["test"][0] = 0.99
+    raw.write_text(json.dumps(blob))
+    md = tmp_path / TABLE1 / "table1.md"
+    before = md.read_bytes()
+    with pytest.raises(UserError, match="digest mismatch"):
+        block_timings(tmp_path)
+    run = subprocess.run([sys.executable, "scripts/render_results.py", str(tmp_path)], capture_output=True, text=True,
+                         cwd=RESULTS.parent)
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(f"error: {raw}")
+    assert md.read_bytes() == before
+    raw.unlink()                                  # a results folder's raw.json lost: named, not a missing row
+    with pytest.raises(UserError, match="missing"):
+        block_timings(tmp_path)

@@ -147,9 +147,12 @@ def test_sweep_creates_one_run_dir_per_patch_size(tmp_path, monkeypatch):
         runpy.run_path(str(REPO / "scripts" / "collect_sweep.py"), run_name="__main__")
     with pytest.raises(SystemExit, match=r"no finished runs named seed\*"):   # debug runs are not the sweep's
         collect_sweep()
-    collect_sweep("--run-name", "debug-seed*")
+    with pytest.raises(SystemExit, match=r"3 smoke run\(s\) \(--allow-smoke\)"):  # debug=fast: a few steps
+        collect_sweep("--run-name", "debug-seed*")
+    collect_sweep("--run-name", "debug-seed*", "--allow-smoke")
     table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert sorted(table["patch_size"]) == [9, 17, 33]
+    assert all("trainer.max_steps_per_epoch=3" in s for s in table["smoke"])
 
 
 @pytest.mark.parametrize("args, expect", [
