@@ -88,7 +88,7 @@ def test_heatmap_and_patch_figures_are_titled_with_class_names():
     assert {"label", "label_name"} <= set(heat.tables["heatmaps"].columns)
     patches = patches_result({"BagNet-9": model}, data, classes, mean, std, k=2)
     assert "most predictive for 'tench'" in [ax.get_title(loc="left") for ax in patches.figures[
-        "patches_n01440764"].axes]
+        "patches_000_n01440764"].axes]
     assert set(patches.tables["patches"]["class_name"]) == {"tench", "parachute"}
 
 
@@ -125,7 +125,7 @@ def test_heatmaps_of_a_users_own_image_files(tmp_path):
     assert set(table.index) == {"wide.png", "loose.jpg"}
     assert table.loc["wide.png", "true"] == "dog" and pd.isna(table.loc["loose.jpg", "true"])
     assert table.loc["wide.png", "height"] == 32 and table.loc["wide.png", "width"] == 49   # short side 32
-    fig = result.figures[next(f for f in result.figures if f.endswith("_wide"))]
+    fig = result.figures[next(f for f in result.figures if f.endswith("_wide.png"))]
     assert "predicts" in fig._suptitle.get_text()
     labels = [ax.get_label() for ax in fig.axes]
     assert "<colorbar>" in labels                                                   # each heatmap has its bar

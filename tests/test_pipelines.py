@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bagnet.io import result_digest
 from bagnet.config import compose
 from bagnet.provenance import git_commit
 from conftest import real_data, run
@@ -406,9 +407,9 @@ def test_demo_seed_spread_reads_every_seed(tmp_path):
     assert seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0) == []   # no other seed
     for k, (held, a) in {1: (False, 0.6), 2: (True, 0.8)}.items():
         (tmp_path / f"seed{k}" / "accuracy").mkdir(parents=True)
-        (tmp_path / f"seed{k}" / "accuracy" / "raw.json").write_text(json.dumps(
-            {"provenance": {"seed": k, "wall_s": 60.0 * k}, "tables": {"checks": checks(held).to_dict(orient="list"),
-                                                   "accuracy": acc(a).to_dict(orient="list")}}))
+        blob = {"provenance": {"seed": k, "wall_s": 60.0 * k}, "tables": {"checks": checks(held).to_dict(orient="list"),
+                                                                          "accuracy": acc(a).to_dict(orient="list")}}
+        (tmp_path / f"seed{k}" / "accuracy" / "raw.json").write_text(json.dumps({**blob, "digest": result_digest(blob)}))
     text = "\n".join(seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0, 30.0))
     assert "seed 0: 1/1 expected effects and 1/1 negative controls held (0.5 min)" in text
     assert "seed 2: 1/1 expected effects and 1/1 negative controls held (2.0 min)" in text
