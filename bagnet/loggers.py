@@ -320,6 +320,13 @@ class RunLog:
             if b.wants_figures:
                 b.log_figure(tag, figure, self.step if step is None else step)
 
+    def figure(self, tag: str, make, *args) -> None:
+        """Log ``make(*args)`` (a Figure or None); a figure that fails is a warning, never a failed training run."""
+        try:
+            self.log_figure(tag, make(*args))
+        except Exception as e:  # noqa: BLE001  whatever plotting or a backend raises
+            print(f"warning: logging the {tag} figure failed ({type(e).__name__}: {e})", flush=True)
+
     def close(self, ok: bool = True) -> None:
         """Points not committed are dropped: they lie after the last checkpoint, and the resumed run logs them."""
         self.pending.clear()
@@ -346,7 +353,11 @@ def heatmap_figure(model, dataset, classes, mean, std, num_images: int = 4):
     if not is_bagnet(model) or len(dataset) == 0:
         return None
     idx = sorted({i * len(dataset) // num_images for i in range(num_images)})
+    bad = getattr(dataset, "_bad", None)             # an image folder's count of undecodable images (summary.json)
+    seen = bad.value if bad is not None else None
     items = [dataset[i] for i in idx]
+    if bad is not None:                              # reading images for a figure is not the run meeting them
+        bad.value = seen
     images, labels = torch.stack([x for x, _ in items]), [int(y) for _, y in items]
     p = next(model.parameters())
     model.eval()

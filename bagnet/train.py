@@ -319,7 +319,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                 break
 
         if log.wants_figures and len(history) > start_epoch:   # a BagNet's heatmaps, once per finished training
-            log.log_figure("heatmaps", heatmap_figure(model, data.val, data.classes, data.mean, data.std))
+            log.figure("heatmaps", heatmap_figure, model, data.val, data.classes, data.mean, data.std)
     except KeyboardInterrupt:   # the unfinished epoch's time counts too, once the run resumes
         if dist_info.is_main:
             io.write_json({"lost_s": lost_s(run_dir) + time.perf_counter() - epoch_started}, run_dir / LOST_FILE)

@@ -219,3 +219,27 @@ def test_every_logger_config_is_a_backend():
     assert names == set(PACKAGES)
     from bagnet.loggers import LOGGERS
     assert set(LOGGERS) == names
+
+
+def test_the_figure_is_a_warning_when_it_fails_and_does_not_count_bad_images(tmp_path, capsys):
+    from bagnet.data import build_data
+    from bagnet.loggers import Logger, RunLog, heatmap_figure
+    from conftest import image_folder, tiny_bagnet
+
+    class Figures(Logger):
+        def __init__(self):
+            self.figures = []
+
+        def log_figure(self, tag, figure, step):
+            self.figures.append((tag, step))
+    backend = Figures()
+    log = RunLog([backend], step=7)
+    log.figure("broken", lambda: 1 / 0)
+    assert "warning: logging the broken figure failed (ZeroDivisionError" in capsys.readouterr().out
+    data = build_data({"name": "imagefolder", "root": str(image_folder(tmp_path / "f", bad={"val": 3})),
+                       "image_size": 32}, seed=0)
+    before = data.val.bad_images
+    log.figure("heatmaps", heatmap_figure, tiny_bagnet(num_classes=2), data.val, data.classes, data.mean, data.std)
+    assert backend.figures == [("heatmaps", 7)] and data.val.bad_images == before
+    [data.val[i] for i in range(len(data.val))]      # the same reads by the run itself do count
+    assert data.val.bad_images == before + 3
