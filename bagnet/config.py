@@ -51,6 +51,9 @@ def store_schemas() -> None:
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``python -m bagnet.run <overrides>`` would run with (inside or outside a Hydra app)."""
     from hydra import compose as hydra_compose, initialize_config_dir
+
+    from .loggers import check_overrides
+    check_overrides(overrides)      # an unknown logger= in one line, not Hydra's several
     store_schemas()
     from hydra.core.global_hydra import GlobalHydra
     if GlobalHydra.instance().is_initialized():
@@ -120,6 +123,7 @@ class TrainerConfig:
     # Before each validation, re-estimate BN layers whose momentum is tiny (the BagNet stem's 0.001, as
     # released) from this many training batches; otherwise short runs evaluate with stale statistics.
     bn_recalibrate_batches: int = 16
+    log_every_n_steps: int = 1           # the loggers (logger=...) get every n-th optimizer step's scalars
 
     def __post_init__(self):
         k = "trainer"
@@ -152,6 +156,7 @@ class TrainerConfig:
                "must be null or >= 1")
         _check(self.max_eval_images is None or self.max_eval_images >= 1, f"{k}.max_eval_images",
                "must be null or >= 1")
+        _check(self.log_every_n_steps >= 1, f"{k}.log_every_n_steps", f"must be >= 1, got {self.log_every_n_steps}")
 
 
 def untyped_node(schema: type, name: str) -> type:
@@ -252,8 +257,8 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check ``cfg.trainer``, ``cfg.data`` (their schemas), ``overwrite``, ``seed``, ``device`` and
-    ``run_name`` (ConfigError naming the key)."""
+    """Check ``cfg.trainer``, ``cfg.data`` (their schemas), ``overwrite``, ``seed``, ``device``, ``run_name`` and
+    ``logger`` (ConfigError naming the key)."""
     resolved = as_dict(cfg)
     _check(isinstance(resolved.get("overwrite", False), bool), "overwrite",
            f"must be true or false, got {resolved.get('overwrite')!r}")
@@ -271,3 +276,5 @@ def validate(cfg: DictConfig) -> None:
     if name not in DATA_SCHEMAS:
         raise ConfigError(f"unknown data '{name}'; valid: {', '.join(DATA_SCHEMAS)}")
     validated(DATA_SCHEMAS[name], resolved["data"], "data")
+    from .loggers import check as check_loggers
+    check_loggers(resolved.get("logger"))

@@ -108,11 +108,14 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler, scaler: torch.amp.GradScaler | None, precision: Precision, device: torch.device,
                     epoch: int, accum_steps: int = 1, channels_last: bool = False, progress: bool = True,
-                    max_steps: int | None = None) -> dict:
-    """One pass over ``loader``; ``scheduler`` (if any) steps once per optimizer step."""
+                    max_steps: int | None = None, on_step=None) -> dict:
+    """One pass over ``loader``; ``scheduler`` (if any) steps once per optimizer step. ``on_step`` (the run's
+    loggers, :meth:`bagnet.loggers.RunLog.on_step`) gets after each optimizer step its loss and top-1 (this
+    process's micro-batches), the lr it used and the epoch's images/s so far."""
     model.train()
     loader.sampler.set_epoch(epoch)
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    group = torch.zeros(3, dtype=torch.float64)   # the same over the current optimizer step's micro-batches
     start, seen = time.perf_counter(), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True,
                total=len(loader) if max_steps is None else min(len(loader), max_steps))
@@ -131,7 +134,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
                                    "kept; lower trainer.lr or use trainer.precision=fp32")
         (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
         # a partial last group still steps (else accum_steps > steps per epoch would never update the weights)
-        if (step + 1) % accum_steps == 0 or step + 1 == last:
+        stepped, lr = (step + 1) % accum_steps == 0 or step + 1 == last, optimizer.param_groups[0]["lr"]
+        if stepped:
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -141,8 +145,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
             if scheduler is not None:
                 scheduler.step()
         n = labels.numel()
-        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        batch = torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        totals += batch
+        group += batch
         seen += n
+        if stepped and on_step is not None:
+            on_step({"loss": float(group[0] / group[2]), "top1": float(group[1] / group[2]), "lr": lr,
+                     "img_per_s": seen / (time.perf_counter() - start)})
+        if stepped:
+            group.zero_()
         if progress:
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}",

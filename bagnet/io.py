@@ -91,6 +91,16 @@ def with_ext(stem: str | os.PathLike, ext: str) -> Path:
     return stem.parent / f"{stem.name}.{ext}"
 
 
+def append_text(text: str, path: str | os.PathLike) -> Path:
+    """Append to a log file (logger=csv's steps.csv). Not atomic: a kill can cut its last line, which the
+    next process drops (:class:`bagnet.loggers.CSVLogger`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(text)
+    return path
+
+
 def write_table(df: pd.DataFrame, path_stem: str | os.PathLike, header: str = "") -> list[Path]:
     """``<stem>.csv`` and ``<stem>.md`` (Markdown, with an optional header paragraph)."""
     csv, md = with_ext(path_stem, "csv"), with_ext(path_stem, "md")

@@ -36,6 +36,7 @@ from .config import CONFIG_DIR, as_dict, compose, store_schemas, validate
 from .distributed import cleanup, init_distributed
 from .engine import keep_freed_cpu_memory, resolve_device
 from .errors import ConfigError, Interrupted, UserError
+from .loggers import check_overrides
 from .provenance import model_provenance, provenance
 from .result import Result
 from .tasks import Context, evaluate, train
@@ -44,7 +45,7 @@ from .train import identity_diff
 # Config keys that cannot change a task's results: where files go, the device, progress bars, workers
 # (and tasks/schemas: results made before the registry named the tasks record them).
 RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "trainer.progress", "trainer.workers",
-                   "data.workers", "tasks", "schemas")
+                   "data.workers", "tasks", "schemas", "logger", "trainer.log_every_n_steps")
 
 
 def tasks() -> dict:
@@ -171,6 +172,11 @@ def _terminate(signum, frame):
 def main() -> None:
     """``python -m bagnet.run`` / ``bagnet-run``: the schemas first, then Hydra composes and runs."""
     store_schemas()
+    try:
+        check_overrides(sys.argv[1:])    # logger=<unknown>: one line here, not Hydra's list of options
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     _hydra_main()
 
 

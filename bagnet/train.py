@@ -25,6 +25,7 @@ from .data.loader import capped
 from .distributed import DistInfo, barrier
 from .engine import evaluate, recalibrate_slow_bn, resolve_precision, train_one_epoch
 from .errors import ConfigError
+from .loggers import RunLog, heatmap_figure
 from .models import create_model
 from .seeding import seed_everything
 from .utils import has_narrow_convs_on_cpu
@@ -145,7 +146,7 @@ def build_criterion(t: Mapping) -> nn.Module:
 # ---------------------------------------------------------------- run identity
 # Keys that cannot change what a run computes (how it is shown, how fast its data loads, whether it
 # resumes); every other key of model, data and trainer, and the seed, is the run's identity.
-RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "fused_optimizer"),
+RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "fused_optimizer", "log_every_n_steps"),
                         "data": ("workers", "cache")}
 # Version 2 added data.root and trainer.max_steps_per_epoch; checkpoints without a version predate it.
 IDENTITY_VERSION = 2
@@ -240,7 +241,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
     per_epoch = isinstance(scheduler, PlateauHalving)   # steps on val accuracy after each epoch, not per step
     scaler = torch.amp.GradScaler("cuda") if precision.dtype == torch.float16 else None
 
-    start_epoch, best_acc, history, wall_before = 0, -1.0, [], 0.0
+    start_epoch, best_acc, history, wall_before, step = 0, -1.0, [], 0.0, 0
     if last_path.is_file() and t["resume"]:
         ckpt = load_checkpoint(last_path)
         check_identity(checkpoint_identity(ckpt, saved_config(run_dir)), cfg, run_dir)
@@ -252,6 +253,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, best_acc, history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
+        step = ckpt.get("global_step", start_epoch * steps_per_epoch)   # optimizer steps so far: the loggers' axis
         wall_before = ckpt.get("train_wall_s", sum(h.get("epoch_s", 0.0) for h in history)) + lost_s(run_dir)
         (run_dir / LOST_FILE).unlink(missing_ok=True)   # now inside wall_before, saved with the next checkpoint
         if dist_info.is_main:
@@ -269,8 +271,9 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size}
     progress = t["progress"] and dist_info.is_main
     fingerprint = data.fingerprint()
-    started = time.perf_counter()
-    epoch_started = time.perf_counter()
+    log = RunLog.open(cfg.get("logger"), run_dir, step, t.get("log_every_n_steps", 1), dist_info.is_main)
+    log.log_config(cfg)
+    started = epoch_started = time.perf_counter()
     try:
         for epoch in range(start_epoch, t["epochs"]):
             if per_epoch and scheduler.should_stop:   # a resumed run that had already stopped early
@@ -280,13 +283,14 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
             metrics = train_one_epoch(train_model, criterion, train_loader, optimizer, None if per_epoch else scheduler,
                                       scaler, precision,
                                       device, epoch, t["accum_steps"], channels_last, progress,
-                                      t.get("max_steps_per_epoch"))
+                                      t.get("max_steps_per_epoch"), log.on_step)
             recalibrate_slow_bn(model, train_loader, precision, device, epoch, t["bn_recalibrate_batches"],
                                 channels_last)
             val, _ = evaluate(model, val_loader, precision, device, channels_last, progress, desc="val")
             metrics.update(epoch=epoch + 1, val_top1=val["top1"], val_top5=val["top5"],
                            lr=lr if per_epoch else optimizer.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0)
             history.append(metrics)
+            log.epoch(metrics)
             # plateau_halving: ties are a new best (the notebook's >=, the last epoch reaching the best is kept)
             is_best = scheduler.step(val["top1"]) if per_epoch else val["top1"] > best_acc
             best_acc = max(best_acc, val["top1"])
@@ -295,7 +299,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                          "epoch": epoch + 1, "best_acc": best_acc, "history": history, "rng": rng_state(),
                          "identity": run_identity(cfg), "identity_version": IDENTITY_VERSION,
-                         "train_wall_s": wall_before + time.perf_counter() - started,
+                         "train_wall_s": wall_before + time.perf_counter() - started, "global_step": log.step,
                          "model_spec": spec, "precision": precision.name, "data_fingerprint": fingerprint}
                 # best first: a kill between the two writes then loses nothing that last.pt would not redo.
                 if is_best:
@@ -303,6 +307,7 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                 io.save_checkpoint(state, last_path)
                 io.write_table(pd.DataFrame(history), run_dir / "metrics")
                 io.write_json(history, run_dir / "metrics.json")
+                log.commit()    # W&B / MLflow get the epoch's points once its checkpoint holds them
                 print(f"epoch {epoch + 1}/{t['epochs']}: loss {metrics['train_loss']:.3f} "
                       f"train {metrics['train_acc']:.3f} val {val['top1']:.3f} "
                       f"({metrics['train_images_per_s']:.0f} img/s, {metrics['epoch_s']:.0f}s)", flush=True)
@@ -313,10 +318,17 @@ def fit(cfg: Mapping, data: DataBundle, run_dir: str | Path, device: torch.devic
                           f"top-1 ({best_acc:.3f})", flush=True)
                 break
 
+        if log.wants_figures and len(history) > start_epoch:   # a BagNet's heatmaps, once per finished training
+            log.figure("heatmaps", heatmap_figure, model, data.val, data.classes, data.mean, data.std)
     except KeyboardInterrupt:   # the unfinished epoch's time counts too, once the run resumes
         if dist_info.is_main:
             io.write_json({"lost_s": lost_s(run_dir) + time.perf_counter() - epoch_started}, run_dir / LOST_FILE)
+        log.close(ok=False)
         raise
+    except BaseException:
+        log.close(ok=False)
+        raise
+    log.close()
 
     stop = scheduler.stop_epoch if per_epoch else None
     # train_wall_s: over every process that worked on the run (a resumed run counts its earlier ones)

@@ -22,8 +22,9 @@ LINES = [ln.split("  #")[0].split(" # ")[0].strip() for b in BLOCKS for ln in b.
 def overrides_of(line: str) -> list[str]:
     words = shlex.split(line)
     start = words.index("bagnet.run") + 1
-    # sweeps (-m) compose their first value; placeholder paths are real enough for composing
-    return [w.split(",")[0] if "=" in w and not w.startswith("hydra") else w for w in words[start:]
+    # sweeps (-m) compose their first value (a list, logger=[csv,tensorboard], is one value); placeholder paths are
+    # real enough for composing
+    return [w.split(",")[0] if "=" in w and "[" not in w and not w.startswith("hydra") else w for w in words[start:]
             if w != "-m" and not w.startswith("hydra")]
 
 
