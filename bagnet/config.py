@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -263,14 +264,20 @@ def validate(cfg: DictConfig) -> None:
     _check(isinstance(resolved.get("overwrite", False), bool), "overwrite",
            f"must be true or false, got {resolved.get('overwrite')!r}")
     seed = resolved.get("seed", 0)
-    _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed",
-           f"must be an integer >= 0, got {seed!r}")
+    # below 2^63: torch's generators take a signed 64-bit seed, and checkpoints store it as one
+    _check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 63, "seed",
+           f"must be an integer in [0, 2^63), got {seed!r}")
     device = str(resolved.get("device", "auto"))
     _check(DEVICE_PATTERN.fullmatch(device) is not None, "device", f"'{device}'; valid: auto, cpu, cuda, cuda:N, mps")
     name = str(resolved.get("run_name", ""))
     # one path component: a run name must not reach outside its model's folder (../results/...) or be it
     _check(name not in ("", ".", "..") and "/" not in name and "\\" not in name, "run_name",
            f"'{name}' must be one folder name (no '/', not '.' or '..')")
+    _check(not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name), "run_name",
+           f"{name!r} holds control characters; use letters, digits and punctuation")
+    # the file system's limit on one folder name (NAME_MAX: 255 bytes on Linux)
+    _check(len(name.encode()) <= 255, "run_name",
+           f"{len(name.encode())} bytes, more than a folder name may have (255); use a shorter name")
     validated(TrainerConfig, resolved["trainer"], "trainer")
     name = resolved["data"].get("name")
     if name not in DATA_SCHEMAS:

@@ -39,7 +39,7 @@ from .errors import ConfigError, Interrupted, UserError
 from .loggers import check_overrides
 from .provenance import model_provenance, provenance
 from .result import Result
-from .tasks import Context, evaluate, train
+from .tasks import Context, check_writable, evaluate, train
 from .train import identity_diff
 
 # Config keys that cannot change a task's results: where files go, the device, progress bars, workers
@@ -67,6 +67,8 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     validate(cfg)
     if cfg.task != "train":     # a training run's files are its run dir (checked by fit_run), not out_dir
         check_results_dir(cfg, Path(cfg.out_dir))   # refuse now, not after the task has run
+    if cfg.task not in ("train", "eval"):     # a results folder that cannot be written, too (eval writes its run dir)
+        check_writable(Path(cfg.out_dir), "out_dir")
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         keep_freed_cpu_memory()     # up to 1.5x faster CPU training of the BagNets (engine.py says why)

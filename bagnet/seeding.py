@@ -27,8 +27,9 @@ def generator(seed: int, *salt: int) -> torch.Generator:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of training sample ``index`` in ``epoch`` (its augmentation draws)."""
-    return derive_seed(seed, epoch) * 10_000_019 + int(index)
+    """The seed of training sample ``index`` in ``epoch`` (its augmentation draws), below 2^64 (torch's seeds are
+    64-bit: a seed of 10^7 overflowed them; every seed that fitted before is unchanged)."""
+    return (derive_seed(seed, epoch) * 10_000_019 + int(index)) % 2 ** 64
 
 
 def seed_everything(seed: int) -> None:

@@ -188,6 +188,21 @@ def bad_image_counts(data: DataBundle) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- run directories
+def check_writable(path: Path, key: str) -> None:
+    """Refuse, before anything is created, a folder that cannot be written: ``path`` when it exists, else the
+    nearest folder above it that exists (where it would be created). ``key``: the config key that chose it."""
+    path = Path(path).absolute()
+    there = path
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        raise ConfigError(f"{key}: cannot create {path}: {there} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        hint = ("paths.runs_dir=... (or BAGNET_RUNS_DIR)" if key == "run_dir" else
+                "out_dir=... or paths.results_dir=..." if key == "out_dir" else f"{key}=...")
+        raise ConfigError(f"{key}: cannot write {path}: {there} is read-only; set {hint} to a writable folder")
+
+
 def check_run_dir(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> None:
     """Refuse a run dir that holds another run: for training (``identity`` None) one whose saved
     config has another :func:`run_identity` or is an evaluation; for an evaluation (``identity`` =
@@ -315,6 +330,7 @@ def fit_run(ctx: Context) -> dict:
         done = _reused(ctx, run_dir, data)
         if done is not None:
             return done
+    check_writable(run_dir, "run_dir")      # a read-only runs folder: refused before the lock creates anything
     with _locked(ctx, run_dir, "training run"):
         if ctx.dist.is_main:
             io.remove_orphaned_temps(run_dir)
@@ -365,6 +381,7 @@ def evaluate(ctx: Context) -> Result:
     validate_model(cfg, ctx.data, model)
     identity = eval_identity(cfg)
     run_dir = Path(cfg.run_dir)
+    check_writable(run_dir, "run_dir")
     metrics = {}
     with _locked(ctx, run_dir, "evaluation"):
         prov = {}

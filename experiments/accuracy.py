@@ -20,7 +20,7 @@ from bagnet.errors import ConfigError
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, verdict
 
-from .common import ExperimentConfig, typed_cfg
+from .common import ExperimentConfig, ranged, typed_cfg
 from .error_overlap import correctness
 from .registry import Experiment, register
 
@@ -30,7 +30,7 @@ class Config(ExperimentConfig):
     # [model_a, model_b]: top-1 of a minus top-1 of b on the same images (e.g. [BagNet-17, BagNet-9])
     contrasts: list[list[str]] = field(default_factory=list)
     reference: Optional[str] = None       # and every other model minus this one
-    n_boot: int = 2000
+    n_boot: int = ranged(2000, ge=100)     # bootstrap resamples (fewer make the 95% interval itself noise)
 
 
 def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Result:

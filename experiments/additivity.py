@@ -41,7 +41,7 @@ Returns Result with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import matplotlib.pyplot as plt
@@ -58,23 +58,32 @@ from bagnet.stats import pearson, ratio_ci
 from bagnet.utils import jsonable, unwrap
 
 from .registry import Experiment, register
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, occluder_fill,
-                     prepare_model, resolve_data, typed_cfg)
+from .common import (IMAGE, OCCLUDERS, ExperimentConfig, eval_indices, forward, iter_batches, mean_colour,
+                     occluder_fill, prepare_model, ranged, resolve_data, typed_cfg)
+
+PLACEMENTS = ("random", "parts", "both")
+
 
 @dataclass
 class Config(ExperimentConfig):
-    patch_sizes: list[int] = field(default_factory=lambda: [8, 16])
-    distance_bins: list[int] = field(default_factory=lambda: [0, 4, 8, 16, 32, 64, 128])
-    pairs_per_bin: int = 4
-    num_images: Optional[int] = 32
-    occluder: str = "zero"
-    blur_sigma: float = 4.0
-    placement: str = "random"   # random | parts (an occluder on each of two known parts) | both
+    patch_sizes: list[int] = ranged([8, 16], ge=1, le=IMAGE, nonempty=True)   # occluder sides
+    # edges of the gap bins [lo, hi) in px: increasing (check)
+    distance_bins: list[int] = ranged([0, 4, 8, 16, 32, 64, 128], ge=0)
+    pairs_per_bin: int = ranged(4, ge=1)
+    num_images: Optional[int] = ranged(32, ge=1)
+    occluder: str = ranged("zero", choices=OCCLUDERS)
+    blur_sigma: float = ranged(4.0, gt=0)
+    placement: str = ranged("random", choices=PLACEMENTS)  # random | parts (an occluder on each of two known parts) | both
     # parts: the data's ``parts(index)`` boxes (the synthetic probe and the controls know where their
     # parts are); random pairs almost never hit two sparse parts, so a global model looks additive
 
 
-PLACEMENTS = ("random", "parts", "both")
+def check(cfg: Mapping, classes, image_size: int | None) -> None:
+    """``distance_bins``: at least one bin, edges strictly increasing."""
+    bins = list(cfg["distance_bins"])
+    if len(bins) < 2 or any(b <= a for a, b in zip(bins, bins[1:])):
+        raise ConfigError(f"signatures.additivity.distance_bins: must be at least two strictly increasing edges, "
+                          f"got {bins}")
 
 
 def chebyshev_gap(a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
@@ -141,12 +150,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     Keys and defaults: :class:`Config`.
     """
     cfg = typed_cfg(Config, cfg, "signatures.additivity")
+    check(cfg, classes, None)
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     bins = list(cfg["distance_bins"])
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
-    if cfg["placement"] not in PLACEMENTS:
-        raise ConfigError(f"signatures.additivity.placement: '{cfg['placement']}' is not one of {', '.join(PLACEMENTS)}")
     placements = ["random", "parts"] if cfg["placement"] == "both" else [cfg["placement"]]
     if "parts" in placements and not hasattr(dataset, "parts"):
         raise ConfigError("signatures.additivity.placement=parts needs data that knows where its parts are "
@@ -260,7 +268,7 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
     return {"interaction_vs_distance": interaction_figure(tables["interaction"])} if "interaction" in tables else {}
 
 
-register(Experiment("additivity", Config, run, per_model=True, version=2,   # 2: occluders on known parts
+register(Experiment("additivity", Config, run, per_model=True, version=2, check=check,   # 2: occluders on known parts
                     figures=lambda tables, raw: {**figures_from_tables(tables),
                                                  "joint_vs_sum": scatter_figure(raw["pairs"], raw["distance_bins"])},
                     summary="signature 2: interaction of two occluded patches vs their distance"))

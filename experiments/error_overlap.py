@@ -44,12 +44,12 @@ from bagnet.stats import correlation_ci, kappa_ci, pearson
 from bagnet.utils import jsonable
 
 from .registry import Experiment, register
-from .common import ExperimentConfig, typed_cfg
+from .common import ExperimentConfig, ranged, typed_cfg
 
 @dataclass
 class Config(ExperimentConfig):
     pairs: Optional[list[list[str]]] = None   # [[model_a, model_b], ...]; None = every pair
-    scatter_metric: str = "top5"              # the paper's Fig. 7 uses top-5
+    scatter_metric: str = ranged("top5", choices=("top1", "top5"))   # the paper's Fig. 7 uses top-5
 
 
 def _top5_matrix(df: pd.DataFrame) -> np.ndarray:

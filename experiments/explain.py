@@ -21,7 +21,7 @@ from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
 from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
 
-from .common import ExperimentConfig, eval_indices, load_batch, typed_cfg
+from .common import IMAGE, ExperimentConfig, eval_indices, load_batch, ranged, typed_cfg
 from .registry import Experiment, register
 
 
@@ -98,27 +98,34 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
 EVIDENCE_SHOWN = {"logit": "logit", "relative": "logit minus the patch's mean logit"}
 
 
-def _check_evidence(value: str, key: str) -> None:
-    if value not in EVIDENCE:
-        raise ConfigError(f"{key}: '{value}'; valid: {', '.join(EVIDENCE)}")
-
-
 @dataclass
 class HeatmapsConfig(ExperimentConfig):
-    num_images: Optional[int] = 16    # seeded images of the split, explained by every BagNet side by side
+    num_images: Optional[int] = ranged(16, ge=1)   # seeded images of the split, explained by every BagNet side by side
     images: Any = None                # your own image files instead: a file, a folder or a list (any size)
-    stride: int = 1                   # one heatmap value every ``stride`` pixels (1: exact at every pixel)
-    evidence: str = "relative"        # relative: the class logit minus the patch's mean logit (README says why); logit
+    stride: int = ranged(1, ge=1, le=IMAGE)   # one heatmap value every ``stride`` pixels (1: exact at every pixel)
+    # relative: the class logit minus the patch's mean logit (README says why); logit
+    evidence: str = ranged("relative", choices=EVIDENCE)
 
-    def __post_init__(self):
-        _check_evidence(self.evidence, "signatures.heatmaps.evidence")
+
+def check_heatmaps(cfg: Mapping, classes, image_size: int | None) -> None:
+    """``images``, when given, names image files that open (each one's header is read: a file that is no image,
+    or one too large to decode, is refused here, before any model is loaded)."""
+    if cfg["images"] is None:
+        return
+    for path in image_files(cfg["images"]):
+        try:
+            with Image.open(path):   # the header: not an image, or beyond PIL's decompression-bomb limit, fails
+                pass
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ConfigError(f"signatures.heatmaps.images: {path} cannot be read as an image "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
 
 
 def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     """Exact heatmaps of the BagNets among ``models`` on ``num_images`` images of the split, or, with
     ``images=<file, folder or list>``, on those image files (a figure each)."""
     c = typed_cfg(HeatmapsConfig, cfg, "signatures.heatmaps")
-    if c["images"]:
+    if c["images"] is not None:
         images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
         return images_result(models, image_files(images), data.classes, data.mean, data.std,
                              int(data.image_size), c["device"], evidence=c["evidence"])
@@ -128,13 +135,12 @@ def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
 
 @dataclass
 class PatchesConfig(ExperimentConfig):
-    k: int = 8                                 # patches shown per class (and distractors)
-    per_class_images: Optional[int] = 64       # images of each class scanned (None: all; the dense heatmap is cheap)
-    max_per_image: int = 2                     # at most this many of one image's windows in a class's top k
-    evidence: str = "relative"                 # rank by the logit minus the patch's mean logit; or logit (raw)
-
-    def __post_init__(self):
-        _check_evidence(self.evidence, "signatures.patches.evidence")
+    k: int = ranged(8, ge=1)                   # patches shown per class (and distractors)
+    # images of each class scanned (None: all; the dense heatmap is cheap)
+    per_class_images: Optional[int] = ranged(64, ge=1)
+    max_per_image: int = ranged(2, ge=1)       # at most this many of one image's windows in a class's top k
+    # rank by the logit minus the patch's mean logit; or logit (raw)
+    evidence: str = ranged("relative", choices=EVIDENCE)
 
 
 def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
@@ -147,7 +153,7 @@ def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
 
 # a user's own image files may change under the same names: their heatmaps are computed every time, never reused
 register(Experiment("heatmaps", HeatmapsConfig, run_heatmaps, summary="exact BagNet heatmaps of the true class",
-                    stored=lambda cfg: not cfg.get("images")))
+                    stored=lambda cfg: cfg.get("images") is None, check=check_heatmaps))
 register(Experiment("patches", PatchesConfig, run_patches, summary="per class, the most predictive patches"))
 
 
@@ -155,6 +161,9 @@ register(Experiment("patches", PatchesConfig, run_patches, summary="per class, t
 def image_files(images) -> list[Path]:
     """``images``: a file, a folder (its image files, recursively, sorted) or a list of either."""
     items = [images] if isinstance(images, (str, Path)) else list(images)
+    if not items or any(not str(item).strip() for item in items):
+        raise ConfigError(f"signatures.heatmaps.images: {images!r} names no file; give an image file, a folder or a "
+                          "list of them (null: the split's images)")
     files = []
     for item in map(Path, items):
         if item.is_dir():
@@ -162,17 +171,34 @@ def image_files(images) -> list[Path]:
         elif item.is_file():
             files.append(item)
         else:
-            raise ConfigError(f"images: {item} is neither an image file nor a folder")
+            raise ConfigError(f"signatures.heatmaps.images: {item} is neither an image file nor a folder")
     if not files:
-        raise ConfigError(f"images: no image files in {', '.join(map(str, items))}")
+        raise ConfigError(f"signatures.heatmaps.images: no image files in {', '.join(map(str, items))}")
     return files
 
 
+# The longer side of an explained image is at most this many times data.image_size: a 4 x 2000 px strip, its short
+# side resized to 64 px, would be 64 x 32000 px (gigabytes at the peak of its heatmaps).
+MAX_ASPECT = 4
+
+
+def explained_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) at which a ``width`` x ``height`` image is explained: its short side ``size``, aspect kept,
+    unless the long side would then exceed ``MAX_ASPECT * size``: then the long side is that (the short side less)."""
+    scale = min(size / min(width, height), MAX_ASPECT * size / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def load_image(path: Path, size: int, mean, std) -> torch.Tensor:
-    """The file as the model sees it: RGB, short side resized to ``size`` (aspect kept, no crop), normalised."""
-    img = load_rgb(path)
-    scale = size / min(img.size)
-    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    """The file as the model sees it: RGB, resized to :func:`explained_size` (aspect kept, no crop), normalised.
+    A file that cannot be decoded (not an image, truncated, too large for PIL's decompression-bomb limit) is a
+    ConfigError naming it."""
+    try:
+        img = load_rgb(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ConfigError(f"signatures.heatmaps.images: {path} cannot be read as an image "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    img = img.resize(explained_size(img.width, img.height, size), Image.BILINEAR)
     return ToNormalizedTensor(mean, std)(img)
 
 

@@ -50,7 +50,7 @@ from bagnet.result import Result
 
 from . import explain, sensitivity
 from . import paper_setup as setup
-from .common import eval_indices, forward, load_batch, topk_correct, typed_cfg
+from .common import check_keys, eval_indices, forward, load_batch, topk_correct, typed_cfg
 from .eval_imagenet import local_weights
 from .paper_report import (
     accuracy_figure,
@@ -298,6 +298,7 @@ def task(ctx) -> Result:
     if ctx.data.num_classes != 1000:
         raise ConfigError(f"the paper's models are 1000-way; data={ctx.cfg.data.name} has {ctx.data.num_classes} "
                           "classes (use data.label_space=imagenet1k)")
+    check_keys(PaperConfig, cfg, "paper", int(ctx.data.image_size))    # the bounds on the image side, now known
     store = Store(Path(ctx.cfg.run_dir), cfg["progress"])
     guard = Tf32Guard()
     started = time.perf_counter()

@@ -16,6 +16,7 @@ from bagnet.errors import ConfigError
 from bagnet.models import create_model, default_cfg
 
 from . import sensitivity
+from .common import IMAGE, OCCLUDERS, ranged
 from .eval_imagenet import local_weights
 from .published import imagenet_accuracy, texture_top5
 from .texture_synthesis import GATYS_LAYERS
@@ -33,54 +34,55 @@ PUBLISHED_TEXTURE = texture_top5()         # model -> (top-5 clean, top-5 textur
 # ---------------------------------------------------------------- config (schema of `paper:`)
 @dataclass
 class AccuracyConfig:
-    num_images: int | None = None      # None = the whole split
-    batch_size: int = 64
+    num_images: int | None = ranged(None, ge=1)      # None = the whole split
+    batch_size: int = ranged(64, ge=1)
 
 
 @dataclass
 class TextureCfg:
-    num_images: int = 100
-    steps: int = 2000                     # Gatys et al.: L-BFGS maxiter 2000
+    num_images: int = ranged(100, ge=1)
+    steps: int = ranged(2000, ge=1)                  # Gatys et al.: L-BFGS maxiter 2000
     layers: list[str] = field(default_factory=lambda: list(GATYS_LAYERS))
-    history_size: int = 20
-    lr: float = 1.0
-    chunk: int = 8                        # textures saved every `chunk` images (resume granularity)
-    scramble_grid: int = 4                # the tile-permutation variant: g x g tiles
-    num_examples: int = 4
+    history_size: int = ranged(20, ge=1)
+    lr: float = ranged(1.0, gt=0)
+    chunk: int = ranged(8, ge=1)                     # textures saved every `chunk` images (resume granularity)
+    scramble_grid: int = ranged(4, ge=2)             # the tile-permutation variant: g x g tiles
+    num_examples: int = ranged(4, ge=0)
 
 
 @dataclass
 class InteractionsConfig:
-    patch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    distance_bins: list[int] = field(default_factory=lambda: [0, 4, 8, 16, 32, 64, 128, 224])
-    pairs_per_bin: int = 4
-    num_images: int | None = 100
-    occluder: str = "zero"
+    patch_sizes: list[int] = ranged([8, 16, 32], ge=1, le=IMAGE, nonempty=True)
+    distance_bins: list[int] = ranged([0, 4, 8, 16, 32, 64, 128, 224], ge=0)
+    pairs_per_bin: int = ranged(4, ge=1)
+    num_images: int | None = ranged(100, ge=1)
+    occluder: str = ranged("zero", choices=OCCLUDERS)
 
 
 @dataclass
 class ErrorsConfig:
     pairs: list[list[str]] | None = None   # scatter panels; None = the BagNet vs each CNN
-    scatter_metric: str = "top5"
+    scatter_metric: str = ranged("top5", choices=("top1", "top5"))
 
 
 @dataclass
 class SensitivityConfig(sensitivity.Config):
     """The signature's own schema with the paper pipeline's defaults: epsilon-LRP added, 100 images;
     targets None = every CNN (non-BagNet model)."""
-    methods: list[str] = field(default_factory=lambda: sensitivity.METHODS[:-2] + ["lrp", "occlusion", "random"])
-    num_images: int | None = 100
+    methods: list[str] = ranged(sensitivity.METHODS[:-2] + ["lrp", "occlusion", "random"],
+                                choices=sensitivity.METHODS + sensitivity.OPTIONAL_METHODS, nonempty=True)
+    num_images: int | None = ranged(100, ge=1)
 
 
 @dataclass
 class PatchesConfig:
     classes: list[str] = field(default_factory=lambda: ["n01440764", "n02102040", "n03394916", "n03417042",
                                                         "n03888257"])
-    k: int = 8
-    per_class_images: int = 50
-    distractor_images: int = 1000             # images of other classes searched for distractors
-    heatmap_images: int = 8
-    heatmap_stride: int = 1
+    k: int = ranged(8, ge=1)
+    per_class_images: int = ranged(50, ge=1)
+    distractor_images: int = ranged(1000, ge=1)      # images of other classes searched for distractors
+    heatmap_images: int = ranged(8, ge=1)
+    heatmap_stride: int = ranged(1, ge=1)
 
 
 @dataclass

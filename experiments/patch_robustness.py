@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import matplotlib.pyplot as plt
@@ -34,7 +34,7 @@ from bagnet.result import Result
 from bagnet.stats import bootstrap_ci
 
 from .registry import Experiment, register
-from .common import ExperimentConfig, eval_indices, iter_batches, resolve_data, typed_cfg
+from .common import IMAGE, ExperimentConfig, eval_indices, iter_batches, ranged, resolve_data, typed_cfg
 
 DEFENCES = ("undefended", "clipped", "masking", "masking_detect", "patchcleanser")
 BAGNET_DEFENCES = ("clipped", "masking", "masking_detect")        # from local logits: BagNets only
@@ -42,17 +42,29 @@ BAGNET_DEFENCES = ("clipped", "masking", "masking_detect")        # from local l
 
 @dataclass
 class Config(ExperimentConfig):
-    patch_px: list[int] = field(default_factory=lambda: [8, 16])
-    patch_share: list[float] = field(default_factory=list)     # of the image area, e.g. 0.02 = the leaderboard's
-    defences: list[str] = field(default_factory=lambda: list(DEFENCES))
-    mask_threshold: float = 0.2                                # detection threshold T of Mask-BN
-    cleanser_masks: int = 6                                    # PatchCleanser's masks per axis (the paper's k = 6)
-    cleanser_images: Optional[int] = None                      # PatchCleanser on the first n images only (None: all)
-    attack_images: int = 16                                    # PGD on this many images per model and patch
-    attack_steps: int = 20
-    attack_locations: int = 3
-    num_images: Optional[int] = 256
-    batch_size: int = 32
+    patch_px: list[int] = ranged([8, 16], ge=1, lt=IMAGE)     # patch sides; a patch as large as the image hides it
+    patch_share: list[float] = ranged([], gt=0, lt=1)         # of the image area, e.g. 0.02 = the leaderboard's
+    defences: list[str] = ranged(list(DEFENCES), choices=DEFENCES, nonempty=True)
+    mask_threshold: float = ranged(0.2, ge=0, lt=1)           # detection threshold T of Mask-BN (a share of evidence)
+    cleanser_masks: int = ranged(6, ge=2)                     # PatchCleanser's masks per axis (the paper's k = 6)
+    cleanser_images: Optional[int] = ranged(None, ge=1)       # PatchCleanser on the first n images only (None: all)
+    attack_images: int = ranged(16, ge=0)                     # PGD on this many images per model and patch (0: none)
+    attack_steps: int = ranged(20, ge=1)
+    attack_locations: int = ranged(3, ge=1)
+    num_images: Optional[int] = ranged(256, ge=1)
+    batch_size: int = ranged(32, ge=1)
+
+
+def check(cfg: Mapping, classes, image_size: int | None) -> None:
+    """At least one patch size, and every patch (``patch_share``'s too) smaller than the image."""
+    if not cfg["patch_px"] and not cfg["patch_share"]:
+        raise ConfigError("signatures.patch_robustness.patch_px: no patch size (patch_px and patch_share are both "
+                          "empty)")
+    if image_size is not None:
+        large = [s for s in cfg["patch_share"] if max(1, round(math.sqrt(s) * image_size)) >= image_size]
+        if large:
+            raise ConfigError(f"signatures.patch_robustness.patch_share: {large} give a patch as large as the "
+                              f"{image_size} px image (data.image_size); must be below its area")
 
 
 def patch_sizes(cfg: Mapping, image_px: int) -> list[int]:
@@ -134,9 +146,7 @@ def attack(model, dataset, rows: list[dict], cfg: Mapping, defences, device, lo,
 def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, classes=None, mean=None,
         std=None) -> Result:
     cfg = typed_cfg(Config, cfg, "signatures.patch_robustness")
-    unknown = set(cfg["defences"]) - set(DEFENCES)
-    if unknown:
-        raise ConfigError(f"signatures.patch_robustness.defences: unknown {sorted(unknown)}; valid: {', '.join(DEFENCES)}")
+    check(cfg, classes, None)
     dataset, classes, mean, std = resolve_data(data, classes, mean, std)
     device = torch.device(cfg["device"])
     idx = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
@@ -234,5 +244,5 @@ def certified_figure(table: pd.DataFrame):
     return fig
 
 
-register(Experiment("patch_robustness", Config, run, version=2,
+register(Experiment("patch_robustness", Config, run, version=2, check=check,
                     summary="certified robustness to one adversarial square patch (BagNet defences, PatchCleanser)"))

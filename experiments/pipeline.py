@@ -58,10 +58,8 @@ def task(ctx) -> Result:
     if not p["experiments"]:
         raise ConfigError("pipeline.experiments is empty; name registered experiments: "
                           + ", ".join(registry.registered()))
-    for name in p["experiments"]:              # a typo fails before anything trains
-        experiment = registry.get(name)
-        if experiment.check is not None:
-            experiment.check(signature_cfg(ctx, name), list(ctx.data.classes))
+    for name in p["experiments"]:   # a typo, or a key outside its range, fails before anything trains
+        registry.check(name, signature_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size))
     report = registry.report(p["report"]) if p["report"] else None
     if p["train"] and p["estimate"] and ctx.dist.is_main:
         estimate_training(ctx, {"": (p["train"], [])})

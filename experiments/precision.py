@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
@@ -22,26 +22,35 @@ import torch
 import torch.nn as nn
 
 from bagnet.engine import tf32
+from bagnet.errors import ConfigError
 from bagnet.heatmaps import heatmap
 from bagnet.models import is_bagnet
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 
 from .registry import Experiment, register
-from .common import ExperimentConfig, eval_indices, iter_batches, resolve_data, topk_correct, typed_cfg
+from .common import ExperimentConfig, eval_indices, iter_batches, ranged, resolve_data, topk_correct, typed_cfg
 
 MODES = ("fp32", "bf16", "fp16", "tf32")
 
 
 @dataclass
 class Config(ExperimentConfig):
-    modes: list[str] = field(default_factory=lambda: list(MODES))
-    heatmap_images: int = 4
-    num_images: Optional[int] = None       # None: the whole split
+    modes: list[str] = ranged(list(MODES), choices=MODES, nonempty=True)
+    heatmap_images: int = ranged(4, ge=0)                 # BagNets: heatmap deviation on this many images (0: none)
+    num_images: Optional[int] = ranged(None, ge=1)        # None: the whole split
 
 
 def runnable(mode: str, device: torch.device) -> bool:
     return mode in ("fp32", "bf16") or device.type == "cuda"
+
+
+def check(cfg: Mapping, classes, image_size: int | None) -> None:
+    """At least one mode of ``modes`` must run on the device (the others are listed as skipped)."""
+    device = torch.device(cfg["device"])
+    if not any(runnable(m, device) for m in cfg["modes"]):
+        raise ConfigError(f"signatures.precision.modes: none of {', '.join(cfg['modes'])} can run on {device.type} "
+                          "(fp16 and tf32 need CUDA); add fp32 or bf16, or run on a GPU")
 
 
 @contextlib.contextmanager
@@ -68,6 +77,7 @@ def logits_in(model: nn.Module, dataset, indices, mode: str, device, batch_size:
 def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, classes=None, mean=None,
         std=None) -> Result:
     cfg = typed_cfg(Config, cfg, "signatures.precision")
+    check(cfg, classes, None)
     dataset, classes, mean, std = resolve_data(data, classes, mean, std)
     device = torch.device(cfg["device"])
     idx = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
@@ -113,4 +123,4 @@ def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, class
 
 
 
-register(Experiment("precision", Config, run, summary="how fp32 / bf16 / fp16 / TF32 change the answers"))
+register(Experiment("precision", Config, run, check=check, summary="how fp32 / bf16 / fp16 / TF32 change the answers"))

@@ -24,6 +24,8 @@ from bagnet.config import add_schema_store
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 
+from .common import check_keys, typed_cfg
+
 
 @dataclass
 class Unit:
@@ -44,7 +46,8 @@ class Experiment:
     figures: Callable[[Mapping, Mapping], dict] | None = None   # (tables, raw) -> figures of combined units
     summary: str = ""                              # one line: what it measures (docs, README tables)
     version: int = 1                               # part of every saved unit's key: bump when the protocol changes
-    check: Callable[[Mapping, list], None] | None = None   # (cfg, classes): refuse a config before anything trains
+    # (cfg, classes, image_size): refuse a config before anything trains, beyond the ranges of its keys (:func:`check`)
+    check: Callable[[Mapping, list, int | None], None] | None = None
     stored: Callable[[Mapping], bool] | None = None        # (cfg): may its units be saved and reused? (default yes)
 
 
@@ -98,6 +101,21 @@ def get(name: str) -> Experiment:
     if name not in experiments:
         raise ConfigError(f"unknown experiment '{name}'; registered: {', '.join(experiments)}")
     return experiments[name]
+
+
+def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: int | None = None) -> dict:
+    """Refuse a config of ``experiment`` before any work (before models are trained or loaded): unknown keys, wrong
+    types, a value outside its key's range (declared beside the key in its ``Config``, :func:`experiments.common.
+    ranged`; the bounds on the image side with ``image_size``, the side of the images the models see), then the
+    experiment's own ``check``. Every error is one ConfigError naming ``signatures.<name>.<key>``. Returns the
+    typed config."""
+    exp = get(experiment) if isinstance(experiment, str) else experiment
+    where = f"signatures.{exp.name}"
+    typed = typed_cfg(exp.schema, cfg, where)
+    check_keys(exp.schema, typed, where, image_size)
+    if exp.check is not None:
+        exp.check(typed, list(classes or []), image_size)
+    return typed
 
 
 # keys an experiment takes from the run (``seed=``, ``device=``), not from its ``signatures.<name>`` block

@@ -55,18 +55,18 @@ from bagnet.stats import bootstrap_ci, derangement, ratio_ci
 from bagnet.utils import jsonable
 
 from .registry import Experiment, register
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, prepare_model, resolve_data,
-                     topk_correct, typed_cfg)
+from .common import (IMAGE, ExperimentConfig, eval_indices, forward, iter_batches, prepare_model, ranged,
+                     resolve_data, topk_correct, typed_cfg)
 
 
 @dataclass
 class Config(ExperimentConfig):
-    grids: list[int] = field(default_factory=lambda: [2, 4, 8])
+    grids: list[int] = ranged([2, 4, 8], ge=2, le=IMAGE)   # g x g tiles of at least 1 px
     texture: bool = True
-    texture_patch: int = 33
-    texture_candidates: int = 8
-    num_images: Optional[int] = 512
-    num_examples: int = 4
+    texture_patch: int = ranged(33, ge=2)                   # at most half the image side is used
+    texture_candidates: int = ranged(8, ge=1)
+    num_images: Optional[int] = ranged(512, ge=1)
+    num_examples: int = ranged(4, ge=0)
     # named groups of classes, each also reported on its own (table accuracy_by_group), e.g. the probe's
     # local classes: scrambling must not hurt a BagNet there (a negative control)
     groups: dict[str, list[str]] = field(default_factory=dict)
@@ -292,4 +292,4 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
 
 register(Experiment("scrambling", Config, run, figures=lambda tables, raw: figures_from_tables(tables),
                     summary="signature 1: accuracy on clean, g x g tile-scrambled and texturised images",
-                    check=lambda cfg, classes: group_ids(typed_cfg(Config, cfg, "signatures.scrambling"), classes)))
+                    check=lambda cfg, classes, image_size: group_ids(cfg, classes)))

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import matplotlib.pyplot as plt
@@ -73,8 +73,8 @@ from bagnet.utils import jsonable, unwrap
 
 from .registry import Experiment, Unit, register
 from .lrp import lrp_maps, lrp_support
-from .common import (ExperimentConfig, eval_indices, forward, iter_batches, mean_colour, occluder_fill,
-                     prepare_model, resolve_data, typed_cfg)
+from .common import (IMAGE, OCCLUDERS, ExperimentConfig, eval_indices, forward, iter_batches, mean_colour,
+                     occluder_fill, prepare_model, ranged, resolve_data, typed_cfg)
 
 METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
 OPTIONAL_METHODS = ["lrp"]   # epsilon-LRP (experiments/lrp.py): only for models captum's LRP covers
@@ -85,17 +85,19 @@ CONTROL_PASS = 0.8           # a heatmap ranking under 0.8 of occlusion's AUC on
 class Config(ExperimentConfig):
     targets: Optional[list[str]] = None   # model names; None = every non-BagNet model (every model if all are BagNets)
     bagnet: Optional[str] = None          # model name of the heatmap BagNet; None = the first BagNet given
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    region: Optional[int] = None          # px; None = region_for(q of the heatmap BagNet) (8 without a BagNet)
-    max_regions: int = 10
-    report_n: list[int] = field(default_factory=lambda: [1, 5, 10])
-    ig_steps: int = 32
-    internal_batch_size: int = 64
-    heatmap_stride: int = 1
-    num_images: Optional[int] = 32
-    batch_size: int = 16
-    occluder: str = "zero"                # zero (the paper) | gray | dataset_mean | blur: see common.occluder_fill
-    blur_sigma: float = 4.0
+    methods: list[str] = ranged(list(METHODS), choices=METHODS + OPTIONAL_METHODS, nonempty=True)
+    # px; None = region_for(q of the heatmap BagNet) (8 without a BagNet)
+    region: Optional[int] = ranged(None, ge=1, le=IMAGE)
+    max_regions: int = ranged(10, ge=1)
+    report_n: list[int] = ranged([1, 5, 10], ge=1)
+    ig_steps: int = ranged(32, ge=1)
+    internal_batch_size: int = ranged(64, ge=1)
+    heatmap_stride: int = ranged(1, ge=1, le=IMAGE)
+    num_images: Optional[int] = ranged(32, ge=1)
+    batch_size: int = ranged(16, ge=1)
+    # zero (the paper) | gray | dataset_mean | blur: see common.occluder_fill
+    occluder: str = ranged("zero", choices=OCCLUDERS)
+    blur_sigma: float = ranged(4.0, gt=0)
     bagnet_control: bool = True           # also score the heatmap BagNet as its own target (a control)
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_}
@@ -257,7 +259,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             raise ConfigError(f"model '{name}' not given; models: {list(models)}")
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     q = unwrap(models[bag_name]).patch_size if bag_name else None
-    k = cfg["region"] = cfg["region"] or region_for(q)
+    k = cfg["region"] = cfg["region"] if cfg["region"] is not None else region_for(q)
     n_max = cfg["max_regions"]
     colour = mean_colour(dataset, indices) if cfg["occluder"] == "dataset_mean" else None
     excluded = None                                  # bool [R], from the first batch's image size

@@ -31,7 +31,7 @@ from bagnet.config import as_dict
 from bagnet.errors import ConfigError
 from bagnet.provenance import git_commit
 from bagnet.result import Result
-from bagnet.tasks import check_run_data
+from bagnet.tasks import check_run_data, check_writable
 from bagnet.train import evaluate_model
 from bagnet.utils import file_sha256, jsonable, refused_content
 
@@ -167,6 +167,10 @@ def run_experiments(ctx, names, specs: Mapping) -> dict[str, Result]:
     key = {**data_key(ctx), "model_keys": {m: model_key(s) for m, s in trained.items()}}
     store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in trained.values()) else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
+    for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded
+        registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size))
+    if store is not None:
+        check_writable(Path(cfg.run_dir), "run_dir")
     models = {name: ctx.model(name, spec).to(ctx.device).eval()
               for name, spec in specs.items()} if any(e.inputs == "models" for e in experiments) else {}
     preds = predictions(ctx, specs) if any(e.inputs == "predictions" for e in experiments) else None

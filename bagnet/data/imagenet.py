@@ -64,6 +64,14 @@ def build_imagenet(cfg: dict, seed: int, mean, std):
 
     space = cfg.get("label_space", "imagenet1k")
     present = sorted(set(val_files) | set(train_files))
+    if cfg.get("name") == "imagenette":     # a wnid subset of ImageNet, in any label space: every folder a wnid
+        wnids = set(imagenet_wnids())
+        for split_dir, files in ((val_dir, val_files), (train_dir, train_files)):
+            other = sorted(w for w in files if w not in wnids)
+            if other:
+                raise DataError(f"data=imagenette: the folder {split_dir / other[0]} is not an ILSVRC2012 wnid "
+                                f"({len(other)} such folder(s) in {split_dir}); Imagenette's classes are wnid folders "
+                                "such as n01440764; for other classes use data=imagefolder")
     if space == "imagenet1k":
         index = {w: i for i, w in enumerate(imagenet_wnids())}
         unknown = [w for w in present if w not in index]
