@@ -218,6 +218,7 @@ class Store:
         self.reused: list[str] = []
         self.seconds: dict[str, float] = {}
         self.commits: dict[str, str] = {}            # part/unit -> the commit that computed it
+        self.commit = git_commit()                   # now: the code this process runs (HEAD may move meanwhile)
 
     def unit(self, part: str, name: str, key: dict, compute: Callable[[], Result]) -> Result:
         d = self.root / part / _slug(name)
@@ -231,7 +232,7 @@ class Store:
             started = time.perf_counter()
             result = compute()
             self.seconds[f"{part}/{name}"] = time.perf_counter() - started
-            self.commits[f"{part}/{name}"] = commit = git_commit()
+            self.commits[f"{part}/{name}"] = commit = self.commit
             self._write(d, key, commit, result, self.seconds[f"{part}/{name}"])
             self.computed.append(f"{part}/{name}")
             return _result_from_plain(_plain_result(result), d)
