@@ -118,7 +118,11 @@ def interrupt_in_epoch_2(monkeypatch, after_steps: int = 2):
 
 
 # ---------------------------------------------------------------- the tests
-@pytest.mark.parametrize("name", list(PACKAGES))
+# W&B and MLflow start services and write stores: seconds each, so make test-slow runs them (make test: csv, tensorboard)
+HEAVY = ("wandb", "mlflow")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in PACKAGES])
 def test_a_resumed_run_continues_the_curves_without_duplicates(tmp_path, monkeypatch, name):
     need(name)
     with monkeypatch.context() as m:
@@ -166,7 +170,8 @@ def test_the_csv_logger_is_the_default(tmp_path):
     assert not (run_dir / "logs" / "tensorboard").exists()
 
 
-@pytest.mark.parametrize("name", ["wandb", "mlflow"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HEAVY)
 def test_wandb_and_mlflow_get_the_figure_and_the_config(tmp_path, name):
     need(name)
     run(tmp_path, *TINY, f"logger={name}")
