@@ -164,27 +164,31 @@ def sensitivity_verdicts(root: Path, folder: str = SIGNATURES) -> str:
 # ------------------------------------------------------------------------------------------------ patch robustness
 def block_patch_robustness(root: Path, folder: str = "patch_robustness/demo") -> str:
     """Certified / clean top-1 of every model and defence on the images every defence ran on (``same_images``
-    when PatchCleanser ran on a subset), PatchCleanser's cost, and the certificates PGD broke."""
-    tables, prov = load(root, folder)
-    t = tables.get("same_images", tables["patch_robustness"])
-    cells = {(r.model, r.patch_px, r.defence, r.metric): r for r in t.itertuples()}
-    order = list(dict.fromkeys(t["defence"]))
-    rows = []
-    for (model, p) in dict.fromkeys(zip(t["model"], t["patch_px"])):
-        row = {"model": model, "patch px": p}
-        for d in order:
-            c, k = cells.get((model, p, d, "certified")), cells.get((model, p, d, "clean"))
-            row[d] = "–" if c is None else f"{fmt_ci(c.top1, c.lo, c.hi, 2)} / {k.top1:.2f}"
-        rows.append(row)
-    n = int(t["n"].max())
-    cost = tables.get("cost")
-    per_image = ("" if cost is None else " PatchCleanser's cost: " + ", ".join(
-        f"{r.model} {r.patch_px} px {r.forwards_per_image} forwards, {r.seconds_per_image:.1f} s" for r in
-        cost.itertuples()) + " per image.")
-    raw = prov["raw"]
-    return (to_markdown(pd.DataFrame(rows)) + f"\n\nCertified [95% interval] / clean top-1 on the same {n} test "
-            f"images for every defence (the undefended model is never certified).{per_image} Certified images "
-            f"that PGD inside the patch flipped: {raw.get('certificate_violations', '?')}. " + source(prov, folder))
+    when PatchCleanser ran on a subset), PatchCleanser's cost, and the certificates PGD broke: ``folder`` and
+    its siblings ``folder-*`` (more models on the same data, e.g. ``demo-cnn``)."""
+    folders = [folder] + sorted(str(p.relative_to(root)) for p in Path(root).glob(f"{folder}-*") if p.is_dir())
+    rows, notes, defences = [], [], []
+    for f in folders:
+        tables, prov = load(root, f)
+        t = tables.get("same_images", tables["patch_robustness"])
+        cells = {(r.model, r.patch_px, r.defence, r.metric): r for r in t.itertuples()}
+        defences += [d for d in dict.fromkeys(t["defence"]) if d not in defences]
+        for (model, p) in dict.fromkeys(zip(t["model"], t["patch_px"])):
+            row = {"model": model, "patch px": p}
+            for d in dict.fromkeys(t["defence"]):
+                c, k = cells.get((model, p, d, "certified")), cells.get((model, p, d, "clean"))
+                row[d] = "–" if c is None else f"{fmt_ci(c.top1, c.lo, c.hi, 2)} / {k.top1:.2f}"
+            rows.append(row)
+        cost = tables.get("cost")
+        per_image = ("" if cost is None else " PatchCleanser's cost per image: " + ", ".join(
+            f"{r.model} {r.patch_px} px {r.forwards_per_image} forwards {r.seconds_per_image:.1f} s" for r in
+            cost.itertuples()) + ".")
+        notes.append(f"`{f}/`: {int(t['n'].max())} images.{per_image} Certified images that PGD inside the patch "
+                     f"flipped: {prov['raw'].get('certificate_violations', '?')}. " + source(prov, f))
+    table = pd.DataFrame(rows, columns=["model", "patch px", *defences]).fillna("–")
+    return (to_markdown(table) + "\n\nCertified [95% interval] / clean top-1 on the same test images for every "
+            "defence of a model (the undefended model is never certified; – : not a defence of that model).\n\n"
+            + "\n\n".join(notes))
 
 
 # ------------------------------------------------------------------------------------------------ timings, bench
