@@ -37,7 +37,7 @@ from .distributed import cleanup, init_distributed
 from .engine import keep_freed_cpu_memory, resolve_device
 from .errors import ConfigError, Interrupted, UserError
 from .loggers import check_overrides
-from .provenance import model_provenance, provenance
+from .provenance import git_commit, model_provenance, provenance
 from .result import Result
 from .tasks import Context, check_writable, evaluate, train
 from .train import identity_diff
@@ -76,6 +76,7 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     ctx = Context(cfg, device, dist, list(overrides))
+    commit = git_commit()         # the code this process runs: HEAD may move while a long task runs
     try:
         started = time.perf_counter()
         result = fn(ctx)
@@ -90,8 +91,8 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
                     used = as_dict(cfg)["models"] or ({cfg.model.tag: str(cfg.checkpoint)} if cfg.get("checkpoint")
                                                       else {})
                     models = {"models": model_provenance(used, cfg.seed)} if used else {}
-                    io.write_result(result, ctx.out_dir, provenance(config=as_dict(cfg), device=device,
-                                                                     seed=cfg.seed, wall_s=wall_s, **models))
+                    io.write_result(result, ctx.out_dir, provenance(config=as_dict(cfg), device=device, seed=cfg.seed,
+                                                                     wall_s=wall_s, git_commit=commit, **models))
                 where = ctx.out_dir
             print(f"done: {cfg.task}: {result.summary} (this command: {wall_s / 60:.1f} min) -> {where}", flush=True)
     finally:

@@ -113,7 +113,7 @@ PROMISED = {"accuracy": (["accuracy"], ["accuracy"]),
             "interactions": (["interaction"], ["interaction_vs_distance", "joint_vs_sum"]),
             "errors": (["per_class", "pairs", "bagnet_vs_cnns"], ["class_accuracy_scatter", "kappa_matrix"]),
             "sensitivity": (["logit_drop", "curves"], ["logit_drop_vs_n"]),
-            "patches": (["heatmaps", "patches"], ["heatmaps", "patches_000_n01440764", "patches_001_n03888257"])}
+            "patches": (["heatmaps", "patches"], ["heatmaps", "patches_000_n01440764", "patches_701_n03888257"])}  # numbered by class index
 
 
 def assert_every_part_written(run: dict, models: dict) -> None:
