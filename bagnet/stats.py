@@ -1,4 +1,5 @@
-"""Uncertainty for headline numbers: bootstrap confidence intervals, Cohen's kappa, verdicts, derangements.
+"""Uncertainty for headline numbers: bootstrap confidence intervals, Cohen's kappa, derangements (the words
+read from an interval: :mod:`bagnet.verdicts`).
 
 Everything here is numpy + pandas + scipy, vectorised over bootstrap replicates and seeded
 (``numpy.random.default_rng(seed)``), so the same call always gives the same interval.
@@ -37,7 +38,6 @@ Typical uses in this suite (all on the same test images, hence paired)::
     kept = ratio_ci(correct_scrambled, correct_clean)        # share of clean accuracy kept
     k = kappa_ci(correct_a, correct_b)                       # error overlap
     r = grouped_bootstrap_ci(df, "label", classwise_corr)    # correlation of class accuracies
-    verdict(*d, null=0.0, direction="greater")               # "present (95% CI excludes 0)"
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from scipy.stats import DegenerateDataWarning
 __all__ = [
     "CI", "bootstrap_ci", "paired_bootstrap_ci", "independent_bootstrap_ci", "ratio_ci",
     "grouped_bootstrap_ci", "correlation_ci", "kappa", "kappa_ci", "mean_diff", "mean_ratio",
-    "pearson", "excludes", "verdict", "derangement", "is_derangement", "fmt_ci",
+    "pearson", "excludes", "derangement", "is_derangement", "fmt_ci",
 ]
 
 # Upper bound on the number of array elements one vectorised chunk of replicates may hold
@@ -318,42 +318,13 @@ def grouped_bootstrap_ci(df: pd.DataFrame, group_col: str, fn: Callable[[pd.Data
               *_interval([np.arange(g)], lambda draw: fn(frame(draw)), n_boot, level, seed))
 
 
-# ----------------------------------------------------------------------------- verdicts and formatting
+# ----------------------------------------------------------------------------- intervals and formatting
 
 def excludes(lo: float, hi: float, null: float = 0.0) -> bool:
     """True when the interval ``[lo, hi]`` does not contain ``null`` (False for a NaN interval)."""
     if np.isnan(lo) or np.isnan(hi):
         return False
     return bool(null < lo or null > hi)
-
-
-def _g(x: float) -> str:
-    return f"{x:g}"
-
-
-def verdict(estimate: float, lo: float, hi: float, null: float = 0.0, direction: str | None = None,
-            level: float = 0.95) -> str:
-    """A short reading of an interval against a null value.
-
-    ``direction=None`` (two-sided): "present (95% CI excludes 0)" or "not shown (95% CI includes 0)".
-    ``direction="greater"`` / ``"less"``: the expected effect is above / below ``null``; an interval
-    entirely on the expected side is "present (95% CI excludes 0)", entirely on the other side
-    "reversed (95% CI excludes 0 on the other side)", otherwise "not shown (95% CI includes 0)". A NaN
-    interval gives "undetermined (no CI)".
-    """
-    if direction not in (None, "two-sided", "greater", "less"):
-        raise ValueError(f"direction must be None, 'two-sided', 'greater' or 'less', got {direction!r}")
-    pct = f"{100 * level:g}% CI"
-    if np.isnan(lo) or np.isnan(hi):
-        return "undetermined (no CI)"
-    if not excludes(lo, hi, null):
-        return f"not shown ({pct} includes {_g(null)})"
-    if direction in (None, "two-sided"):
-        return f"present ({pct} excludes {_g(null)})"
-    above = lo > null
-    if above == (direction == "greater"):
-        return f"present ({pct} excludes {_g(null)})"
-    return f"reversed ({pct} excludes {_g(null)} on the other side)"
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:

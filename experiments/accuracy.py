@@ -3,7 +3,7 @@ models on the same images, and top-1 per class (by name).
 
 The paper's ordering claim (BagNet-9 < BagNet-17 <= BagNet-33 < a CNN) is a set of paired contrasts: the
 difference of top-1 between two models on the same test images, with a paired bootstrap interval over images
-and a two-sided verdict (:func:`bagnet.stats.verdict`). No forward passes: input = per-image predictions
+and a two-sided verdict (:func:`bagnet.verdicts.reading`: a difference supported or not shown). No forward passes: input = per-image predictions
 (columns index, label, pred and top5_0..top5_4 or ``top5``, as the eval task writes them).
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pandas as pd
 from bagnet.data.names import display_names
 from bagnet.errors import ConfigError
 from bagnet.result import Result
-from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, verdict
+from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
+from bagnet.verdicts import reading
 
 from .common import ExperimentConfig, ranged, typed_cfg
 from .error_overlap import correctness
@@ -54,7 +55,7 @@ def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Resul
     for a, b in pairs:
         ci = paired_bootstrap_ci(top1[a].astype(float), top1[b].astype(float), n_boot=c["n_boot"], seed=c["seed"])
         contrasts.append({"model": a, "minus": b, "metric": "top1", "difference": ci.estimate, "lo": ci.lo,
-                          "hi": ci.hi, "verdict": verdict(*ci)})
+                          "hi": ci.hi, "verdict": reading(*ci)})
     shown = display_names(classes) if classes is not None else None
     per_class = []
     for k in sorted(set(labels.tolist())):

@@ -11,8 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from bagnet import io
 from bagnet.result import Result
 from bagnet.stats import fmt_ci
+from bagnet.verdicts import CANNOT_TEST, CONTRADICTED, SUPPORTED, of_check, reading
 
-from .demo_checks import verdict, chance_images_needed, checks_summary, demo_checks
+from .demo_checks import chance_images_needed, checks_summary, demo_checks
 from .registry import register_report
 
 
@@ -126,7 +127,8 @@ def demo_findings(results: dict[str, Result], bagnets: list[str], cnn: str) -> l
             rel = sub.set_index("method")["auc_vs_occlusion"]
             role = "control: the BagNet scored by its own heatmap" if sub["control"].any() else "target"
             verdicts = comp[comp["target"] == target] if len(comp) else comp
-            said = "; ".join(f"{r.heatmap + ' ' if 'heatmap' in verdicts else ''}vs {r.method}: {r.verdict}, AUC "
+            said = "; ".join(f"{r.heatmap + ' ' if 'heatmap' in verdicts else ''}better than {r.method}: "
+                             f"{reading(r.bagnet_minus_method_auc, r.lo, r.hi, expected='greater')}, AUC "
                              f"difference {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi)}"
                              for r in verdicts.itertuples()) if len(verdicts) else "no paired comparison"
             lines.append(f"Sensitivity ({target}, {role}): area under the logit-drop curve relative to occlusion: "
@@ -147,9 +149,10 @@ def demo_readme(checks: list[dict], wall_s: float, prov: dict, cfg: DictConfig,
              "## Did the expected effects appear?", "",
              f"{checks_summary(checks)}. Each effect is followed by its negative control: a place where the same "
              "instrument must not find the effect.", "",
-             "| check | what must hold | measured | holds |", "|---|---|---|---|"]
-    said = {True: "yes", False: "**no**", None: f"cannot test (fewer than {chance_images_needed()} images)"}
-    lines += [f"| {c.get('kind', 'effect')} | {c['effect']} | {c['measured']} | {said[verdict(c['holds'])]} |"
+             "| check | what must hold | measured | verdict |", "|---|---|---|---|"]
+    said = {SUPPORTED: "supported", CONTRADICTED: "**contradicted**",
+            CANNOT_TEST: f"cannot test (fewer than {chance_images_needed()} images)"}
+    lines += [f"| {c.get('kind', 'effect')} | {c['effect']} | {c['measured']} | {said[of_check(c['holds'])]} |"
               for c in checks]
     if spread:
         lines += [""] + spread
@@ -204,13 +207,13 @@ def seed_spread(out: str | Path, tables: dict[str, pd.DataFrame] | None = None, 
              f"This demo is seed {seed}; the same demo with seed{'s' if len(others) > 1 else ''} "
              f"{', '.join(map(str, others))} is in `seed<k>/` (`make demo-seeds`). " + "; ".join(held) + ".", "",
              "| check | " + " | ".join(f"seed {k}" for k in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    said = {True: "yes", False: "**no**", None: "cannot test"}
+    said = {SUPPORTED: "supported", CONTRADICTED: "**contradicted**", CANNOT_TEST: "cannot test"}
     first = runs[seeds[0]]["checks"]
     for i, row in first.iterrows():
         cells = []
         for k in seeds:
             c = runs[k]["checks"]
-            cells.append(f"{said[verdict(c.iloc[i]['holds'])]}: {c.iloc[i]['measured']}" if i < len(c) else "–")
+            cells.append(f"{said[of_check(c.iloc[i]['holds'])]}: {c.iloc[i]['measured']}" if i < len(c) else "–")
         lines.append(f"| {row.get('kind', 'effect')}: {row['effect'].split('(')[0].strip()} | " + " | ".join(cells) + " |")
     accs = [runs[k]["accuracy"].assign(seed=k) for k in seeds if len(runs[k]["accuracy"])]
     if accs:

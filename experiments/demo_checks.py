@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 
 from bagnet.stats import CI, bootstrap_ci, fmt_ci, paired_bootstrap_ci
-
-from .sensitivity import CONTROL_PASS
+from bagnet.verdicts import CONTROL_PASS, SUPPORTED, UNHURT_FLOOR, of_check
 
 
 def _correct(df: pd.DataFrame, ids: list[int] | None = None, within: bool = False) -> np.ndarray:
@@ -34,8 +33,7 @@ SOLVED_FLOOR = 0.75   # "solves it": 95% CI lower bound above 0.75; a model at 0
                       # at n >= 80 (its CI half-width ~0.066)
 TIE_MARGIN = 0.05     # "tie": a paired difference within 5 pt, the smallest gap the ~350 (local: ~150) test images
                       # resolve (95% CI half-width of a paired difference near 0.03)
-UNHURT_FLOOR = 0.9    # negative control: a BagNet whose windows stay whole keeps its local evidence; 0.9 of its clean
-                      # top-1 (95% CI lower bound) leaves room for the few windows a tile seam cuts
+# UNHURT_FLOOR (negative control of scrambling) and CONTROL_PASS (the instrument's): bagnet.verdicts
 
 
 def chance_images_needed(margin: float = CHANCE_MARGIN) -> int:
@@ -155,15 +153,10 @@ def demo_checks(preds: dict[str, pd.DataFrame], classes: list[str], kinds: dict[
 def checks_summary(checks: list[dict]) -> str:
     """'4/4 expected effects, 4/4 negative controls and 1/1 instrument controls held'."""
     kinds = list(dict.fromkeys(c.get("kind", "effect") for c in checks))
-    said = [f"{sum(verdict(c['holds']) is True for c in rows)}/{len(rows)} {CHECK_KINDS.get(k, k + 's')}"
+    said = [f"{sum(of_check(c['holds']) == SUPPORTED for c in rows)}/{len(rows)} {CHECK_KINDS.get(k, k + 's')}"
             for k in kinds for rows in [[c for c in checks if c.get("kind", "effect") == k]]]
     return (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else "".join(said)) + " held"
 
 
 CHECK_KINDS = {"effect": "expected effects", "negative control": "negative controls",
                "instrument control": "instrument controls"}
-
-
-def verdict(value):
-    """A check's verdict as saved (bool, or None / NaN when it cannot be tested)."""
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)

@@ -70,6 +70,7 @@ from bagnet.result import Result
 from bagnet.seeding import generator, seed_everything
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 from bagnet.utils import jsonable, unwrap
+from bagnet.verdicts import reading
 
 from .registry import Experiment, Unit, register
 from .lrp import lrp_maps, lrp_support
@@ -78,7 +79,6 @@ from .common import (IMAGE, OCCLUDERS, ExperimentConfig, eval_indices, forward, 
 
 METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
 OPTIONAL_METHODS = ["lrp"]   # epsilon-LRP (experiments/lrp.py): only for models captum's LRP covers
-CONTROL_PASS = 0.8           # a heatmap ranking under 0.8 of occlusion's AUC on its own BagNet fails its control
 
 
 @dataclass
@@ -323,10 +323,8 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             diff = paired_bootstrap_ci(per_image_auc[t, heat], per_image_auc[t, method], seed=cfg["seed"])
             comparisons.append({"target": t, "control": t == bag_name, "heatmap": heat, "method": method,
                                  "bagnet_minus_method_auc": diff.estimate, "lo": diff.lo, "hi": diff.hi,
-                                 "verdict": "BagNet heatmap " + ("better" if diff.lo > 0 else "worse" if diff.hi < 0
-                                                                 else "not distinguishable") +
-                                            " (95% CI " + ("excludes" if diff.lo > 0 or diff.hi < 0 else "includes")
-                                            + " 0)"})
+                                 # the claim: the BagNet heatmap ranks regions better than ``method``
+                                 "verdict": reading(*diff, expected="greater")})
     table = pd.DataFrame(rows)
     occl = table[table["method"] == "occlusion"].set_index("target")["auc"] if len(table) else pd.Series(dtype=float)
     table["auc_vs_occlusion"] = [r.auc / occl[r.target] if r.target in occl and occl[r.target] != 0 else float("nan")

@@ -28,7 +28,8 @@ from bagnet.errors import WeightsError
 from bagnet.models import is_bagnet
 from bagnet.models.releases import check_weights, locate_weights
 from bagnet.result import Result
-from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci, verdict
+from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci
+from bagnet.verdicts import reading
 from bagnet.train import evaluate_model
 
 from . import published
@@ -215,7 +216,7 @@ def contrasts(per_image: dict, reference: str, seed: int, pairs=()) -> pd.DataFr
             stats[kept] = paired_bootstrap_ci(a[:, [j, 0]], b[:, [j, 0]], _kept_diff, seed=seed)
         for metric, ci in stats.items():
             rows.append({"model": label, "minus": minus, "metric": metric, "difference": ci.estimate,
-                         "lo": ci.lo, "hi": ci.hi, "verdict": verdict(*ci)})
+                         "lo": ci.lo, "hi": ci.hi, "verdict": reading(*ci)})
     return pd.DataFrame(rows)
 
 

@@ -16,12 +16,13 @@ import pandas as pd
 
 from bagnet.io import read_result, results_files, to_markdown
 from bagnet.stats import fmt_ci
+from bagnet.verdicts import WORDS, emphasis, learned_floor, of_check, reading, word
 from experiments import published
 from experiments.demo_checks import checks_summary
 from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, ci, fmt_g, load, source
-from .verdicts import block_verdicts, learned_floor, signature_claims
+from .verdicts import block_verdicts, signature_claims
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
 
@@ -158,7 +159,8 @@ def sensitivity_verdicts(root: Path, folder: str = SIGNATURES) -> str:
     t, _ = load(root, f"{folder}/sensitivity")
     c = t["comparisons"]
     return "\n".join(f"- {r.target}{' (control)' if r.control else ''}: {getattr(r, 'heatmap', 'bagnet')} minus {r.method} "
-                     f"{fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)} — {r.verdict}" for r in c.itertuples())
+                     f"{fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)}; the heatmap ranks better: "
+                     f"{reading(r.bagnet_minus_method_auc, r.lo, r.hi, expected='greater')}" for r in c.itertuples())
 
 
 # ------------------------------------------------------------------------------------------------ patch robustness
@@ -239,8 +241,8 @@ def block_bench(root: Path) -> str:
 
 def verdict_counts(root: Path) -> str:
     """How many of the paper's claims tested on the signatures got each verdict (results/README.md lists them)."""
-    got = pd.Series([v.split(" (")[0].strip("*") for _, _, v, _ in signature_claims(root, SIGNATURES)])
-    counts = [f"{v} {(got == v).sum()}" for v in ("supported", "contradicted", "not shown", "cannot test")]
+    got = pd.Series([word(v) for _, _, v, _ in signature_claims(root, SIGNATURES)])
+    counts = [f"{v} {(got == v).sum()}" for v in WORDS]
     checks = f"; implementation checks (true by construction, not counted) passed {(got == 'check passed').sum()}"
     return (f"the paper's claims, tested here: {', '.join(counts)}{checks} (`results/README.md`: each claim with "
             "its interval, and why a claim cannot be tested)")
@@ -290,7 +292,8 @@ def block_headline(root: Path) -> str:
     kept = " ".join(
         f"Share of clean accuracy kept {where}: " + "; ".join(
             f"{m} {ci(df.loc[m], k)} (scrambled top-1 {ci(df.loc[m], s)})" for m in ("BagNet-33", "ResNet-50"))
-        + (f" (BagNet-33 minus ResNet-50: {con.loc[('BagNet-33', 'ResNet-50', k), 'verdict']})." if con is not None
+        + (f" (BagNet-33 minus ResNet-50: {reading(*con.loc[('BagNet-33', 'ResNet-50', k), ['difference', 'lo', 'hi']])})."
+           if con is not None
            else ".") for k, s, where in grids)
     runtime, paper = published.section("runtime"), published.section("imagenet")
     heat = bench_line(root, "heatmap", [f"q={q}: dense vs authors' routine, release forward" for q in (33, 17, 9)]
@@ -301,7 +304,7 @@ def block_headline(root: Path) -> str:
     rows = [
         ("demo (synthetic): the expected effects and their negative controls, each judged by its interval",
          f"{checks_summary(demo.to_dict(orient='records'))}{seeds_note(root, dprov.get('seed', 0))}: " + "; ".join(
-             f"{'**held**' if h == True else 'not shown'}: {e.split(':')[0].split('(')[0].strip()} ({m})"  # noqa: E712
+             f"{emphasis(of_check(h))}: {e.split(':')[0].split('(')[0].strip()} ({m})"
              for e, m, h in zip(demo["effect"], demo["measured"], demo["holds"])), "–", "`make demo`"),
         (table1_label(tprov),
          f"test top-1 {tests}. {kept} {weak_note(df)}",

@@ -1,28 +1,13 @@
 """The paper's and the report's claims, each with the verdict that the cpu-scale result files give and the
 interval behind it (``<!-- render: verdicts -->`` in results/README.md).
 
-A verdict is one of: **supported** / **contradicted** (the 95% interval excludes "no effect" on the claimed /
-the other side), **not shown** (the interval includes it), **cannot test** (the run cannot speak to the
-claim, with the reason). Rows that hold by construction (a BagNet-q's parts cannot interact beyond q - 1 px)
-are *implementation checks*: their verdict is "check passed" / "**check failed**", never counted as support.
-
-Every threshold is ours, not the papers', and named here with its reason:
-
-* ``LEARNED_FLOOR_CHANCE`` / ``LEARNED_FLOOR``: a model "learned" when the lower end of its clean test top-1
-  interval is at least 3x chance and at least 0.25. Above-chance alone lets a model that gets 1 image in
-  6 right on 15 classes count, whose errors, interactions and sensitivity are mostly noise; a claim about a
-  model below the floor is "cannot test".
-* ``NEARLY_ADDITIVE``: "nearly additive" = interaction below 0.1 of the joint effect (CI upper bound), the
-  scale at which the paper calls VGG-16's parts additive.
-* ``CONTROL_PASS`` (defined in experiments/sensitivity.py, which the demo also checks): a heatmap ranking
-  must reach 0.8 of occlusion's AUC on its own BagNet before it is
-  used to read a CNN; the hand-built BagNets reach 0.97-0.99 at the default regions on 112 px images
-  (tests/test_instruments.py holds them to 0.8).
-* ``FLOAT32_ZERO``: interactions below 1e-4 logits are float32 rounding of an exact zero.
-* Error overlap is judged against the CNN-CNN reference it displays (the paper's reading: a BagNet errs on
-  the same classes *as much as CNNs do among themselves*), on top-1 and on top-5: supported when the
-  BagNet-CNN correlation is above 0 and its interval reaches the lowest CNN-CNN correlation, contradicted
-  when its interval lies below every CNN-CNN correlation.
+Verdicts are the suite's one vocabulary (:mod:`bagnet.verdicts`: supported / contradicted / not shown /
+cannot test, and "check passed" / "check failed" for rows that hold by construction), read with its thresholds
+(learned floor, the instrument's control, "nearly additive", the float32 zero), each defined there with its
+reason. Error overlap is judged against the CNN-CNN reference it displays (the paper's reading: a BagNet errs
+on the same classes *as much as CNNs do among themselves*), on top-1 and on top-5: supported when the
+BagNet-CNN correlation is above 0 and its interval reaches the lowest CNN-CNN correlation, contradicted when
+its interval lies below every CNN-CNN correlation.
 """
 from __future__ import annotations
 
@@ -32,37 +17,37 @@ import pandas as pd
 
 from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
-from experiments.sensitivity import CONTROL_PASS
+from bagnet.verdicts import (
+    CANNOT_TEST,
+    CHECK_FAILED,
+    CHECK_PASSED,
+    CONTRADICTED,
+    CONTROL_PASS,
+    FLOAT32_ZERO,
+    NEARLY_ADDITIVE,
+    NOT_SHOWN,
+    SUPPORTED,
+    emphasis,
+    learned_floor,
+)
+from bagnet.verdicts import by_interval as _by_interval
+from bagnet.verdicts import combine as _combine
 from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, load
 
-LEARNED_FLOOR_CHANCE = 3.0   # "learned": clean top-1 CI lower bound >= 3 x chance ...
-LEARNED_FLOOR = 0.25         # ... and >= 0.25 (see the module doc for the reasons of every threshold)
-NEARLY_ADDITIVE = 0.1        # "nearly additive": interaction below this share of the joint effect (CI upper bound)
-FLOAT32_ZERO = 1e-4          # logits: interactions below this are float32 rounding of an exact zero
-CHECK_PASSED, CHECK_FAILED = "check passed (by construction, not evidence)", "**check failed**"
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift")
 
 
 def by_interval(lo: float, hi: float, expected: str = "greater") -> str:
-    """supported / contradicted / not shown for an effect expected above 0 (``greater``) or below."""
-    if pd.isna(lo) or pd.isna(hi):
-        return "cannot test (no interval)"
-    if lo > 0 or hi < 0:
-        return "**supported**" if (lo > 0) == (expected == "greater") else "**contradicted**"
-    return "not shown"
+    """The vocabulary's word for an effect expected above 0 (``greater``) or below, in the README's emphasis."""
+    w = _by_interval(lo, hi, expected=expected)
+    return emphasis(w) if w != CANNOT_TEST else f"{CANNOT_TEST} (no interval)"
 
 
 def combine(verdicts: list[str]) -> str:
-    for v in ("**contradicted**", "not shown", "cannot test (no interval)"):
-        if v in verdicts:
-            return v
-    return "**supported**"
-
-
-def learned_floor(chance: float) -> float:
-    return max(LEARNED_FLOOR_CHANCE * chance, LEARNED_FLOOR)
+    w = _combine(verdicts)
+    return emphasis(w) if w != CANNOT_TEST else f"{CANNOT_TEST} (no interval)"
 
 
 def learned(root: Path, folder: str) -> dict[str, tuple[bool, str]]:
@@ -83,10 +68,10 @@ def at_chance(models: list[str], skill: dict[str, tuple[bool, str]]) -> str | No
 def against_reference(lo: float, hi: float, reference: float) -> str:
     """The error-overlap rule (module doc): above 0 and reaching the lowest CNN-CNN correlation."""
     if pd.isna(lo) or pd.isna(hi) or pd.isna(reference):
-        return "cannot test (no interval or no CNN-CNN reference)"
+        return f"{CANNOT_TEST} (no interval or no CNN-CNN reference)"
     if hi < reference:
-        return "**contradicted**"
-    return "**supported**" if lo > 0 else "not shown"
+        return emphasis(CONTRADICTED)
+    return emphasis(SUPPORTED) if lo > 0 else NOT_SHOWN
 
 
 def diff(c: pd.DataFrame, model: str, minus: str, metric: str) -> tuple[str, str]:
@@ -138,7 +123,7 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
     far = it[it["bin_lo"] >= it["exact_zero_from"].astype(float)]   # q - 1 px for a BagNet-q, NaN for a CNN
     largest = far["max_abs_interaction"].max()
     rows.append(("(implementation check) a BagNet-q's image parts do not interact beyond q − 1 px",
-                 "paper Sec. 4 (by construction)", CHECK_PASSED if largest < FLOAT32_ZERO else CHECK_FAILED,
+                 "paper Sec. 4 (by construction)", CHECK_PASSED if largest < FLOAT32_ZERO else emphasis(CHECK_FAILED),
                  f"largest interaction of BagNet-9/17/33 at ≥ q − 1 px: {largest:.1e} logits (float32 zero: "
                  f"< {FLOAT32_ZERO:g})"))
     for model in ("VGG-16", "DenseNet-169"):
@@ -147,8 +132,8 @@ def signature_claims(root: Path, folder: str) -> list[tuple[str, str, str, str]]
             continue
         lo, hi = g["normalized_interaction_lo"].min(), g["normalized_interaction_hi"].max()
         v = at_chance([model], skill) or (
-            "**supported**" if hi < NEARLY_ADDITIVE else "**contradicted**" if lo >= NEARLY_ADDITIVE
-            else "not shown")
+            emphasis(SUPPORTED) if hi < NEARLY_ADDITIVE else emphasis(CONTRADICTED) if lo >= NEARLY_ADDITIVE
+            else NOT_SHOWN)
         rows.append((f"{model}: image parts ≥ 32 px apart nearly additive (interaction < {NEARLY_ADDITIVE:g} of "
                      "the joint effect)", "paper Sec. 4 (VGG-16)", v,
                      f"normalised interaction, bins ≥ 32 px: {g['normalized_interaction'].min():.3g}–"

@@ -30,7 +30,7 @@ def test_accuracy_known_answer_and_paired_contrast():
     assert t.loc["A", "top1"] == pytest.approx(0.8) and t.loc["B", "top1"] == pytest.approx(b.mean())
     assert (t["top5"] == 1).all() and (t["top1_lo"] < t["top1"]).all() and (t["top1"] < t["top1_hi"]).all()
     c = r.tables["contrasts"].iloc[0]
-    assert c["difference"] == pytest.approx(0.8 - b.mean()) and c["lo"] > 0 and c["verdict"].startswith("present")
+    assert c["difference"] == pytest.approx(0.8 - b.mean()) and c["lo"] > 0 and c["verdict"].startswith("supported")
     per_class = r.tables["per_class"].set_index("class")
     assert per_class.loc["y", "A"] == pytest.approx(a[labels == 1].mean()) and (per_class["n"] == 200).all()
     # the same model against itself: a difference of exactly 0, never "present"; reference= adds every model

@@ -413,5 +413,5 @@ def test_demo_seed_spread_reads_every_seed(tmp_path):
     text = "\n".join(seed_spread(tmp_path, {"checks": checks(True), "accuracy": acc(0.7)}, 0, 30.0))
     assert "seed 0: 1/1 expected effects and 1/1 negative controls held (0.5 min)" in text
     assert "seed 2: 1/1 expected effects and 1/1 negative controls held (2.0 min)" in text
-    assert "seed 1: 0/1 expected effects" in text and "| effect: rises | yes: m | **no**: m | yes: m |" in text
+    assert "seed 1: 0/1 expected effects" in text and "| effect: rises | supported: m | **contradicted**: m | supported: m |" in text
     assert "| B9 | 0.700 (0.600 to 0.800) |" in text

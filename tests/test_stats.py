@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bagnet import stats
+from bagnet import stats, verdicts
 
 
 # ----------------------------------------------------------------------------- bootstrap_ci
@@ -236,27 +236,45 @@ def test_kappa_vectorised_and_ci():
     est, lo, hi = stats.kappa_ci(x, y, seed=0)
     assert est == stats.kappa(x, y)
     assert 0 < lo < est < hi < 1
-    assert stats.verdict(est, lo, hi, 0.0, "greater") == "present (95% CI excludes 0)"
+    assert verdicts.reading(est, lo, hi, 0.0, "greater") == "supported (95% CI excludes 0)"
 
 
-# ----------------------------------------------------------------------------- excludes / verdict
+# ----------------------------------------------------------------------------- excludes / verdicts
 
-def test_excludes_and_verdict():
+def test_excludes():
     assert stats.excludes(0.1, 0.3, 0.0)
     assert stats.excludes(-0.3, -0.1, 0.0)
     assert not stats.excludes(-0.1, 0.3, 0.0)
     assert not stats.excludes(0.0, 0.3, 0.0)          # touching the null is not excluding it
     assert not stats.excludes(float("nan"), 0.3, 0.0)
     assert stats.excludes(0.2, 0.4, 0.5)
-    assert stats.verdict(0.2, 0.1, 0.3, 0.0) == "present (95% CI excludes 0)"
-    assert stats.verdict(0.1, -0.1, 0.3, 0.0) == "not shown (95% CI includes 0)"
-    assert stats.verdict(0.1, -0.1, 0.3, 0.0, "greater") == "not shown (95% CI includes 0)"
-    assert stats.verdict(-0.2, -0.3, -0.1, 0.0, "greater").startswith("reversed")
-    assert stats.verdict(-0.2, -0.3, -0.1, 0.0, "less") == "present (95% CI excludes 0)"
-    assert stats.verdict(0.9, 0.8, 0.95, 1.0, level=0.9) == "present (90% CI excludes 1)"
-    assert stats.verdict(0.5, float("nan"), float("nan"), 0.0).startswith("undetermined")
+
+
+def test_the_one_verdict_vocabulary():
+    """Every reading of an interval is one of four words; two-sided: a difference supported or not shown."""
+    r = verdicts.reading
+    assert r(0.2, 0.1, 0.3, 0.0) == "supported (95% CI excludes 0)"
+    assert r(0.1, -0.1, 0.3, 0.0) == "not shown (95% CI includes 0)"
+    assert r(0.1, -0.1, 0.3, 0.0, "greater") == "not shown (95% CI includes 0)"
+    assert r(0.1, 0.0, 0.3, 0.0, "greater").startswith("not shown")       # touching the null is not excluding it
+    assert r(-0.2, -0.3, -0.1, 0.0, "greater") == "contradicted (95% CI excludes 0 on the other side)"
+    assert r(-0.2, -0.3, -0.1, 0.0, "less") == "supported (95% CI excludes 0)"
+    assert r(-0.2, -0.3, -0.1, 0.0) == "supported (95% CI excludes 0)"    # two-sided: a difference
+    assert r(0.9, 0.8, 0.95, 1.0, level=0.9) == "supported (90% CI excludes 1)"
+    assert r(0.5, float("nan"), float("nan"), 0.0) == "cannot test (no CI)"
     with pytest.raises(ValueError):
-        stats.verdict(0.1, 0.0, 0.2, 0.0, "up")
+        r(0.1, 0.0, 0.2, 0.0, "up")
+    assert [verdicts.of_check(h) for h in (True, False, None, float("nan"), np.bool_(True))] == [
+        "supported", "contradicted", "cannot test", "cannot test", "supported"]
+    assert verdicts.word("**contradicted** (95% CI ...)") == "contradicted"
+    assert verdicts.combine(["supported", "**supported**"]) == "supported"
+    assert verdicts.combine(["supported", "not shown (95% CI includes 0)", "cannot test"]) == "not shown"
+    assert verdicts.combine(["not shown", "**contradicted**"]) == "contradicted"
+    assert verdicts.emphasis("supported (95% CI excludes 0)") == "**supported** (95% CI excludes 0)"
+    assert verdicts.emphasis("not shown") == "not shown"
+    with pytest.raises(ValueError):
+        verdicts.word("present")                      # the old words are gone
+    assert verdicts.learned_floor(1 / 15) == 0.25 and verdicts.learned_floor(1 / 7) == pytest.approx(3 / 7)
 
 
 # ----------------------------------------------------------------------------- derangements
