@@ -122,17 +122,30 @@ def typed_cfg(schema: type, cfg: Mapping | None, where: str) -> dict:
     return out
 
 
+@dataclass
+class SplitData:
+    """What an experiment runs on: one split's images with the data's class names and normalisation."""
+    dataset: Dataset
+    classes: list
+    mean: tuple
+    std: tuple
+    image_size: int | None = None    # the size the models see (images of other sizes are resized to it)
+
+
 def resolve_data(data, classes=None, mean=None, std=None, split: str = "test"):
-    """Accept a Dataset, a DataBundle (uses ``split``), or anything with ``.dataset``; returns
-    (dataset, classes, mean, std). Missing mean/std fall back to ImageNet's (for display only)."""
-    if hasattr(data, "split") and hasattr(data, "train"):        # DataBundle
-        classes = classes if classes is not None else data.classes
-        mean, std = mean or data.mean, std or data.std
-        data = data.split(split)
-    elif hasattr(data, "dataset") and not isinstance(data, Dataset):
-        classes = classes if classes is not None else getattr(data, "classes", None)
-        mean, std = mean or getattr(data, "mean", None), std or getattr(data, "std", None)
-        data = data.dataset
+    """(dataset, classes, mean, std) of what an experiment was given: a :class:`SplitData` (what the suite
+    passes), a :class:`~bagnet.data.DataBundle` (its ``split``), or a bare Dataset or list of (image, label)
+    (its ``classes`` attribute, if any). Arguments that are given win; missing mean/std are ImageNet's (for display only)."""
+    from bagnet.data.bundle import DataBundle
+    if isinstance(data, SplitData):
+        classes, mean, std, data = (classes if classes is not None else data.classes, mean or data.mean,
+                                    std or data.std, data.dataset)
+    elif isinstance(data, DataBundle):
+        classes, mean, std, data = (classes if classes is not None else data.classes, mean or data.mean,
+                                    std or data.std, data.split(split))
+    elif not isinstance(data, (Dataset, Sequence)):
+        raise TypeError(f"an experiment runs on a SplitData, a DataBundle, a Dataset or a sequence of (image, label), "
+                        f"not {type(data).__name__}")
     if classes is None:
         classes = getattr(data, "classes", None)
     return data, classes, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)

@@ -17,7 +17,6 @@ import shutil
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -36,6 +35,7 @@ from bagnet.train import evaluate_model
 from bagnet.utils import file_sha256, jsonable, refused_content
 
 from . import registry
+from .common import SplitData
 
 
 def units(experiment: registry.Experiment, models: Mapping[str, nn.Module], cfg: Mapping) -> list[registry.Unit]:
@@ -125,16 +125,6 @@ def predictions(ctx, specs: Mapping | None = None) -> dict[str, pd.DataFrame]:
         model = ctx.model(name, spec).eval()
         out[name] = evaluate_model(model, ctx.data, [cfg.split], as_dict(cfg), ctx.device)[cfg.split][1]
     return out
-
-
-@dataclass
-class SplitData:
-    """What an experiment runs on: one split's images with the data's class names and normalisation."""
-    dataset: object
-    classes: list
-    mean: tuple
-    std: tuple
-    image_size: int | None = None    # the size the models see (images of other sizes are resized to it)
 
 
 def split_data(ctx, split: str | None = None) -> SplitData:
