@@ -90,12 +90,12 @@ reproduce-imagenette: setup
 	$(PY) scripts/render_results.py --documents
 
 eval-imagenet: setup
-	$(RUN) task=eval_imagenet experiment=eval_imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(ARGS)
+	$(RUN) experiment=eval_imagenet $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) $(if $(BAGNET_WEIGHTS_DIR),weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
 
 # the paper's ImageNet experiments (results/paper/README.md); resumable: re-run after an interruption
 reproduce-paper: setup
 	$(RUN) task=paper experiment=paper $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) \
-	  $(if $(BAGNET_WEIGHTS_DIR),paper.weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
+	  $(if $(BAGNET_WEIGHTS_DIR),weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
 
 # CPU benchmarks (~35 min on 2 cores; run them on a quiet machine; DATA_ROOT=15-Scene for data loading): results/bench/<machine>/ + README.md
 bench: setup

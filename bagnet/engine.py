@@ -46,6 +46,37 @@ def tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def numerics_state() -> dict:
+    """The TF32 switches (legacy flags, which the run sets) and, where this torch has them, the newer
+    per-backend fp32 precision settings they map to."""
+    state = {"cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+    for name, obj in (("cuda_matmul_fp32_precision", torch.backends.cuda.matmul),
+                      ("cudnn_conv_fp32_precision", getattr(torch.backends.cudnn, "conv", None))):
+        try:
+            state[name] = str(obj.fp32_precision)
+        except (AttributeError, RuntimeError):
+            pass
+    return state
+
+
+class Tf32Guard:
+    """Forward pre-hook: refuses a forward with TF32 on, counts the forwards it saw. Copies of a hooked
+    model (deepcopy for attribution) share the guard."""
+
+    def __init__(self):
+        self.forwards = 0
+
+    def __call__(self, module, args):
+        s = numerics_state()
+        if s["cuda_matmul_allow_tf32"] or s["cudnn_allow_tf32"]:
+            raise RuntimeError(f"TF32 is on during a forward of {type(module).__name__}: {s}")
+        self.forwards += 1
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def cpu_has_fast_bf16() -> bool:
     try:
         flags = open("/proc/cpuinfo").read()

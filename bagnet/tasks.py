@@ -27,6 +27,7 @@ from .engine import resolve_precision
 from .distributed import DistInfo
 from .errors import ConfigError, Interrupted, UserError
 from .models import create_model
+from .models.releases import pretrained_model
 from .provenance import provenance
 from .result import Result
 from .train import (RUN_IDENTITY_IGNORED, check_data_fingerprint, check_identity, checkpoint_identity,
@@ -57,8 +58,7 @@ class Context:
         return Context(cfg, self.device, self.dist, overrides)
 
     def models(self) -> dict[str, nn.Module]:
-        """``cfg.models`` (name -> run dir / checkpoint, or a model config), on the device, in eval mode;
-        empty: the config's model (from ``checkpoint=`` when given)."""
+        """``cfg.models`` (name -> run dir, checkpoint, model config), or else the config's model, in eval mode."""
         specs = dict(self.cfg.models) or {self.cfg.model.tag: None}
         return {name: self.model(name, spec).to(self.device).eval() for name, spec in specs.items()}
 
@@ -79,6 +79,8 @@ class Context:
             model, mspec = load_run(spec)
             check_classes(mspec, data, f"models.{name} ({spec})")
             return model
+        if spec.get("pretrained"):                     # a release, as published
+            return pretrained_model(as_dict(spec), data, f"models.{name}", cfg.get("weights_dir"))
         return create_model(**as_dict(spec), num_classes=data.num_classes)
 
 

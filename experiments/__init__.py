@@ -16,7 +16,7 @@ Experiments (``run(models, data, cfg) -> Result``, never writing files):
 
 Pipelines (``task(ctx) -> Result``): :mod:`experiments.pipeline` (a pipeline stated in a config: ``make
 signatures``, ``make reproduce-imagenette``), :mod:`experiments.demo`, :mod:`experiments.table1`,
-:mod:`experiments.paper`, :mod:`experiments.eval_imagenet`.
+:mod:`experiments.paper`; `make eval-imagenet` is a config (configs/experiment/eval_imagenet.yaml).
 """
 import importlib
 import pkgutil

@@ -21,7 +21,8 @@ from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 from bagnet.verdicts import reading
 
-from .common import ExperimentConfig, ranged, typed_cfg
+from . import published
+from .keys import ExperimentConfig, ranged, typed_cfg
 from .error_overlap import correctness
 from .registry import Experiment, register
 
@@ -32,6 +33,8 @@ class Config(ExperimentConfig):
     contrasts: list[list[str]] = field(default_factory=list)
     reference: Optional[str] = None       # and every other model minus this one
     n_boot: int = ranged(2000, ge=100)     # bootstrap resamples (fewer make the 95% interval itself noise)
+    # a section of experiments/published.yaml (e.g. imagenet): its top-1/top-5 beside each model of that name
+    published: Optional[str] = None
 
 
 def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Result:
@@ -64,7 +67,14 @@ def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Resul
         row.update({m: float(top1[m][labels == k].mean()) for m in names})
         per_class.append(row)
     table = pd.DataFrame(rows)
-    return Result(tables={"accuracy": table, "contrasts": pd.DataFrame(contrasts), "per_class": pd.DataFrame(per_class)},
+    header = ""
+    if c["published"]:
+        entries = published.section(c["published"])
+        for metric in ("top1", "top5"):
+            table[f"published {metric}"] = [entries[m][metric] if m in entries else None for m in table["model"]]
+        sources = sorted({entries[m].source for m in table["model"] if m in entries})
+        header = f"Published (`experiments/published.yaml`, section {c['published']}): {'; '.join(sources) or 'none'}."
+    return Result(header=header, tables={"accuracy": table, "contrasts": pd.DataFrame(contrasts), "per_class": pd.DataFrame(per_class)},
                   figures={"accuracy": accuracy_figure(table)},
                   raw={"n_images": int(len(labels)), "n_boot": c["n_boot"]},
                   summary=", ".join(f"{r['model']} {r['top1']:.3f}" for r in rows))
@@ -84,5 +94,14 @@ def accuracy_figure(table: pd.DataFrame):
     return fig
 
 
-register(Experiment("accuracy", Config, run, inputs="predictions",
+def check(cfg: Mapping, classes, image_size) -> None:
+    if cfg["published"] is not None:
+        try:
+            published.section(cfg["published"])
+        except KeyError:
+            raise ConfigError(f"signatures.accuracy.published: no section '{cfg['published']}' in "
+                              "experiments/published.yaml") from None
+
+
+register(Experiment("accuracy", Config, run, inputs="predictions", check=check,
                     summary="top-1/top-5 with intervals, paired contrasts, top-1 per class"))

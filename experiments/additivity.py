@@ -58,8 +58,8 @@ from bagnet.stats import pearson, ratio_ci
 from bagnet.utils import jsonable, unwrap
 
 from .registry import Experiment, register
-from .common import (IMAGE, OCCLUDERS, ExperimentConfig, eval_indices, forward, iter_batches, mean_colour,
-                     occluder_fill, prepare_model, ranged, resolve_data, typed_cfg)
+from .inputs import eval_indices, forward, iter_batches, mean_colour, occluder_fill, OCCLUDERS, prepare_model, resolve_data
+from .keys import ExperimentConfig, IMAGE, ranged, typed_cfg
 
 PLACEMENTS = ("random", "parts", "both")
 

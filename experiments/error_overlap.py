@@ -44,7 +44,7 @@ from bagnet.stats import correlation_ci, kappa_ci, pearson
 from bagnet.utils import jsonable
 
 from .registry import Experiment, register
-from .common import ExperimentConfig, ranged, typed_cfg
+from .keys import ExperimentConfig, ranged, typed_cfg
 
 @dataclass
 class Config(ExperimentConfig):

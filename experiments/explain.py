@@ -21,7 +21,8 @@ from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
 from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
 
-from .common import IMAGE, ExperimentConfig, eval_indices, load_batch, ranged, typed_cfg
+from .inputs import eval_indices, load_batch
+from .keys import ExperimentConfig, IMAGE, ranged, typed_cfg
 from .registry import Experiment, register
 
 

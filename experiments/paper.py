@@ -41,17 +41,16 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from bagnet import io
-from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
-from bagnet.engine import Precision, accuracy_from_predictions, predict
+from bagnet.engine import Precision, Tf32Guard, accuracy_from_predictions, numerics_state, predict, tf32
 from bagnet.errors import ConfigError
-from bagnet.models import default_cfg, is_bagnet
+from bagnet.models import is_bagnet
 from bagnet.result import Result
 
 from . import explain, sensitivity
 from . import paper_setup as setup
-from .common import check_keys, eval_indices, forward, load_batch, topk_correct, typed_cfg
-from .eval_imagenet import local_weights
+from .inputs import eval_indices, forward, load_batch, topk_correct
+from .keys import check_keys, typed_cfg
 from .paper_report import (
     accuracy_figure,
     headline_table,
@@ -65,9 +64,6 @@ from .paper_setup import (
     PUBLISHED_TEXTURE,
     Models,
     PaperConfig,
-    Tf32Guard,
-    numerics_state,
-    tf32_off,
 )
 from .scrambling import examples_figure, scramble_batch
 from .suite import SplitData, Store, digest as _digest, run_experiment
@@ -86,7 +82,8 @@ class Paper:
         self.mean, self.std = tuple(data.mean), tuple(data.std)
         self.device = ctx.device
         self.seed = int(ctx.cfg.seed)
-        self.models = Models(cfg["models"], cfg["weights_dir"], self.device, self.mean, self.std, guard)
+        self.weights_dir = ctx.cfg.get("weights_dir")
+        self.models = Models(cfg["models"], self.weights_dir, self.device, data, guard)
         self.labels = list(cfg["models"])
         self.bagnet = cfg["bagnet"]
         if self.bagnet not in self.labels:
@@ -157,8 +154,7 @@ class Paper:
             saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
             if saved is None or saved["indices"] != idx:
                 if extractor is None:
-                    vgg = setup.load_model(self.cfg["texture_model"], self.cfg["weights_dir"], self.mean, self.std,
-                                     "texture_model")
+                    vgg = setup.load_model(self.cfg["texture_model"], self.weights_dir, self.data, "texture_model")
                     vgg.register_forward_pre_hook(self.guard)
                     extractor = tc.extractor(vgg.features.to(self.device))
                     extractor.features.register_forward_pre_hook(self.guard)
@@ -177,10 +173,7 @@ class Paper:
                 "labels": cat(lab), "key": _digest(key)}
 
     def _texture_model_key(self) -> dict:
-        spec = dict(self.cfg["texture_model"])
-        release = default_cfg(spec["name"], **model_kwargs(spec))
-        spec["weights"] = spec.get("weights") or local_weights(release["file"], self.cfg["weights_dir"]) or "download"
-        return spec
+        return setup.release_key(self.cfg["texture_model"], self.weights_dir)
 
     def texture(self) -> Result:
         c = self.cfg["texture"]
@@ -302,7 +295,7 @@ def task(ctx) -> Result:
     store = Store(Path(ctx.cfg.run_dir), cfg["progress"])
     guard = Tf32Guard()
     started = time.perf_counter()
-    with tf32_off():
+    with tf32(False):
         inside = numerics_state()
         paper = Paper(ctx, cfg, store, guard)
         parts, preds, timings = {}, None, {}

@@ -34,7 +34,8 @@ from bagnet.result import Result
 from bagnet.stats import bootstrap_ci
 
 from .registry import Experiment, register
-from .common import IMAGE, ExperimentConfig, eval_indices, iter_batches, ranged, resolve_data, typed_cfg
+from .inputs import eval_indices, iter_batches, resolve_data
+from .keys import ExperimentConfig, IMAGE, ranged, typed_cfg
 
 DEFENCES = ("undefended", "clipped", "masking", "masking_detect", "patchcleanser")
 BAGNET_DEFENCES = ("clipped", "masking", "masking_detect")        # from local logits: BagNets only

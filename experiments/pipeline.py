@@ -11,6 +11,7 @@ names an experiment: what runs is the config's list, through :func:`experiments.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,11 +19,13 @@ from typing import Any, Optional
 import pandas as pd
 
 from bagnet.config import add_schema_store, as_dict, untyped_node
+from bagnet.engine import numerics_state, tf32
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 
 from . import registry
-from .common import estimate_training, train_models, typed_cfg
+from .keys import typed_cfg
+from .training import estimate_training, train_models
 from .registry import register_pipeline
 from .suite import run_experiments, signature_cfg
 
@@ -35,6 +38,9 @@ class PipelineConfig:
     experiments: list[str] = field(default_factory=list)   # registered experiments, each a folder of the result
     report: Optional[str] = None                            # a registered report: the checks and the README
     estimate: bool = True                                   # print the training time left before training
+    # TF32 for CUDA matmuls / cuDNN convolutions during the experiments: null = torch's setting as it is; false =
+    # off for all of them (fp32 answers, e.g. to compare with published fp32 numbers) and restored after
+    tf32: Optional[bool] = None
 
 
 # pipeline/schema in Hydra's ConfigStore (configs/pipeline/default.yaml extends it): every key exists, a typo is
@@ -72,9 +78,11 @@ def task(ctx) -> Result:
     specs = {**runs, **{k: v for k, v in ctx.cfg.models.items() if k not in runs}}
     if not specs:
         raise ConfigError("the pipeline has no models: set pipeline.train and/or models")
-    parts = run_experiments(ctx, p["experiments"], specs)
+    with nullcontext() if p["tf32"] is None else tf32(p["tf32"]):
+        numerics = numerics_state()
+        parts = run_experiments(ctx, p["experiments"], specs)
     tables = {"training": training_table(trained)} if trained else {}
-    result = Result(tables=tables, parts=parts, raw={"models": specs},
+    result = Result(tables=tables, parts=parts, raw={"models": specs, "numerics": numerics},
                     summary=f"{len(specs)} models; ran {', '.join(parts)}")
     return report(ctx, result, trained) if report else result
 

@@ -29,7 +29,8 @@ from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci
 
 from .registry import Experiment, register
-from .common import ExperimentConfig, eval_indices, iter_batches, ranged, resolve_data, topk_correct, typed_cfg
+from .inputs import eval_indices, iter_batches, resolve_data, topk_correct
+from .keys import ExperimentConfig, ranged, typed_cfg
 
 MODES = ("fp32", "bf16", "fp16", "tf32")
 

@@ -24,7 +24,7 @@ from bagnet.config import add_schema_store
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 
-from .common import check_keys, typed_cfg
+from .keys import check_keys, typed_cfg
 
 
 @dataclass
@@ -105,7 +105,7 @@ def get(name: str) -> Experiment:
 
 def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: int | None = None) -> dict:
     """Refuse a config of ``experiment`` before any work (before models are trained or loaded): unknown keys, wrong
-    types, a value outside its key's range (declared beside the key in its ``Config``, :func:`experiments.common.
+    types, a value outside its key's range (declared beside the key in its ``Config``, :func:`experiments.keys.
     ranged`; the bounds on the image side with ``image_size``, the side of the images the models see), then the
     experiment's own ``check``. Every error is one ConfigError naming ``signatures.<name>.<key>``. Returns the
     typed config."""

@@ -55,8 +55,8 @@ from bagnet.stats import bootstrap_ci, derangement, ratio_ci
 from bagnet.utils import jsonable
 
 from .registry import Experiment, register
-from .common import (IMAGE, ExperimentConfig, eval_indices, forward, iter_batches, prepare_model, ranged,
-                     resolve_data, topk_correct, typed_cfg)
+from .inputs import eval_indices, forward, iter_batches, prepare_model, resolve_data, topk_correct
+from .keys import ExperimentConfig, IMAGE, ranged, typed_cfg
 
 
 @dataclass

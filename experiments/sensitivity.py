@@ -74,8 +74,8 @@ from bagnet.verdicts import reading
 
 from .registry import Experiment, Unit, register
 from .lrp import lrp_maps, lrp_support
-from .common import (IMAGE, OCCLUDERS, ExperimentConfig, eval_indices, forward, iter_batches, mean_colour,
-                     occluder_fill, prepare_model, ranged, resolve_data, typed_cfg)
+from .inputs import eval_indices, forward, iter_batches, mean_colour, occluder_fill, OCCLUDERS, prepare_model, resolve_data
+from .keys import ExperimentConfig, IMAGE, ranged, typed_cfg
 
 METHODS = ["bagnet", "saliency", "input_x_gradient", "integrated_gradients", "deeplift", "occlusion", "random"]
 OPTIONAL_METHODS = ["lrp"]   # epsilon-LRP (experiments/lrp.py): only for models captum's LRP covers
@@ -95,7 +95,7 @@ class Config(ExperimentConfig):
     heatmap_stride: int = ranged(1, ge=1, le=IMAGE)
     num_images: Optional[int] = ranged(32, ge=1)
     batch_size: int = ranged(16, ge=1)
-    # zero (the paper) | gray | dataset_mean | blur: see common.occluder_fill
+    # zero (the paper) | gray | dataset_mean | blur: see inputs.occluder_fill
     occluder: str = ranged("zero", choices=OCCLUDERS)
     blur_sigma: float = ranged(4.0, gt=0)
     bagnet_control: bool = True           # also score the heatmap BagNet as its own target (a control)

@@ -35,7 +35,7 @@ from bagnet.train import evaluate_model
 from bagnet.utils import file_sha256, jsonable, refused_content
 
 from . import registry
-from .common import SplitData
+from .inputs import SplitData
 
 
 def units(experiment: registry.Experiment, models: Mapping[str, nn.Module], cfg: Mapping) -> list[registry.Unit]:

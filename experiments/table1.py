@@ -33,7 +33,7 @@ from bagnet.verdicts import reading
 from bagnet.train import evaluate_model
 
 from . import published
-from .common import estimate_training, model_overrides, train_models
+from .training import estimate_training, model_overrides, train_models
 from .scrambling import scramble_batch
 from .registry import register_pipeline
 

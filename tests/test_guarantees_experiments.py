@@ -64,7 +64,7 @@ def test_every_numeric_experiment_key_declares_a_range():
     from experiments.paper_setup import PaperConfig
     missing = [k for name, exp in registry.registered().items() for k in _without_range(exp.schema, f"signatures.{name}")]
     missing += _without_range(PaperConfig, "paper")
-    assert not missing, f"keys without a range (declare one with experiments.common.ranged): {missing}"
+    assert not missing, f"keys without a range (declare one with experiments.keys.ranged): {missing}"
 
 
 @pytest.mark.parametrize("task, setting, key", [

@@ -384,7 +384,7 @@ def test_markdown_tables_write_missing_values_as_a_dash():
 def test_signatures_find_the_table1_runs_of_their_init(init, profile):
     """make signatures INIT=... reads exactly the run dirs make reproduce-table1 INIT=... trains (and the
     VGG-16 run of make signatures' own training step), at either profile; results go to <profile>-<init>."""
-    from experiments.common import model_overrides
+    from experiments.training import model_overrides
     from experiments.table1 import table1_models
     common = [f"init={init}", f"profile={profile}", "data=scene15"]
     t1 = compose(["experiment=table1", *common])

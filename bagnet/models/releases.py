@@ -1,12 +1,16 @@
 """Where each model's pretrained release file is (``locate_weights``) and whether it can be had now
-(``check_weights``), for any registered model: the authors' BagNets, torchvision's and pytorchcv's releases."""
+(``check_weights``), for any registered model: the authors' BagNets, torchvision's and pytorchcv's releases; and
+the one loader of a released model for experiments (``pretrained_model``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
-from ..errors import WeightsError
+from torch import nn
+
+from ..errors import ConfigError, WeightsError
 from .pytorchcv_weights import fetch_pytorchcv_state_dict
-from .registry import default_cfg
+from .registry import create_model, default_cfg
 from .weights import fetch_state_dict, find_local, hub_checkpoint_dir, weights_dir
 
 
@@ -41,3 +45,24 @@ def check_weights(name: str, **model_kwargs) -> str:
     else:
         fetch_state_dict(release["url"], release["file"], model_kwargs.get("weights"))
     return release["file"]
+
+
+def pretrained_model(spec: Mapping, data, what: str, weights_dir: str | None = None) -> nn.Module:
+    """A released model as published (its weights, its classes), refused before loading when the data it will
+    see (anything with ``mean``, ``std``, ``num_classes``: a DataBundle) differs from what it was trained on (number of classes, normalisation). Weights: ``spec.weights``, else
+    the release file in ``weights_dir`` (:func:`bagnet.models.weights.find_local`, the one finder), else the
+    hash-checked download or hub cache."""
+    spec = dict(spec)
+    release = default_cfg(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", "tag")})
+    if release is None:
+        raise ConfigError(f"{what}: model '{spec['name']}' has no pretrained release")
+    if tuple(release["mean"]) != tuple(data.mean) or tuple(release["std"]) != tuple(data.std):
+        raise ConfigError(f"{what}: its weights expect mean {tuple(release['mean'])} / std {tuple(release['std'])}, "
+                          f"the data normalises with {tuple(data.mean)} / {tuple(data.std)}")
+    if data.num_classes != release["num_classes"]:
+        raise ConfigError(f"{what}: its release predicts {release['num_classes']} classes, the data has "
+                          f"{data.num_classes} (ImageNet subsets: data.label_space=imagenet1k)")
+    found = find_local(release["file"], weights_dir)
+    spec["weights"] = spec.get("weights") or (str(found) if found else None)
+    spec["pretrained"] = True
+    return create_model(**spec, num_classes=release["num_classes"])
