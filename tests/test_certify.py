@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from bagnet.certify import (affected, certify_clipping, certify_masking, clipped_predict, masking_predict,
                             window_size, worst_case)
-from conftest import tiny_bagnet
 from patch_adversary import clipped_scorer, find_flip, grid_of, masking_scorer, random_maps, reachable
 
 Q, IMAGE, PATCH = 9, 56, 8                 # BagNet-9 on 56 px images: a 6 x 6 map of local logits
@@ -87,11 +86,11 @@ def test_hole1_masking_with_detection_is_broken_by_raising_a_true_class_cell():
     assert not breaks("masking_detect", local * torch.tensor([1.0, 0.5]), 0, 9, 8, (64, 64))
 
 
-def test_hole2_a_window_covering_the_grid_certifies_nothing_and_ties_go_to_the_lowest_class():
+def test_hole2_a_window_covering_the_grid_certifies_nothing_and_ties_go_to_the_lowest_class(make_tiny_bagnet):
     """A random BagNet-33 at 64 px (a 4 x 4 grid) and a 5 px patch (w = 5): the patch may rewrite every local
     logit, so no defence certifies any image; robust masking removes everything from every class, every score
     is exactly 0, and the prediction is class 0 (argmax's tie rule), not float noise."""
-    model = tiny_bagnet(33, width=8, num_classes=3, dtype=torch.float32)
+    model = make_tiny_bagnet(33, width=8, num_classes=3, dtype=torch.float32)
     images = torch.randn(100, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         local = model.patch_logits(images).permute(0, 2, 3, 1)

@@ -21,7 +21,6 @@ from bagnet.certify import (affected, certify_clipping, certify_masking, clipped
                             masking_predict, masking_scores, window_size, worst_case)
 from bagnet.data import build_data
 from bagnet.errors import WeightsError
-from conftest import config, run, tiny_bagnet
 from experiments.patch_robustness import DEFENCES
 from patch_adversary import random_maps
 
@@ -88,11 +87,11 @@ class Fitted:
 
 
 @pytest.fixture(scope="module")
-def fitted() -> Fitted:
+def fitted(make_tiny_bagnet) -> Fitted:
     """A width-8 BagNet-9 on 10 random images whose head is fitted (least squares: 90 patches, 257 unknowns
     per class) to chosen local logits: every class low, the label raised by margins from none to
     large, so some images are certified at the true window size, more at one too small, and some not at all."""
-    model = tiny_bagnet(Q, width=8, num_classes=3, dtype=torch.float32)
+    model = make_tiny_bagnet(Q, width=8, num_classes=3, dtype=torch.float32)
     model.requires_grad_(False)
     g = torch.Generator().manual_seed(1)
     n = 10
@@ -309,7 +308,8 @@ def expected_rows(target: torch.Tensor, labels: list[int], p: int) -> list[dict]
              "masking_detect_certified": certify_masking(m, y, w, T)} for m, y in zip(target, labels)]
 
 
-def test_patch_robustness_in_the_imagenet_pipeline_with_release_weights(tmp_path, monkeypatch):
+def test_patch_robustness_in_the_imagenet_pipeline_with_release_weights(tmp_path, monkeypatch, run_in_process,
+                                                                        compose_config):
     """task=patch_robustness on the ImageNet layout (1000-way labels), the release-format BagNet-9 found in
     $BAGNET_WEIGHTS_DIR and held to its hash, nothing downloaded: each image's per-defence answers are those of
     the logits the head was fitted to (weights not loaded, a head resized to another label space, or labels
@@ -317,13 +317,13 @@ def test_patch_robustness_in_the_imagenet_pipeline_with_release_weights(tmp_path
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     overrides = [*IMAGENET_COMMAND, f"data.root={fake_imagenet(tmp_path / 'imagenet')}", *SHRUNK]
-    cfg = config(tmp_path, *overrides)
+    cfg = compose_config(*overrides)
     dataset = build_data(cfg.data, cfg.seed).split(cfg.split)                   # the images the task will see
     weights = tmp_path / "weights"
     weights.mkdir()
     target, labels = fitted_release_weights(dataset, weights)
     monkeypatch.setenv("BAGNET_WEIGHTS_DIR", str(weights))
-    cfg, result = run(tmp_path, *overrides)
+    cfg, result = run_in_process(*overrides)
 
     per_image = result.tables["per_image"]
     assert sorted(set(per_image["label"])) == [0, 701] and len(dataset) == 6
@@ -357,4 +357,4 @@ def test_patch_robustness_in_the_imagenet_pipeline_with_release_weights(tmp_path
     release = next(weights.iterdir())                  # a name claiming another hash is refused, not loaded
     release.rename(weights / "bagnet8-00000000.pth.tar")
     with pytest.raises(WeightsError, match="sha256 does not match"):
-        run(tmp_path, *overrides)
+        run_in_process(*overrides)

@@ -21,7 +21,6 @@ from bagnet.data.folder import ImageListDataset, load_rgb
 from bagnet.data.imagenet import imagenet_wnids
 from bagnet.data.scene15 import SCENE15_CLASSES, list_scene15, split_scene15
 from bagnet.data.transforms import eval_transform
-from conftest import folder_args, image_folder, real_data, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,7 +216,7 @@ def test_scene15_missing_root_is_one_line():
 
 
 @pytest.fixture(scope="session")
-def scene15_splits():
+def scene15_splits(real_data):
     pool, test_pool, _ = list_scene15(real_data("scene15", "train"), 0)
     return {seed: split_scene15(pool, test_pool, seed) for seed in (0, 1)}, pool, test_pool
 
@@ -255,7 +254,7 @@ def test_imagenet_wnid_list():
     assert {k: w.index(k) for k in known} == known
 
 
-def test_imagenette_label_spaces():
+def test_imagenette_label_spaces(real_data):
     cfg = {"name": "imagenet", "root": str(real_data("imagenette-mini", "val")), "image_size": 32}
     full = build_data({**cfg, "label_space": "imagenet1k"})
     labels = {Path(p).parent.name: y for p, y in full.test.samples}
@@ -302,7 +301,7 @@ def test_odd_modes_load_as_rgb8(tmp_path):
             load_rgb(f[k])
 
 
-def test_bad_images_are_skipped_and_counted(tmp_path, caplog):
+def test_bad_images_are_skipped_and_counted(tmp_path, caplog, run_in_process, make_image_folder, folder_args):
     """Skipped with a warning naming the file (training: the next good image; evaluation: a mean-colour image
     with the true label), counted across loader workers, and the counts reach a run's summary.json."""
     f = _odd_images(tmp_path / "odd")
@@ -325,8 +324,8 @@ def test_bad_images_are_skipped_and_counted(tmp_path, caplog):
     with pytest.raises(RuntimeError, match="truncated"):
         strict[1]
     # a training run: its summary counts the skipped images of every split
-    root = image_folder(tmp_path / "data", n=4, bad={"train": 2, "val": 1})
-    cfg, _ = run(tmp_path, *folder_args(root, "trainer.max_steps_per_epoch=null", "trainer.batch_size=20"))
+    root = make_image_folder(tmp_path / "data", n=4, bad={"train": 2, "val": 1})
+    cfg, _ = run_in_process(*folder_args(root, "trainer.max_steps_per_epoch=null", "trainer.batch_size=20"))
     summary = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
     assert summary["bad_images"]["train"] >= 2 and summary["bad_images"]["val"] >= 1, summary["bad_images"]
 

@@ -11,7 +11,6 @@ import torchvision
 from bagnet.models import create_model
 from experiments import additivity, error_overlap, scrambling, sensitivity
 from experiments.sensitivity import attribution_copy, attribution_maps, rank_regions
-from conftest import tiny_bagnet
 
 NO_BAR = {"progress": False}
 
@@ -41,8 +40,8 @@ def test_scramble_permutes_tiles_and_keeps_remainder():
     assert seen != sorted(seen)                                 # and actually moved (fixed seed)
 
 
-def test_bagnet_patch_logits_inside_tiles_are_a_multiset_invariant():
-    m = tiny_bagnet(9)
+def test_bagnet_patch_logits_inside_tiles_are_a_multiset_invariant(make_tiny_bagnet):
+    m = make_tiny_bagnet(9)
     q, size, g = m.patch_size, 64, 2
     x = torch.randn(1, 3, size, size, dtype=torch.float64)
     y = scrambling.scramble(x, g, torch.Generator().manual_seed(1))
@@ -134,11 +133,11 @@ def test_texturise_uses_image_patches():
 
 
 # ------------------------------------------------------------------ additivity
-def test_additivity_exact_for_bagnet_and_not_for_cnn():
+def test_additivity_exact_for_bagnet_and_not_for_cnn(make_tiny_bagnet):
     bins = [0, 4, 8, 16, 48]
     cfg = {"patch_sizes": [4], "distance_bins": bins, "pairs_per_bin": 6, "num_images": 3, **NO_BAR}
     ds = toy_dataset(3, 48)
-    bag = additivity.run({"bag": tiny_bagnet(9)}, ds, cfg).tables["interaction"]
+    bag = additivity.run({"bag": make_tiny_bagnet(9)}, ds, cfg).tables["interaction"]
     q = 9
     assert (bag["exact_zero_from"] == q - 1).all()
     far = bag[bag["bin_lo"] >= q - 1]
@@ -241,7 +240,7 @@ def _planted_maps(model, images, target=None, stride=1):
     return maps
 
 
-def test_sensitivity_finds_planted_region(monkeypatch):
+def test_sensitivity_finds_planted_region(monkeypatch, make_tiny_bagnet):
     monkeypatch.setattr(sensitivity, "heatmap", _planted_maps)   # a BagNet that "knows" the region
     g = torch.Generator().manual_seed(0)
     ds = [(torch.rand(3, 32, 32, generator=g) + 0.5, 0) for _ in range(8)]
@@ -250,13 +249,13 @@ def test_sensitivity_finds_planted_region(monkeypatch):
     target = attribution_copy(Planted())
     planted = REGION[0] * 4 + REGION[1]
     for method in ("occlusion", "bagnet", "saliency", "deeplift"):
-        maps = attribution_maps(method, target, images, labels, cfg, bagnet=tiny_bagnet(dtype=torch.float32),
+        maps = attribution_maps(method, target, images, labels, cfg, bagnet=make_tiny_bagnet(dtype=torch.float32),
                                  indices=range(8))
         assert (rank_regions(maps, 8)[:, 0] == planted).all(), method
     rnd = rank_regions(attribution_maps("random", target, images, labels, cfg, indices=range(8)), 8)[:, 0]
     assert not (rnd == planted).all()
 
-    res = sensitivity.run({"planted": Planted(), "bag": tiny_bagnet(dtype=torch.float32)}, ds,
+    res = sensitivity.run({"planted": Planted(), "bag": make_tiny_bagnet(dtype=torch.float32)}, ds,
                           {"num_images": 8, "max_regions": 4, "report_n": [1, 4], "ig_steps": 8,
                            "bagnet_control": False, **NO_BAR})
     t = res.tables["logit_drop"].set_index("method")
@@ -272,13 +271,13 @@ def test_sensitivity_finds_planted_region(monkeypatch):
     assert set(res.figures) == {"logit_drop_vs_n"}
 
 
-def test_sensitivity_control_padding_count_and_occluders():
+def test_sensitivity_control_padding_count_and_occluders(make_tiny_bagnet):
     """The BagNet is scored as its own target (control rows), every method is compared with the BagNet
     heatmap by a paired interval, the regions and their padded-only exclusions are recorded, and the
     occluder is what the config says (the masked pixels hold it)."""
     from experiments.sensitivity import masked_images, padded_region_mask
     ds = toy_dataset(4, 32)
-    res = sensitivity.run({"cnn": tiny_cnn(), "bag": tiny_bagnet(dtype=torch.float32)}, ds,
+    res = sensitivity.run({"cnn": tiny_cnn(), "bag": make_tiny_bagnet(dtype=torch.float32)}, ds,
                           {"num_images": 4, "max_regions": 3, "report_n": [1, 3], "ig_steps": 4,
                            "methods": ["bagnet", "saliency", "random"], "occluder": "dataset_mean", **NO_BAR})
     t = res.tables["logit_drop"]
@@ -299,12 +298,12 @@ def test_sensitivity_control_padding_count_and_occluders():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_sensitivity_bagnet_maps_are_the_patchwise_heatmap(stride):
+def test_sensitivity_bagnet_maps_are_the_patchwise_heatmap(stride, make_tiny_bagnet):
     """The real `bagnet` branch (no monkeypatch): each pixel's value is the true-class logit of the q x q
     patch centred there, computed independently by cropping every patch and running the model on it
     (stride s fills each s x s cell with its top-left pixel's patch)."""
     from bagnet.heatmaps import heatmap_patchwise
-    bag = tiny_bagnet(9)
+    bag = make_tiny_bagnet(9)
     images = torch.randn(2, 3, 24, 24, dtype=torch.float64)
     labels = torch.tensor([1, 3])
     cfg = sensitivity.typed_cfg(sensitivity.Config, {"heatmap_stride": stride}, "test")
@@ -316,11 +315,11 @@ def test_sensitivity_bagnet_maps_are_the_patchwise_heatmap(stride):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "bagnet"])
-def test_attribution_copy_same_outputs_and_deeplift_runs(name):
+def test_attribution_copy_same_outputs_and_deeplift_runs(name, make_tiny_bagnet):
     from captum.attr import DeepLift
     torch.manual_seed(0)
     if name == "bagnet":
-        model, size = tiny_bagnet(dtype=torch.float32), 40
+        model, size = make_tiny_bagnet(dtype=torch.float32), 40
     else:
         model, size = getattr(torchvision.models, name)(num_classes=4).eval(), 32
     x = torch.randn(2, 3, size, size)

@@ -26,8 +26,6 @@ from bagnet.errors import ConfigError, UserError, WeightsError
 from bagnet.result import Result
 from bagnet.run import run_task
 
-from conftest import TINY, config, folder_args, image_folder, run
-
 
 def fake_scene15(root: Path, per_class: int = 10) -> Path:
     rng = np.random.default_rng(0)
@@ -39,27 +37,17 @@ def fake_scene15(root: Path, per_class: int = 10) -> Path:
     return root
 
 
-class MakesAFile:
-    """Unpickling this runs ``open(marker, "w")``: a stand-in for any code a crafted file could run."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 # ---------------------------------------------------------------- 1. loading a file runs no code
 @pytest.mark.parametrize("via", ["checkpoint", "model.weights"])
-def test_crafted_file_is_refused_without_running_its_code(tmp_path, via):
+def test_crafted_file_is_refused_without_running_its_code(tmp_path, via, run_in_process, compose_config, makes_a_file):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pt"
-    torch.save({"model_spec": {"name": "resnet18"}, "model": {}, "state_dict": {}, "x": MakesAFile(marker)}, evil)
+    torch.save({"model_spec": {"name": "resnet18"}, "model": {}, "state_dict": {}, "x": makes_a_file(marker)}, evil)
     args = ["task=eval", "device=cpu", "data=synthetic", "data.image_size=64", "data.samples_per_class=4"]
     args += [f"checkpoint={evil}", "model=bagnet9"] if via == "checkpoint" else ["model=resnet18", f"model.weights={evil}"]
-    cfg = config(tmp_path, *args)
+    cfg = compose_config(*args)
     with pytest.raises(ConfigError if via == "checkpoint" else WeightsError) as e:
-        run(tmp_path, *args)
+        run_in_process(*args)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"refused to load {'weights file ' if via != 'checkpoint' else ''}{evil}")
     assert "open" in msg                       # names what it refused: the global 'open'
@@ -67,7 +55,7 @@ def test_crafted_file_is_refused_without_running_its_code(tmp_path, via):
     assert not Path(cfg.run_dir).exists()
 
 
-def test_hub_cache_file_is_hash_checked_and_loaded_safely(tmp_path, monkeypatch):
+def test_hub_cache_file_is_hash_checked_and_loaded_safely(tmp_path, monkeypatch, makes_a_file):
     from bagnet.models import weights as W
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
@@ -88,7 +76,7 @@ def test_hub_cache_file_is_hash_checked_and_loaded_safely(tmp_path, monkeypatch)
     assert torch.equal(W.fetch_state_dict(f"https://example.org/{good}")["w"], torch.ones(2))
 
     marker = tmp_path / "code_ran"
-    evil = cached({"w": MakesAFile(marker)}, "evil")       # its name carries its true hash
+    evil = cached({"w": makes_a_file(marker)}, "evil")     # its name carries its true hash
     with pytest.raises(WeightsError, match="refused to load weights file") as e:
         W.fetch_state_dict(f"https://example.org/{evil}")
     assert "\n" not in str(e.value) and not marker.exists()
@@ -101,11 +89,12 @@ def test_hub_cache_file_is_hash_checked_and_loaded_safely(tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------- 2. a run is reused only by its own config
-def test_a_run_is_reused_only_by_its_own_config(tmp_path):
+def test_a_run_is_reused_only_by_its_own_config(tmp_path, run_in_process, compose_config, make_image_folder,
+                                                folder_args):
     """Another data.root, another trainer.lr, or a max_steps_per_epoch run asked for as the full run: refused,
     naming the key that differs, and the run dir is left as it was."""
-    a, b = image_folder(tmp_path / "A", seed=0), image_folder(tmp_path / "B", seed=1)
-    cfg, _ = run(tmp_path, *folder_args(a))
+    a, b = make_image_folder(tmp_path / "A", seed=0), make_image_folder(tmp_path / "B", seed=1)
+    cfg, _ = run_in_process(*folder_args(a))
     run_dir = Path(cfg.run_dir)
     assert cfg.trainer.max_steps_per_epoch == 1
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
@@ -114,26 +103,26 @@ def test_a_run_is_reused_only_by_its_own_config(tmp_path):
                         (folder_args(a, "trainer.max_steps_per_epoch=null"),
                          r"trainer\.max_steps_per_epoch: 1 -> None")):
         with pytest.raises(ConfigError, match=diff):
-            run(tmp_path, *other)
-        assert config(tmp_path, *other).run_dir == cfg.run_dir
+            run_in_process(*other)
+        assert compose_config(*other).run_dir == cfg.run_dir
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
 
-def test_eval_of_another_checkpoint_into_an_eval_dir_is_refused(tmp_path):
-    a, _ = run(tmp_path, *TINY, "run_name=A")
-    b, _ = run(tmp_path, *TINY, "run_name=B", "trainer.lr=0.01")
-    ev, _ = run(tmp_path, *TINY, "task=eval", f"checkpoint={a.run_dir}", "run_name=evalA")
+def test_eval_of_another_checkpoint_into_an_eval_dir_is_refused(tmp_path, run_in_process, tiny_overrides):
+    a, _ = run_in_process(*tiny_overrides, "run_name=A")
+    b, _ = run_in_process(*tiny_overrides, "run_name=B", "trainer.lr=0.01")
+    ev, _ = run_in_process(*tiny_overrides, "task=eval", f"checkpoint={a.run_dir}", "run_name=evalA")
     eval_dir = Path(ev.run_dir)
     before = {p: p.stat().st_mtime_ns for p in eval_dir.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match="holds the evaluation of another checkpoint"):
-        run(tmp_path, *TINY, "task=eval", f"checkpoint={b.run_dir}", "run_name=evalA")
+        run_in_process(*tiny_overrides, "task=eval", f"checkpoint={b.run_dir}", "run_name=evalA")
     assert {p: p.stat().st_mtime_ns for p in eval_dir.rglob("*") if p.is_file()} == before
     # the same checkpoint again is fine; so is B into a dir of its own
-    run(tmp_path, *TINY, "task=eval", f"checkpoint={a.run_dir}/checkpoints/best.pt", "run_name=evalA")
-    run(tmp_path, *TINY, "task=eval", f"checkpoint={b.run_dir}", "run_name=evalB")
+    run_in_process(*tiny_overrides, "task=eval", f"checkpoint={a.run_dir}/checkpoints/best.pt", "run_name=evalA")
+    run_in_process(*tiny_overrides, "task=eval", f"checkpoint={b.run_dir}", "run_name=evalB")
     # and an evaluation never writes into a training run's dir
     with pytest.raises(ConfigError, match="task: train -> eval"):
-        run(tmp_path, *TINY, "task=eval", f"checkpoint={b.run_dir}", f"run_dir={a.run_dir}")
+        run_in_process(*tiny_overrides, "task=eval", f"checkpoint={b.run_dir}", f"run_dir={a.run_dir}")
 
 
 # ---------------------------------------------------------------- 3. validated before anything is written
@@ -145,13 +134,13 @@ def test_eval_of_another_checkpoint_into_an_eval_dir_is_refused(tmp_path):
     (["data=imagefolder", "model=bagnet33", "data.image_size=24"],
      ["data=imagefolder", "model=bagnet33", "data.image_size=40"], "data.image_size=24"),
 ], ids=["epochs", "batch_size", "on_bad_image", "width", "image_size"])
-def test_invalid_command_writes_nothing_and_the_corrected_one_runs(tmp_path, bad, fixed, key):
+def test_invalid_command_writes_nothing_and_the_corrected_one_runs(tmp_path, bad, fixed, key, make_image_folder):
     common = ["debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.batch_size=4",
               "device=cpu", "model=bagnet9", "model.width=4", "data.workers=0", f"paths.root_dir={tmp_path}"]
     if "data=scene15" in bad:
         common += [f"data.root={fake_scene15(tmp_path / 'scene15')}", "data.test_per_class=2", "data.image_size=32"]
     elif "data=imagefolder" in bad:
-        common += [f"data.root={image_folder(tmp_path / 'folder')}"]
+        common += [f"data.root={make_image_folder(tmp_path / 'folder')}"]
     else:
         common += ["data.image_size=64", "data.samples_per_class=6"]
     # in-process (the command line prints this error as one line, exit 2, writing nothing: test_runner.py's
@@ -165,14 +154,14 @@ def test_invalid_command_writes_nothing_and_the_corrected_one_runs(tmp_path, bad
     assert (Path(cfg.run_dir) / "summary.json").is_file()
 
 
-def test_rerunning_a_finished_run_rewrites_nothing(tmp_path, capsys):
-    cfg, _ = run(tmp_path, *TINY)
+def test_rerunning_a_finished_run_rewrites_nothing(tmp_path, capsys, run_in_process, tiny_overrides):
+    cfg, _ = run_in_process(*tiny_overrides)
     run_dir = Path(cfg.run_dir)
     files = [run_dir / f for f in ("config.yaml", "provenance.json", "summary.json", "checkpoints/last.pt")]
     before = {f: f.stat().st_mtime_ns for f in files}
     wall = json.loads((run_dir / "summary.json").read_text())["train_wall_s"]
     time.sleep(0.05)
-    _, result = run(tmp_path, *TINY, "trainer.progress=true")   # not part of the run's identity
+    _, result = run_in_process(*tiny_overrides, "trainer.progress=true")   # not part of the run's identity
     assert {f: f.stat().st_mtime_ns for f in files} == before
     assert json.loads((run_dir / "summary.json").read_text())["train_wall_s"] == wall
     assert f"training took {wall / 60:.1f} min" in result.summary and "reusing the finished run" in capsys.readouterr().out
@@ -187,32 +176,32 @@ def probe_task(ctx) -> Result:
 
 @pytest.mark.parametrize("extra", [[], ["experiment=table1"], ["experiment=demo"], ["experiment=signatures"],
                                    ["experiment=eval_imagenet"]], ids=["plain", "table1", "demo", "signatures", "imagenet"])
-def test_debug_fast_writes_results_under_runs(tmp_path, extra):
+def test_debug_fast_writes_results_under_runs(tmp_path, extra, compose_config):
     for task in ("train", "heatmaps", "scrambling", "table1", "demo", "eval_imagenet"):
-        cfg = config(tmp_path, f"task={task}", *extra, "debug=fast")
+        cfg = compose_config(f"task={task}", *extra, "debug=fast")
         assert Path(cfg.out_dir).is_relative_to(Path(cfg.paths.runs_dir)), (task, cfg.out_dir)
         assert not Path(cfg.out_dir).is_relative_to(tmp_path / "results"), (task, cfg.out_dir)
 
 
-def test_results_of_another_config_are_not_replaced(tmp_path, capsys, monkeypatch):
+def test_results_of_another_config_are_not_replaced(tmp_path, capsys, monkeypatch, run_in_process):
     from experiments import registry
     monkeypatch.setitem(registry.PIPELINES, "probe", probe_task)      # a task of the registry, for this test
     probe = ["task=probe", "device=cpu"]
-    cfg, _ = run(tmp_path, *probe)
+    cfg, _ = run_in_process(*probe)
     raw = Path(cfg.out_dir) / "raw.json"
     assert json.loads(raw.read_text())["raw"] == {"seed": 0}
     assert "replacing" not in capsys.readouterr().out
     # keys that cannot change results do not count; the replacement is announced
-    run(tmp_path, *probe, "trainer.progress=false", "data.workers=1", "paths.runs_dir=elsewhere")
+    run_in_process(*probe, "trainer.progress=false", "data.workers=1", "paths.runs_dir=elsewhere")
     assert f"replacing the results in {cfg.out_dir}" in capsys.readouterr().out
     # a key the saved config did not have yet (added to the configs since) is not another experiment
-    run(tmp_path, *probe, "+brand_new_key=1")
+    run_in_process(*probe, "+brand_new_key=1")
     assert f"replacing the results in {cfg.out_dir}" in capsys.readouterr().out
     written = raw.read_text()
     with pytest.raises(ConfigError, match=r"holds results of another config \(.*seed: 0 -> 1.*overwrite=true") as e:
-        run(tmp_path, *probe, "seed=1")
+        run_in_process(*probe, "seed=1")
     assert "\n" not in str(e.value) and raw.read_text() == written
-    run(tmp_path, *probe, "seed=1", "overwrite=true")
+    run_in_process(*probe, "seed=1", "overwrite=true")
     out = capsys.readouterr().out
     assert f"replacing the results in {cfg.out_dir}" in out and "config differs, overwrite=true:" in out
     assert "seed: 0 -> 1" in out
@@ -221,37 +210,37 @@ def test_results_of_another_config_are_not_replaced(tmp_path, capsys, monkeypatc
 
 
 # ---------------------------------------------------------------- 6. the smaller promises
-def test_zero_epochs_is_refused_before_writing(tmp_path):
-    cfg = config(tmp_path, *TINY, "trainer.epochs=0")
+def test_zero_epochs_is_refused_before_writing(tmp_path, run_in_process, compose_config, tiny_overrides):
+    cfg = compose_config(*tiny_overrides, "trainer.epochs=0")
     with pytest.raises(ConfigError, match=r"trainer\.epochs: must be >= 1 for training, got 0"):
-        run(tmp_path, *TINY, "trainer.epochs=0")
+        run_in_process(*tiny_overrides, "trainer.epochs=0")
     assert not Path(cfg.run_dir).exists()
 
 
-def test_truncated_last_checkpoint_names_the_way_out(tmp_path):
-    cfg, _ = run(tmp_path, *TINY)
+def test_truncated_last_checkpoint_names_the_way_out(tmp_path, run_in_process, tiny_overrides):
+    cfg, _ = run_in_process(*tiny_overrides)
     last = Path(cfg.run_dir) / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     with pytest.raises(ConfigError) as e:
-        run(tmp_path, *TINY)
+        run_in_process(*tiny_overrides)
     msg = str(e.value)
     assert "\n" not in msg and "truncated" in msg
     assert f"checkpoint={last.with_name('best.pt')}" in msg and "trainer.resume=false" in msg
-    run(tmp_path, *TINY, "trainer.resume=false")          # the way out works
+    run_in_process(*tiny_overrides, "trainer.resume=false")   # the way out works
     assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
-def test_experiment_records_its_models_and_refuses_an_unfinished_run_dir(tmp_path):
+def test_experiment_records_its_models_and_refuses_an_unfinished_run_dir(tmp_path, run_in_process, tiny_overrides):
     """An experiment's provenance names each model's checkpoint (sha256) and the run it came from (commit,
     val/test top-1). A run dir still training (or interrupted) has a best.pt of some epoch, not the run's
     result: given the dir, the experiment refuses it with one line; given the checkpoint file, it uses it."""
     from bagnet.utils import file_sha256
-    cfg, _ = run(tmp_path, *TINY)
+    cfg, _ = run_in_process(*tiny_overrides)
     run_dir = Path(cfg.run_dir)
     best = run_dir / "checkpoints" / "best.pt"
-    exp = [*TINY, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
+    exp = [*tiny_overrides, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
            "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1"]
-    ecfg, _ = run(tmp_path, *exp, f"+models.B9={run_dir}")
+    ecfg, _ = run_in_process(*exp, f"+models.B9={run_dir}")
     recorded = json.loads((Path(ecfg.out_dir) / "raw.json").read_text())["provenance"]["models"]["B9"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert recorded["sha256"] == file_sha256(best) and recorded["checkpoint"] == str(best)
@@ -262,20 +251,20 @@ def test_experiment_records_its_models_and_refuses_an_unfinished_run_dir(tmp_pat
 
     (run_dir / "summary.json").unlink()                       # as while training, or after a kill
     with pytest.raises(ConfigError, match="has not finished training") as e:
-        run(tmp_path, *exp, f"+models.B9={run_dir}", "overwrite=true")
+        run_in_process(*exp, f"+models.B9={run_dir}", "overwrite=true")
     assert "\n" not in str(e.value) and str(best) in str(e.value)
-    _, result = run(tmp_path, *exp, f"+models.B9={best}", "overwrite=true")
+    _, result = run_in_process(*exp, f"+models.B9={best}", "overwrite=true")
     assert list(result.tables["accuracy"]["model"].unique()) == ["B9"]
 
 
-def test_orphaned_temp_files_are_removed_when_a_run_dir_is_reopened(tmp_path):
-    cfg, _ = run(tmp_path, *TINY)
+def test_orphaned_temp_files_are_removed_when_a_run_dir_is_reopened(tmp_path, run_in_process, tiny_overrides):
+    cfg, _ = run_in_process(*tiny_overrides)
     run_dir = Path(cfg.run_dir)
     orphans = [run_dir / "checkpoints" / ".last.pt.abc123.tmp", run_dir / "eval" / ".metrics.json.x.tmp",
                run_dir / ".summary.json.y.tmp"]
     for p in orphans:
         p.write_bytes(b"\0" * 10)
-    run(tmp_path, *TINY)
+    run_in_process(*tiny_overrides)
     assert not any(p.exists() for p in orphans)
     assert (run_dir / "checkpoints" / "last.pt").is_file()
 
@@ -301,39 +290,40 @@ def test_missing_data_root_names_the_make_variable(tmp_path, name):
     assert "\n" not in msg and "data.root=" in msg and "DATA_ROOT=" in msg
 
 
-def test_eval_on_data_with_other_class_names_is_refused(tmp_path):
+def test_eval_on_data_with_other_class_names_is_refused(tmp_path, run_in_process, compose_config, tiny_overrides):
     two = ["data.classes=[local_plus,local_x]"]
-    train, _ = run(tmp_path, *TINY, *two)
+    train, _ = run_in_process(*tiny_overrides, *two)
     other = ["task=eval", f"checkpoint={train.run_dir}", "data.classes=[local_plus,local_ring]"]
-    cfg = config(tmp_path, *TINY, *other)
+    cfg = compose_config(*tiny_overrides, *other)
     with pytest.raises(ConfigError, match=r"trained on other (classes|data).*local_x.*local_ring"):
-        run(tmp_path, *TINY, *other)
+        run_in_process(*tiny_overrides, *other)
     assert not Path(cfg.run_dir).exists()
-    run(tmp_path, *TINY, "task=eval", f"checkpoint={train.run_dir}", *two)   # the same classes: fine
+    run_in_process(*tiny_overrides, "task=eval", f"checkpoint={train.run_dir}", *two)   # the same classes: fine
 
 
-def test_data_that_cannot_be_used_is_refused_before_writing(tmp_path):
+def test_data_that_cannot_be_used_is_refused_before_writing(tmp_path, run_in_process, compose_config, make_image_folder,
+                                                            tiny_overrides, folder_args):
     # synthetic below 48 px: its generator could not place the motifs and never returned
     with pytest.raises(ConfigError, match=r"data\.image_size: synthetic data needs >= 48, got 32"):
-        run(tmp_path, *TINY, "data.image_size=32")
+        run_in_process(*tiny_overrides, "data.image_size=32")
     # one image per class: the seeded hold-out leaves val empty
-    root = image_folder(tmp_path / "data", n=1)
-    cfg = config(tmp_path, *folder_args(root))
+    root = make_image_folder(tmp_path / "data", n=1)
+    cfg = compose_config(*folder_args(root))
     with pytest.raises(DataError, match="the val/test split is empty"):
-        run(tmp_path, *folder_args(root))
+        run_in_process(*folder_args(root))
     assert not (tmp_path / "runs").exists() and not Path(cfg.run_dir).exists()
 
 
-def test_run_from_before_identity_version_2_is_still_reused(tmp_path):
+def test_run_from_before_identity_version_2_is_still_reused(tmp_path, run_in_process, tiny_overrides):
     """Checkpoints written before data.root and max_steps_per_epoch joined the identity are checked on
     those keys against the run's config.yaml, so finished and interrupted older runs are not refused."""
-    cfg, _ = run(tmp_path, *TINY)
+    cfg, _ = run_in_process(*tiny_overrides)
     last = Path(cfg.run_dir) / "checkpoints" / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     del ckpt["identity_version"], ckpt["identity"]["data"]["root"], ckpt["identity"]["trainer"]["max_steps_per_epoch"]
     torch.save(ckpt, last)
     mtime = last.stat().st_mtime_ns
-    run(tmp_path, *TINY)                                   # reused
+    run_in_process(*tiny_overrides)                            # reused
     assert last.stat().st_mtime_ns == mtime
     with pytest.raises(ConfigError, match=r"trainer\.max_steps_per_epoch: 1 -> None"):
-        run(tmp_path, *TINY, "trainer.max_steps_per_epoch=null")
+        run_in_process(*tiny_overrides, "trainer.max_steps_per_epoch=null")

@@ -21,7 +21,6 @@ from PIL import Image
 
 from bagnet.data import DataError, build_data
 from bagnet.errors import ConfigError, UserError
-from conftest import TINY, config, one_error_line, run, run_cli
 
 
 def nothing_written(tmp_path: Path, *besides: str) -> None:
@@ -89,18 +88,19 @@ def test_every_numeric_experiment_key_declares_a_range():
     ("sensitivity", "num_images=0", "num_images"),
     ("scrambling", "grids=[0]", "grids"),
 ], ids=lambda v: v if isinstance(v, str) and "=" in v else None)
-def test_experiment_keys_out_of_range_are_refused_before_any_work(tmp_path, no_model, task, setting, key):
+def test_experiment_keys_out_of_range_are_refused_before_any_work(tmp_path, no_model, task, setting, key,
+                                                                  run_in_process, tiny_overrides):
     with pytest.raises(ConfigError) as e:
-        run(tmp_path, *TINY, f"task={task}", f"signatures.{task}.{setting}")
+        run_in_process(*tiny_overrides, f"task={task}", f"signatures.{task}.{setting}")
     msg = str(e.value)
     assert msg.startswith(f"signatures.{task}.{key}:") and "\n" not in msg, msg
     nothing_written(tmp_path)
 
 
-def test_a_pipeline_refuses_a_key_out_of_range_before_training(tmp_path):
+def test_a_pipeline_refuses_a_key_out_of_range_before_training(tmp_path, run_in_process, tiny_overrides):
     with pytest.raises(ConfigError, match=r"^signatures\.sensitivity\.region: must be >= 1 and <= 64 \(the image "):
-        run(tmp_path, *TINY, "task=pipeline", "+pipeline.train.A=bagnet9", "pipeline.experiments=[sensitivity]",
-            "signatures.sensitivity.region=100")
+        run_in_process(*tiny_overrides, "task=pipeline", "+pipeline.train.A=bagnet9",
+                       "pipeline.experiments=[sensitivity]", "signatures.sensitivity.region=100")
     nothing_written(tmp_path)
 
 
@@ -144,19 +144,19 @@ def bad_image(tmp_path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated", "bomb"])
-def test_bad_image_files_given_to_heatmaps_end_in_one_line(tmp_path, kind):
+def test_bad_image_files_given_to_heatmaps_end_in_one_line(tmp_path, kind, run_in_process, tiny_overrides):
     (tmp_path / "mine").mkdir()
     path = bad_image(tmp_path / "mine", kind)
     with pytest.raises(ConfigError) as e:
-        run(tmp_path, *TINY, "task=heatmaps", f"signatures.heatmaps.images={path}")
+        run_in_process(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={path}")
     msg = str(e.value)
     assert msg.startswith("signatures.heatmaps.images: ") and str(path) in msg and "\n" not in msg, msg
     nothing_written(tmp_path, "mine")
 
 
-def test_a_bad_image_file_is_one_error_line_with_exit_code_2(tmp_path):
+def test_a_bad_image_file_is_one_error_line_with_exit_code_2(tmp_path, run_cli, tiny_overrides, one_error_line):
     path = bad_image(tmp_path, "bomb")
-    r = run_cli(*TINY, "task=heatmaps", f"signatures.heatmaps.images={path}", f"paths.root_dir={tmp_path}")
+    r = run_cli(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={path}", f"paths.root_dir={tmp_path}")
     assert r.returncode == 2, r.stderr[-2000:]
     assert str(path) in one_error_line(r.stderr)
     nothing_written(tmp_path, "huge.png")
@@ -166,18 +166,19 @@ def test_a_bad_image_file_is_one_error_line_with_exit_code_2(tmp_path):
     (["seed=9223372036854775808"], "seed"),                      # 2^63
     (["run_name=" + "x" * 300], "run_name"),
 ], ids=["seed-2^63", "run_name-300"])
-def test_run_dirs_that_cannot_be_made_are_refused_before_anything_is_created(tmp_path, bad, key):
+def test_run_dirs_that_cannot_be_made_are_refused_before_anything_is_created(tmp_path, bad, key, run_in_process,
+                                                                             tiny_overrides):
     with pytest.raises(ConfigError) as e:
-        run(tmp_path, *TINY, *bad)
+        run_in_process(*tiny_overrides, *bad)
     assert str(e.value).startswith(f"{key}:") and "\n" not in str(e.value)
     nothing_written(tmp_path)
 
 
-def test_a_run_name_with_control_characters_is_refused(tmp_path):
+def test_a_run_name_with_control_characters_is_refused(tmp_path, run_in_process, tiny_overrides):
     def named(cfg):
         cfg.run_name = "seed0\x1b[2J\x07"
     with pytest.raises(ConfigError, match=r"^run_name: .*control characters"):
-        run(tmp_path, *TINY, edit=named)
+        run_in_process(*tiny_overrides, edit=named)
     nothing_written(tmp_path)
 
 
@@ -194,26 +195,28 @@ def read_only(tmp_path, monkeypatch):
     ro.chmod(0o755)
 
 
-def test_a_read_only_runs_dir_is_refused_before_anything_is_created(tmp_path, read_only):
+def test_a_read_only_runs_dir_is_refused_before_anything_is_created(tmp_path, read_only, run_in_process,
+                                                                    tiny_overrides):
     with pytest.raises(ConfigError, match=rf"^run_dir: cannot write {read_only}/.*read-only; set paths\.runs_dir"):
-        run(tmp_path, *TINY, f"paths.runs_dir={read_only}")
+        run_in_process(*tiny_overrides, f"paths.runs_dir={read_only}")
     assert not any(read_only.iterdir())
     nothing_written(tmp_path, "ro")
 
 
-def test_a_read_only_results_dir_is_refused_before_the_experiment_runs(tmp_path, read_only, no_model):
+def test_a_read_only_results_dir_is_refused_before_the_experiment_runs(tmp_path, read_only, no_model, run_in_process,
+                                                                       tiny_overrides):
     with pytest.raises(ConfigError, match=rf"^out_dir: cannot write {read_only}/.*read-only"):
-        run(tmp_path, *TINY, "task=heatmaps", f"paths.runs_dir={read_only}")
+        run_in_process(*tiny_overrides, "task=heatmaps", f"paths.runs_dir={read_only}")
     assert not any(read_only.iterdir())
 
 
-def test_a_large_seed_trains(tmp_path):
-    cfg, _ = run(tmp_path, *TINY, "seed=10000000")       # its per-sample seeds overflowed torch's 64-bit seed
+def test_a_large_seed_trains(tmp_path, run_in_process, tiny_overrides):
+    cfg, _ = run_in_process(*tiny_overrides, "seed=10000000")   # its per-sample seeds overflowed torch's 64-bit seed
     assert (Path(cfg.run_dir) / "summary.json").is_file()
 
 
 # ---------------------------------------------------------------- item 10: bounded sizes, wnid folders
-def test_a_long_strip_is_explained_at_a_bounded_size(tmp_path):
+def test_a_long_strip_is_explained_at_a_bounded_size(tmp_path, run_in_process, tiny_overrides):
     from experiments.explain import MAX_ASPECT, load_image
     mean = std = (0.5, 0.5, 0.5)
     strip, wide = tmp_path / "mine" / "strip.png", tmp_path / "mine" / "wide.png"
@@ -223,11 +226,11 @@ def test_a_long_strip_is_explained_at_a_bounded_size(tmp_path):
     assert max(load_image(strip, 64, mean, std).shape[1:]) <= MAX_ASPECT * 64     # was 64 x 32000
     assert tuple(load_image(wide, 64, mean, std).shape[1:]) == (64, 192)          # within the cap: short side 64
     with pytest.raises(ConfigError, match=f"{strip}: .* smaller than"):           # 1 x 256 px: below a patch
-        run(tmp_path, *TINY, "task=heatmaps", f"signatures.heatmaps.images={strip}")
+        run_in_process(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={strip}")
     nothing_written(tmp_path, "mine")
 
 
-def test_imagenette_refuses_folders_that_are_not_wnids(tmp_path):
+def test_imagenette_refuses_folders_that_are_not_wnids(tmp_path, compose_config):
     root = tmp_path / "nette"
     for split in ("train", "val"):
         for c in ("n01440764", "cats"):
@@ -235,7 +238,7 @@ def test_imagenette_refuses_folders_that_are_not_wnids(tmp_path):
             for i in range(2):
                 Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(root / split / c / f"{i}.png")
     for space in ("compact", "imagenet1k"):
-        cfg = config(tmp_path, "data=imagenette", f"data.root={root}", f"data.label_space={space}")
+        cfg = compose_config("data=imagenette", f"data.root={root}", f"data.label_space={space}")
         with pytest.raises(DataError, match=rf"the folder {root / 'val' / 'cats'} is not an ILSVRC2012 wnid") as e:
             build_data(cfg.data, seed=0)
         assert "\n" not in str(e.value) and isinstance(e.value, UserError)

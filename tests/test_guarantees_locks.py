@@ -17,27 +17,31 @@ import torch
 from bagnet import io
 from bagnet.errors import LockError
 from bagnet.train import run_identity
-from conftest import REPO, TINY, config, one_error_line, run
 
 
 # ---------------------------------------------------------------- one process per run dir
-def hold_lock(directory: Path, then: str) -> subprocess.Popen:
-    """A process that takes ``directory``'s lock, says so, then runs ``then`` (e.g. sleeps, or dies holding it)."""
-    code = (f"import os, time\nfrom bagnet import io\nwith io.dir_lock({str(directory)!r}):\n"
-            f"    print('held', flush=True)\n    {then}")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "held\n"
-    return proc
+@pytest.fixture
+def hold_lock(repo_root):
+    """``hold_lock(directory, then)``: a process that takes ``directory``'s lock, says so, then runs ``then``
+    (e.g. sleeps, or dies holding it)."""
+    def hold_lock(directory: Path, then: str) -> subprocess.Popen:
+        code = (f"import os, time\nfrom bagnet import io\nwith io.dir_lock({str(directory)!r}):\n"
+                f"    print('held', flush=True)\n    {then}")
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo_root, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "held\n"
+        return proc
+    return hold_lock
 
 
-def test_run_dir_locked_by_a_live_process_is_refused(tmp_path):
-    cfg = config(tmp_path, *TINY)
+def test_run_dir_locked_by_a_live_process_is_refused(tmp_path, run_in_process, compose_config, tiny_overrides,
+                                                     hold_lock):
+    cfg = compose_config(*tiny_overrides)
     holder = hold_lock(Path(cfg.run_dir), "time.sleep(60)")
     try:
         lock = Path(cfg.run_dir) / io.LOCK_NAME
         held = lock.read_text()
         with pytest.raises(LockError, match=f"in use by process {holder.pid} on ") as e:
-            run(tmp_path, *TINY)
+            run_in_process(*tiny_overrides)
         assert "\n" not in str(e.value)
         assert lock.read_text() == held and not (Path(cfg.run_dir) / "config.yaml").exists()
     finally:
@@ -54,13 +58,14 @@ def test_a_lock_of_the_earlier_json_format_still_refuses(tmp_path):
     assert lock.exists()
 
 
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
-    cfg = config(tmp_path, *TINY)
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys, run_in_process, compose_config, tiny_overrides,
+                                                    hold_lock):
+    cfg = compose_config(*tiny_overrides)
     gone = hold_lock(Path(cfg.run_dir), "os._exit(0)")   # dies holding it, as a run killed with -9
     gone.wait()
     lock = Path(cfg.run_dir) / io.LOCK_NAME
     assert lock.exists()
-    run(tmp_path, *TINY)
+    run_in_process(*tiny_overrides)
     out = capsys.readouterr().out
     assert f"taking over the stale lock of {cfg.run_dir}: process {gone.pid}" in out
     assert (Path(cfg.run_dir) / "summary.json").is_file() and not lock.exists()
@@ -85,13 +90,13 @@ main()
 """
 
 
-def test_two_commands_on_one_run_dir_one_wins(tmp_path):
+def test_two_commands_on_one_run_dir_one_wins(tmp_path, tiny_overrides, repo_root, one_error_line):
     gate = tmp_path / "gate"
     gate.mkdir()
     run_dir = tmp_path / "shared_run"
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(gate), *TINY, f"trainer.lr={lr}",
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(gate), *tiny_overrides, f"trainer.lr={lr}",
                                f"run_dir={run_dir}", f"paths.root_dir={tmp_path}"],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for lr in (0.1, 0.2)]
     while all(p.poll() is None for p in procs):
         time.sleep(0.1)

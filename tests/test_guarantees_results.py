@@ -17,7 +17,6 @@ from bagnet import io
 from bagnet.errors import ConfigError, LockError, UserError
 from bagnet.provenance import git_commit
 from bagnet.result import Result
-from conftest import REPO, TINY, one_error_line, run, run_cli
 from experiments import suite
 
 matplotlib.use("Agg")
@@ -38,7 +37,7 @@ def written(out) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------- 1. the user's own files
-def test_an_out_dir_with_files_the_suite_did_not_write_is_refused(tmp_path):
+def test_an_out_dir_with_files_the_suite_did_not_write_is_refused(tmp_path, run_in_process, tiny_overrides):
     """A folder holding the user's accuracy.csv and README.md is refused before anything runs, whatever
     overwrite says, and its files are untouched; a file added to a results folder the suite wrote is refused
     too, while the suite's own files are replaced by a rerun."""
@@ -49,24 +48,24 @@ def test_an_out_dir_with_files_the_suite_did_not_write_is_refused(tmp_path):
     before = written(out)
     for extra in ([], ["overwrite=true"]):
         with pytest.raises(ConfigError, match="holds files this suite did not write.*README.md") as e:
-            run(tmp_path, *TINY, *SCRAMBLE, f"out_dir={out}", *extra)
+            run_in_process(*tiny_overrides, *SCRAMBLE, f"out_dir={out}", *extra)
         assert "\n" not in str(e.value)
     assert written(out) == before and not (tmp_path / "runs").exists()     # refused before any work
 
     suite_out = tmp_path / "scr"
-    run(tmp_path, *TINY, *SCRAMBLE, f"out_dir={suite_out}")
+    run_in_process(*tiny_overrides, *SCRAMBLE, f"out_dir={suite_out}")
     assert (suite_out / io.MANIFEST).is_file() and io.foreign_files(suite_out) == []
-    run(tmp_path, *TINY, *SCRAMBLE, f"out_dir={suite_out}")              # the suite's own: replaced
+    run_in_process(*tiny_overrides, *SCRAMBLE, f"out_dir={suite_out}")              # the suite's own: replaced
     (suite_out / "notes.txt").write_text("mine\n")
     with pytest.raises(ConfigError, match=r"did not write \(notes.txt\)"):
-        run(tmp_path, *TINY, *SCRAMBLE, f"out_dir={suite_out}")
+        run_in_process(*tiny_overrides, *SCRAMBLE, f"out_dir={suite_out}")
     assert (suite_out / "notes.txt").read_text() == "mine\n"
 
 
-def test_an_out_dir_that_is_a_file_is_refused_before_running(tmp_path):
+def test_an_out_dir_that_is_a_file_is_refused_before_running(tmp_path, run_cli, tiny_overrides, one_error_line):
     target = tmp_path / "a_file"
     target.write_text("x")
-    r = run_cli(*TINY, *SCRAMBLE, f"out_dir={target}", f"paths.root_dir={tmp_path}")
+    r = run_cli(*tiny_overrides, *SCRAMBLE, f"out_dir={target}", f"paths.root_dir={tmp_path}")
     assert r.returncode == 2 and "is a file, not a folder" in one_error_line(r.stderr)
     assert not (tmp_path / "runs").exists() and target.read_text() == "x"
 
@@ -131,7 +130,7 @@ def test_figure_and_table_names_keep_their_dots_and_cannot_collide(tmp_path):
     assert io.safe_name("cat/1") != io.safe_name("cat.1") and "/" not in io.safe_name("a/../b")
 
 
-def test_heatmaps_give_one_figure_per_input_file(tmp_path):
+def test_heatmaps_give_one_figure_per_input_file(tmp_path, run_in_process, tiny_overrides):
     """Dotted names and one stem with two extensions: one figure each (Path.with_suffix made one of four)."""
     import numpy as np
     from PIL import Image
@@ -140,7 +139,7 @@ def test_heatmaps_give_one_figure_per_input_file(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("img.000.png", "img.001.png", "x.png", "x.jpg"):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / name)
-    cfg, res = run(tmp_path, *TINY, "task=heatmaps", f"signatures.heatmaps.images={folder}")
+    cfg, res = run_in_process(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={folder}")
     per_model = [n for n in res.figures]
     assert len(per_model) == 4 and len(set(per_model)) == 4
     assert len(list(Path(cfg.out_dir).glob("explain_*.png"))) == 4
@@ -193,11 +192,11 @@ def test_a_unit_killed_between_its_files_leaves_no_unit_and_never_mixes_configs(
     assert sorted(p.name for p in unit.glob("figure_*.png")) == ["figure_grid_4.png"] and list(res.figures) == ["grid_4"]
 
 
-def test_a_unit_being_written_by_another_process_is_refused(tmp_path):
+def test_a_unit_being_written_by_another_process_is_refused(tmp_path, repo_root):
     import sys
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bagnet import io\n"
                                f"with io.dir_lock({str(tmp_path / 'exp')!r}):\n print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+                              stdout=subprocess.PIPE, text=True, cwd=repo_root)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockError, match=f"in use by process {holder.pid}"):
@@ -218,9 +217,9 @@ def test_a_damaged_unit_file_is_computed_again_with_a_note(tmp_path, capsys, dam
     assert torch.load(marker, weights_only=True)["result"]["raw"] == {"v": 2.0}
 
 
-def test_raw_json_names_the_commit_of_every_unit(tmp_path):
-    cfg, _ = run(tmp_path, *TINY)
-    ecfg, _ = run(tmp_path, *TINY, *SCRAMBLE, f"+models.B9={cfg.run_dir}")
+def test_raw_json_names_the_commit_of_every_unit(tmp_path, run_in_process, tiny_overrides):
+    cfg, _ = run_in_process(*tiny_overrides)
+    ecfg, _ = run_in_process(*tiny_overrides, *SCRAMBLE, f"+models.B9={cfg.run_dir}")
     blob = io.read_result(Path(ecfg.out_dir) / "raw.json")
     assert blob["units"] == {"scrambling/all": git_commit()}     # scrambling: one unit for all models
 
@@ -241,8 +240,8 @@ def test_untracked_source_files_make_the_commit_dirty(tmp_path):
 
 
 # ---------------------------------------------------------------- 11. sweeps over any key
-def test_a_sweep_over_a_trainer_key_gives_each_point_its_own_run_dir(tmp_path):
-    r = run_cli("-m", "task=train", *TINY, "trainer.lr=0.1,0.05", f"paths.root_dir={tmp_path}")
+def test_a_sweep_over_a_trainer_key_gives_each_point_its_own_run_dir(tmp_path, run_cli, tiny_overrides):
+    r = run_cli("-m", "task=train", *tiny_overrides, "trainer.lr=0.1,0.05", f"paths.root_dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-2000:]
     dirs = sorted(p.parent.name for p in (tmp_path / "runs/train/synthetic/bagnet9_w4").glob("*/summary.json"))
     assert dirs == ["debug-seed0,trainer.lr=0.05", "debug-seed0,trainer.lr=0.1"]

@@ -10,10 +10,12 @@ from torch.utils.data import TensorDataset
 from bagnet.heatmaps import heatmap, heatmap_patchwise, pad_for_heatmap
 from bagnet.patches import most_predictive_patches
 from bagnet.viz import compare_bagnets_figure, heatmap_figure, patches_figure
-from conftest import tiny_bagnet
 
 
-MODELS = {q: tiny_bagnet(q) for q in (9, 17, 33)}
+@pytest.fixture(scope="module")
+def models(make_tiny_bagnet):
+    """The tiny BagNet-9, -17 and -33 the tests share, by patch size."""
+    return {q: make_tiny_bagnet(q) for q in (9, 17, 33)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,9 +34,9 @@ def images(h, w, b=2, dtype=torch.float64, seed=1):
 @pytest.mark.parametrize("q", [9, 17, 33])
 @pytest.mark.parametrize("size", [(40, 40), (57, 63)])
 @pytest.mark.parametrize("stride", [1, 3, 8])
-def test_dense_equals_patchwise_float64(q, size, stride):
+def test_dense_equals_patchwise_float64(q, size, stride, models):
     b = 2
-    m, x = MODELS[q], images(*size, b=b)
+    m, x = models[q], images(*size, b=b)
     dense = heatmap(m, x, target=None, stride=stride)
     ref = heatmap_patchwise(m, x, target=None, stride=stride)
     hs, ws = -(-size[0] // stride), -(-size[1] // stride)
@@ -43,44 +45,44 @@ def test_dense_equals_patchwise_float64(q, size, stride):
 
 
 @pytest.mark.parametrize("kernel3", [(0, 0, 0, 0), (2, 0, 1, 2)])
-def test_other_kernel3_layouts(kernel3):
+def test_other_kernel3_layouts(kernel3, make_tiny_bagnet):
     # (0,0,0,0): every stride sits on a 1x1 conv (pure subsampling); (2,0,1,2): repeated 3x3s.
-    m, x = tiny_bagnet(kernel3=kernel3, num_classes=3), images(23, 30, b=1)
+    m, x = make_tiny_bagnet(kernel3=kernel3, num_classes=3), images(23, 30, b=1)
     for stride in (1, 2, 5, 8):
         assert (heatmap(m, x, 2, stride) - heatmap_patchwise(m, x, 2, stride)).abs().max() <= 1e-9
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_both_memory_layouts_are_exact(channels_last):
-    m, x = tiny_bagnet(17, width=16), images(30, 27, b=1)
+def test_both_memory_layouts_are_exact(channels_last, make_tiny_bagnet):
+    m, x = make_tiny_bagnet(17, width=16), images(30, 27, b=1)
     got = heatmap(m, x, None, 1, channels_last=channels_last)
     assert (got - heatmap_patchwise(m, x, None, 1)).abs().max() <= 1e-9
 
 
-def test_float32_relative():
-    m32 = tiny_bagnet(33, dtype=torch.float32)
+def test_float32_relative(make_tiny_bagnet, models):
+    m32 = make_tiny_bagnet(33, dtype=torch.float32)
     x = images(41, 38, dtype=torch.float32)
-    ref = heatmap_patchwise(MODELS[33], x.double(), target=None, stride=1)   # float64 truth
+    ref = heatmap_patchwise(models[33], x.double(), target=None, stride=1)   # float64 truth
     for got in (heatmap(m32, x, None, 1), heatmap_patchwise(m32, x, None, 1)):
         assert got.dtype == torch.float32
         assert ((got.double() - ref).abs().max() / ref.abs().max()).item() <= 1e-5
 
 
 @pytest.mark.parametrize("q, width", [(9, 8), (17, 16)])
-def test_float32_error_below_the_patchwise_routine(q, width):
+def test_float32_error_below_the_patchwise_routine(q, width, make_tiny_bagnet):
     # The dense map centres every conv's input (offsets folded into the biases). Without it its float32
     # error was 0.9-1.2x the patch-wise routine's on these nets; with it 0.2-0.5x. The patch-wise map
     # runs the plain network, so it is the uncentred computation's error.
-    m64 = tiny_bagnet(q, width=width, num_classes=10, seed=3)
-    m32 = tiny_bagnet(q, width=width, num_classes=10, seed=3, dtype=torch.float32)
+    m64 = make_tiny_bagnet(q, width=width, num_classes=10, seed=3)
+    m32 = make_tiny_bagnet(q, width=width, num_classes=10, seed=3, dtype=torch.float32)
     x = images(48, 48, b=1, dtype=torch.float32, seed=2)
     truth = heatmap(m64, x.double(), None, 1)
     rms = lambda got: ((got.double() - truth).pow(2).mean().sqrt() / truth.abs().max()).item()
     assert rms(heatmap(m32, x, None, 1)) <= 0.7 * rms(heatmap_patchwise(m32, x, None, 1))
 
 
-def test_target_forms_consistent_and_chunking():
-    m, x = MODELS[17], images(35, 29, b=3)
+def test_target_forms_consistent_and_chunking(models):
+    m, x = models[17], images(35, 29, b=3)
     full = heatmap(m, x, None, stride=2)
     t = torch.tensor([4, 0, 2])
     per = heatmap(m, x, t, stride=2)
@@ -92,8 +94,8 @@ def test_target_forms_consistent_and_chunking():
 
 
 @pytest.mark.parametrize("q", [9, 17, 33])
-def test_stride8_relations(q):
-    m, x = MODELS[q], images(57, 63)
+def test_stride8_relations(q, models):
+    m, x = models[q], images(57, 63)
     p = (q - 1) // 2
     # 1. Stride 8 is the plain fully convolutional pass on the padded image.
     h8 = heatmap(m, x, None, stride=8)
@@ -116,22 +118,22 @@ def test_stride8_relations(q):
         assert (h4[..., p // 4::2, p // 4::2][..., :nh, :nw].mean((2, 3)) - m(x)).abs().max() <= 1e-9
 
 
-def test_train_mode_rejected_and_stride_range():
-    m = tiny_bagnet(9).train()
+def test_train_mode_rejected_and_stride_range(make_tiny_bagnet, models):
+    m = make_tiny_bagnet(9).train()
     with pytest.raises(ValueError, match="eval"):
         heatmap(m, images(16, 16), 0)
     with pytest.raises(ValueError):
-        heatmap(MODELS[9], images(16, 16), 0, stride=9)
+        heatmap(models[9], images(16, 16), 0, stride=9)
 
 
 # ------------------------------------------------------------------------------------------------
 # Most predictive patches.
 # ------------------------------------------------------------------------------------------------
 
-def _planted_dataset():
+def _planted_dataset(make_tiny_bagnet):
     """Low-amplitude noise images (labels 0/1) plus a strong pattern planted on the patch grid:
     once in a class-0 image (true class patch) and once in a class-1 image (a distractor)."""
-    m = tiny_bagnet(9, num_classes=2, dtype=torch.float32, seed=3)
+    m = make_tiny_bagnet(9, num_classes=2, dtype=torch.float32, seed=3)
     g = torch.Generator().manual_seed(7)
     x = 0.05 * torch.randn(12, 3, 33, 33, generator=g)
     y = torch.tensor([0, 1] * 6)
@@ -151,8 +153,8 @@ def _planted_dataset():
     return m, x, y, pattern
 
 
-def test_most_predictive_patches_finds_planted_pattern():
-    m, x, y, pattern = _planted_dataset()
+def test_most_predictive_patches_finds_planted_pattern(make_tiny_bagnet):
+    m, x, y, pattern = _planted_dataset(make_tiny_bagnet)
     res = most_predictive_patches(m, TensorDataset(x, y), classes=[0, 1], k=3, batch_size=5)
     top, dis = res[0]["class"], res[0]["distractor"]
     assert top["image_index"][0] == 4 and top["location"][0].tolist() == [8, 16]
@@ -179,8 +181,8 @@ def test_most_predictive_patches_finds_planted_pattern():
 
 
 
-def test_predictive_patches_are_distinct_windows_at_most_two_per_image():
-    m, x, y, pattern = _planted_dataset()
+def test_predictive_patches_are_distinct_windows_at_most_two_per_image(make_tiny_bagnet):
+    m, x, y, pattern = _planted_dataset(make_tiny_bagnet)
     x[4, :, 24:33, 24:33] = pattern                  # a second, separate copy in image 4
     for i in (0, 2):                                  # and in two more class-0 images
         x[i, :, 8:17, 8:17] = 0.9 * pattern
@@ -203,13 +205,13 @@ def _png_size(fig, path):
         return im.size
 
 
-def test_relative_evidence_removes_a_per_patch_constant():
+def test_relative_evidence_removes_a_per_patch_constant(make_tiny_bagnet):
     """A feature that raises every class's logit of a patch by the same amount changes no prediction, yet the raw
     logit ranks its patches first for every class (the same patches head two classes' lists); relative
     evidence (logit minus the patch's mean logit) ranks as the model without that feature does, and its
     heatmap is exactly the patch-wise logits minus their class mean."""
     import copy
-    m = tiny_bagnet(9, num_classes=4)
+    m = make_tiny_bagnet(9, num_classes=4)
     x = images(40, 40, b=3)
     ref = heatmap_patchwise(m, x, target=None)
     rel = heatmap(m, x, target=None, evidence="relative")
@@ -238,14 +240,14 @@ def test_relative_evidence_removes_a_per_patch_constant():
     assert all(abs(rel[c][0] - plain[c][0]) < 1e-9 for c in range(4))
 
 
-def test_figures_have_expected_pixel_size(tmp_path):
+def test_figures_have_expected_pixel_size(tmp_path, models, make_tiny_bagnet):
     x = images(40, 40, dtype=torch.float32)
-    maps = {f"BagNet-{q}": heatmap(MODELS[q], x, 0, stride=1) for q in (9, 17, 33)}
+    maps = {f"BagNet-{q}": heatmap(models[q], x, 0, stride=1) for q in (9, 17, 33)}
     fig = heatmap_figure(x, maps["BagNet-33"], titles=["a", "b"], panel_inches=2.0, dpi=50)
     assert _png_size(fig, tmp_path / "h.png") == (200, 200)
     fig = compare_bagnets_figure(x, maps, panel_inches=2.0, dpi=50)
     assert _png_size(fig, tmp_path / "c.png") == (400, 200)
-    m, xs, ys, _ = _planted_dataset()
+    m, xs, ys, _ = _planted_dataset(make_tiny_bagnet)
     res = most_predictive_patches(m, TensorDataset(xs, ys), classes=[0], k=3)
     fig = patches_figure(res[0], "zero", class_names=["zero", "one"], panel_inches=1.0, dpi=100)
     assert _png_size(fig, tmp_path / "p.png") == (300, 260)

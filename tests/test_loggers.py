@@ -16,12 +16,16 @@ import torch
 import bagnet.train
 from bagnet.errors import ConfigError, Interrupted
 from bagnet.loggers import check, check_overrides
-from conftest import REPO, TINY, one_error_line, run, run_cli
 
 PACKAGES = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 STEPS = 3                                    # optimizer steps per epoch
-ARGS = [*TINY, f"trainer.max_steps_per_epoch={STEPS}", "trainer.epochs=2"]
 RUN_DIR = ("runs", "train", "synthetic", "bagnet9_w4", "debug-seed0")
+
+
+@pytest.fixture
+def two_epochs(tiny_overrides) -> list[str]:
+    """A tiny run of 2 epochs of STEPS steps."""
+    return [*tiny_overrides, f"trainer.max_steps_per_epoch={STEPS}", "trainer.epochs=2"]
 
 
 def need(name: str) -> None:
@@ -123,18 +127,18 @@ HEAVY = ("wandb", "mlflow")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in PACKAGES])
-def test_a_resumed_run_continues_the_curves_without_duplicates(tmp_path, monkeypatch, name):
+def test_a_resumed_run_continues_the_curves_without_duplicates(tmp_path, monkeypatch, name, run_in_process, two_epochs):
     need(name)
     with monkeypatch.context() as m:
         interrupt_in_epoch_2(m)
         with pytest.raises(Interrupted):
-            run(tmp_path, *ARGS, f"logger={name}")
+            run_in_process(*two_epochs, f"logger={name}")
     run_dir = tmp_path.joinpath(*RUN_DIR)
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, STEPS)
     if name in ("csv", "tensorboard"):      # live: the interrupted epoch's first points are there until it resumes
         assert POINTS[name](run_dir, "train/loss") == list(range(1, STEPS + 3))
-    run(tmp_path, *ARGS, f"logger={name}")   # resumes from epoch 1
+    run_in_process(*two_epochs, f"logger={name}")   # resumes from epoch 1
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["global_step"] == 2 * STEPS
     assert POINTS[name](run_dir, "train/loss") == list(range(1, 2 * STEPS + 1))   # strictly increasing, once each
     assert POINTS[name](run_dir, "train/lr") == list(range(1, 2 * STEPS + 1))
@@ -142,10 +146,10 @@ def test_a_resumed_run_continues_the_curves_without_duplicates(tmp_path, monkeyp
     assert POINTS[name](run_dir, "epoch/train_loss") == [STEPS, 2 * STEPS]
 
 
-def test_several_loggers_at_once_with_the_config_and_the_heatmap_figure(tmp_path):
+def test_several_loggers_at_once_with_the_config_and_the_heatmap_figure(tmp_path, run_in_process, two_epochs):
     need("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run(tmp_path, *ARGS, "logger=[csv,tensorboard]", "trainer.log_every_n_steps=2")
+    run_in_process(*two_epochs, "logger=[csv,tensorboard]", "trainer.log_every_n_steps=2")
     run_dir = tmp_path.joinpath(*RUN_DIR)
     assert csv_points(run_dir, "train/loss") == [2, 4, 6] == tensorboard_points(run_dir, "train/loss")
     acc = EventAccumulator(str(run_dir / "logs" / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
@@ -162,8 +166,8 @@ def test_several_loggers_at_once_with_the_config_and_the_heatmap_figure(tmp_path
     assert len(json.loads((run_dir / "metrics.json").read_text())) == 2
 
 
-def test_the_csv_logger_is_the_default(tmp_path):
-    cfg, _ = run(tmp_path, *TINY)
+def test_the_csv_logger_is_the_default(tmp_path, run_in_process, tiny_overrides):
+    cfg, _ = run_in_process(*tiny_overrides)
     assert dict(cfg.logger) == {"csv": {}}
     run_dir = tmp_path.joinpath(*RUN_DIR)
     assert csv_points(run_dir, "train/loss") == [1] and (run_dir / "metrics.csv").is_file()
@@ -172,9 +176,9 @@ def test_the_csv_logger_is_the_default(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", HEAVY)
-def test_wandb_and_mlflow_get_the_figure_and_the_config(tmp_path, name):
+def test_wandb_and_mlflow_get_the_figure_and_the_config(tmp_path, name, run_in_process, tiny_overrides):
     need(name)
-    run(tmp_path, *TINY, f"logger={name}")
+    run_in_process(*tiny_overrides, f"logger={name}")
     run_dir = tmp_path.joinpath(*RUN_DIR)
     if name == "wandb":
         [offline] = (run_dir / "logs" / "wandb").glob("offline-run-*")
@@ -190,46 +194,47 @@ def test_wandb_and_mlflow_get_the_figure_and_the_config(tmp_path, name):
         assert not list(mlruns.glob("*/*/params/signatures.*"))   # params: model, data, trainer, seed
 
 
-def test_a_bad_logger_name_is_one_error_line(tmp_path):
+def test_a_bad_logger_name_is_one_error_line(tmp_path, run_in_process, run_cli, tiny_overrides, one_error_line):
     r = run_cli("logger=[csv,tensorbord]", "device=cpu", f"paths.root_dir={tmp_path}")
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "unknown logger 'tensorbord'" in line and "tensorboard" in line
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="unknown logger 'tb'"):     # in-process (bagnet.run.run, pipelines)
-        run(tmp_path, *TINY, "logger=tb")
+        run_in_process(*tiny_overrides, "logger=tb")
     for ok in (["logger=[csv,tensorboard]"], ["-m", "logger=csv,mlflow"], ["logger.csv={}"], ["logger=[]"]):
         check_overrides(ok)
 
 
-def test_a_bad_key_or_a_missing_package_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+def test_a_bad_key_or_a_missing_package_is_refused_before_anything_is_written(tmp_path, monkeypatch, run_in_process,
+                                                                              tiny_overrides):
     with pytest.raises(ConfigError, match=r"logger.tensorboard.flush_sec: unknown key; valid: flush_secs"):
         check({"tensorboard": {"flush_sec": 3}})
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
     with pytest.raises(ConfigError, match=r"logger=wandb needs the wandb package: pip install 'bagnet-repro\[wandb\]'"):
-        run(tmp_path, *TINY, "logger=wandb")
+        run_in_process(*tiny_overrides, "logger=wandb")
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_library_imports_no_logger_package():
+def test_the_library_imports_no_logger_package(repo_root):
     code = ("import sys, bagnet, bagnet.train, bagnet.loggers, bagnet.run; "
             "print(sorted(m for m in ('tensorboard', 'wandb', 'mlflow', 'torch.utils.tensorboard') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_every_logger_config_is_a_backend():
-    names = {p.stem for p in (REPO / "configs" / "logger").glob("*.yaml")}
+def test_every_logger_config_is_a_backend(repo_root):
+    names = {p.stem for p in (repo_root / "configs" / "logger").glob("*.yaml")}
     assert names == set(PACKAGES)
     from bagnet.loggers import LOGGERS
     assert set(LOGGERS) == names
 
 
-def test_the_figure_is_a_warning_when_it_fails_and_does_not_count_bad_images(tmp_path, capsys):
+def test_the_figure_is_a_warning_when_it_fails_and_does_not_count_bad_images(tmp_path, capsys, make_image_folder,
+                                                                             make_tiny_bagnet):
     from bagnet.data import build_data
     from bagnet.loggers import Logger, RunLog, heatmap_figure
-    from conftest import image_folder, tiny_bagnet
 
     class Figures(Logger):
         def __init__(self):
@@ -241,10 +246,10 @@ def test_the_figure_is_a_warning_when_it_fails_and_does_not_count_bad_images(tmp
     log = RunLog([backend], step=7)
     log.figure("broken", lambda: 1 / 0)
     assert "warning: logging the broken figure failed (ZeroDivisionError" in capsys.readouterr().out
-    data = build_data({"name": "imagefolder", "root": str(image_folder(tmp_path / "f", bad={"val": 3})),
+    data = build_data({"name": "imagefolder", "root": str(make_image_folder(tmp_path / "f", bad={"val": 3})),
                        "image_size": 32}, seed=0)
     before = data.val.bad_images
-    log.figure("heatmaps", heatmap_figure, tiny_bagnet(num_classes=2), data.val, data.classes, data.mean, data.std)
+    log.figure("heatmaps", heatmap_figure, make_tiny_bagnet(num_classes=2), data.val, data.classes, data.mean, data.std)
     assert backend.figures == [("heatmaps", 7)] and data.val.bad_images == before
     [data.val[i] for i in range(len(data.val))]      # the same reads by the run itself do count
     assert data.val.bad_images == before + 3

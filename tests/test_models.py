@@ -14,7 +14,6 @@ from bagnet.models import create_model, is_bagnet, list_models
 from bagnet.models.cbam import ChannelAttention, SpatialAttention
 from bagnet.models.torchvision_models import densenet_filter
 from bagnet.models.weights import WeightsError
-from conftest import tiny_bagnet
 from receptive_field import empirical_receptive_field, patch_window
 
 bagnet_module = importlib.import_module("bagnet.models.bagnet")
@@ -68,8 +67,8 @@ def test_unsupported_patch_size_lists_supported():
 # ---------------------------------------------------------------- BagNet geometry
 
 @pytest.mark.parametrize("q", PATCH_SIZES)
-def test_bagnet_receptive_field_is_q(q):
-    model = tiny_bagnet(q, width=8)
+def test_bagnet_receptive_field_is_q(q, make_tiny_bagnet):
+    model = make_tiny_bagnet(q, width=8)
     assert model.patch_size == q
     assert empirical_receptive_field(model, input_size=(80, 80)) == (q, q)
     with torch.no_grad():
@@ -77,15 +76,15 @@ def test_bagnet_receptive_field_is_q(q):
 
 
 @pytest.mark.parametrize("q, side", [(9, 27), (33, 24)])
-def test_bagnet_feature_map_at_224(q, side):
+def test_bagnet_feature_map_at_224(q, side, make_tiny_bagnet):
     with torch.no_grad():
-        fmap = tiny_bagnet(q, width=8).forward_features(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
+        fmap = make_tiny_bagnet(q, width=8).forward_features(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
     assert fmap.shape[-2:] == (side, side)
 
 
 @pytest.mark.parametrize("q", PATCH_SIZES)
-def test_patch_logit_depends_only_on_its_window(q):
-    model = tiny_bagnet(q, width=8)
+def test_patch_logit_depends_only_on_its_window(q, make_tiny_bagnet):
+    model = make_tiny_bagnet(q, width=8)
     i, j = 1, 2
     row0, col0 = patch_window(i, j, q)
     assert (row0, col0) == (8 * i, 8 * j)
@@ -107,8 +106,8 @@ def test_patch_logit_depends_only_on_its_window(q):
 
 @pytest.mark.parametrize("q", PATCH_SIZES)
 @pytest.mark.parametrize("size", [(64, 64), (57, 63)])
-def test_logits_are_mean_of_patch_logits(q, size):
-    model = tiny_bagnet(q, width=8)
+def test_logits_are_mean_of_patch_logits(q, size, make_tiny_bagnet):
+    model = make_tiny_bagnet(q, width=8)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model.patch_logits(x).mean((2, 3)), model(x), rtol=1e-12, atol=1e-12)

@@ -8,20 +8,21 @@ import time
 
 import pytest
 
-from conftest import REPO
 
-NOTEBOOK = REPO / "notebooks" / "explain.ipynb"
+@pytest.fixture
+def notebook(repo_root):
+    return repo_root / "notebooks" / "explain.ipynb"
 
 
-def test_the_notebook_is_committed_without_outputs():
-    nb = json.loads(NOTEBOOK.read_text())
+def test_the_notebook_is_committed_without_outputs(notebook):
+    nb = json.loads(notebook.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(c.get("outputs") == [] and c.get("execution_count") is None for c in code), \
         "strip the outputs: jupyter nbconvert --clear-output --inplace notebooks/explain.ipynb"
     assert "parameters" in code[0]["metadata"].get("tags", [])     # IMAGE, CLASS, SOURCE: the reader's settings
 
 
-def test_the_notebook_explains_an_image_on_a_tiny_model(tmp_path, monkeypatch):
+def test_the_notebook_explains_an_image_on_a_tiny_model(tmp_path, monkeypatch, notebook):
     missing = [m for m in ("nbclient", "nbformat", "ipykernel") if importlib.util.find_spec(m) is None]
     if missing:
         if os.environ.get("CI", "").lower() == "true":
@@ -31,7 +32,7 @@ def test_the_notebook_explains_an_image_on_a_tiny_model(tmp_path, monkeypatch):
     from nbclient import NotebookClient
     monkeypatch.setenv("BAGNET_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     started = time.perf_counter()
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     took = time.perf_counter() - started

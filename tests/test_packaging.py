@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
+def installed(tmp_path_factory, repo_root) -> Path:
     """The wheel built from this checkout, unpacked into a folder of its own (its dependencies are this
     environment's); the checkout is not on the path of what runs from there."""
     # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds
     source = tmp_path_factory.mktemp("source") / "bagnet-repro"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "results", "build", "dist",
-                                                                 "*.egg-info", "__pycache__", ".pytest_cache"))
+    shutil.copytree(repo_root, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "results", "build",
+                                                                      "dist", "*.egg-info", "__pycache__",
+                                                                      ".pytest_cache"))
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
                     str(source)], check=True, capture_output=True, timeout=600)
@@ -31,9 +31,9 @@ def installed(tmp_path_factory) -> Path:
                    check=True, capture_output=True, timeout=600)
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in ("bagnet", "experiments", "reports"):    # pyproject.toml lists packages by hand: all of them?
-        for init in (REPO / package).rglob("*.py"):
-            assert str(init.relative_to(REPO)) in names, f"{init.relative_to(REPO)} is not in the wheel"
-    configs = {str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml")}
+        for init in (repo_root / package).rglob("*.py"):
+            assert str(init.relative_to(repo_root)) in names, f"{init.relative_to(repo_root)} is not in the wheel"
+    configs = {str(p.relative_to(repo_root / "configs")) for p in (repo_root / "configs").rglob("*.yaml")}
     assert {f"bagnet/configs/{c}" for c in configs} <= names
     assert {"bagnet/data/imagenet_wnids.txt", "experiments/published.yaml"} <= names
     return site

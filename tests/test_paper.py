@@ -74,13 +74,15 @@ def release_weights(folder: Path, models: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
-    """The whole pipeline once on every model of the paper."""
-    return run_paper(tmp_path_factory, MODELS)
+    """The whole pipeline once on every model of the paper (module scope: patched through a MonkeyPatch of its
+    own, undone when the run is over)."""
+    with pytest.MonkeyPatch.context() as mp:
+        return run_paper(tmp_path_factory, mp, MODELS)
 
 
-def run_paper(tmp_path_factory, models: dict) -> dict:
+def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict) -> dict:
     """The whole pipeline once on ``models`` (of MODELS), with TF32 switched on beforehand and every model's
-    forwards watched."""
+    forwards watched (``paper_setup.load_model`` patched through ``monkeypatch`` for the run only)."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.fail(f"CI=true but imagenette-mini is missing at {IMAGENETTE}")
     from experiments import paper_setup as paper   # where the pipeline loads every model
@@ -100,7 +102,7 @@ def run_paper(tmp_path_factory, models: dict) -> dict:
                  "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
                  f"paper.weights_dir={weights_dir}", *SHRUNK,
                  *[f"~paper.models.{label}" for label in MODELS if label not in models]]
-    with pytest.MonkeyPatch.context() as mp, tf32(True):     # both restored after, whatever happens
+    with monkeypatch.context() as mp, tf32(True):     # both restored after, whatever happens
         mp.setattr(paper, "load_model", watched)
         cfg = compose(overrides)
         result = run_task(cfg, overrides)
@@ -169,10 +171,10 @@ TWO = {m: MODELS[m] for m in ("BagNet-33", "AlexNet")}   # the paper's BagNet an
 
 
 @needs_imagenette
-def test_paper_on_two_models(tmp_path_factory):
+def test_paper_on_two_models(tmp_path_factory, monkeypatch):
     """make reproduce-paper on BagNet-33 and AlexNet (seconds): every part's tables and figures, TF32 off in
     every forward, a killed run resumed. On all eight models: the slow tests below."""
-    run = run_paper(tmp_path_factory, TWO)
+    run = run_paper(tmp_path_factory, monkeypatch, TWO)
     assert_every_part_written(run, TWO)
     drops = run["result"].parts["sensitivity"].tables["logit_drop"]
     assert set(drops["target"]) == set(TWO) and set(drops[drops.method == "lrp"]["target"]) == {"AlexNet"}

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 from bagnet.errors import ConfigError
-from conftest import TINY, run
 from experiments import accuracy
 
 
@@ -41,22 +40,22 @@ def test_accuracy_known_answer_and_paired_contrast():
         accuracy.run(preds, None, {"contrasts": [["A", "C"]]})
 
 
-def test_pipeline_refuses_a_bad_list_before_anything_trains(tmp_path):
+def test_pipeline_refuses_a_bad_list_before_anything_trains(tmp_path, run_in_process, tiny_overrides):
     for bad, message in ((["pipeline.experiments=[accuracy,scramblin]"], "unknown experiment 'scramblin'"),
                          (["pipeline.experiments=[]"], "pipeline.experiments is empty"),
                          (["pipeline.experiments=[scrambling]", "+signatures.scrambling.groups={g: [nope]}"],
                           r"groups.g: \['nope'\] are not classes"),
                          (["pipeline.experiments=[accuracy]", "pipeline.report=nope"], "unknown pipeline.report")):
         with pytest.raises(ConfigError, match=message):
-            run(tmp_path, "task=pipeline", *TINY, "+pipeline.train.B9=bagnet9", *bad)
+            run_in_process("task=pipeline", *tiny_overrides, "+pipeline.train.B9=bagnet9", *bad)
         assert not (tmp_path / "runs" / "train").exists(), bad
 
 
-def test_pipeline_trains_then_runs_the_listed_experiments(tmp_path):
-    cfg, result = run(tmp_path, "task=pipeline", *TINY, "+pipeline.train.B9=bagnet9",
-                      "+pipeline.train.B17={option: bagnet17, width: 4}", "pipeline.experiments=[accuracy,heatmaps]",
-                      "signatures.heatmaps.num_images=2", "signatures.accuracy.contrasts=[[B17,B9]]",
-                      f"out_dir={tmp_path / 'out'}")
+def test_pipeline_trains_then_runs_the_listed_experiments(tmp_path, run_in_process, tiny_overrides):
+    cfg, result = run_in_process("task=pipeline", *tiny_overrides, "+pipeline.train.B9=bagnet9",
+                                 "+pipeline.train.B17={option: bagnet17, width: 4}",
+                                 "pipeline.experiments=[accuracy,heatmaps]", "signatures.heatmaps.num_images=2",
+                                 "signatures.accuracy.contrasts=[[B17,B9]]", f"out_dir={tmp_path / 'out'}")
     assert list(result.parts) == ["accuracy", "heatmaps"]
     assert list(result.tables["training"]["model"]) == ["B9", "B17"]
     assert set(result.parts["accuracy"].tables["accuracy"]["model"]) == {"B9", "B17"}

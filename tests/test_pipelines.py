@@ -15,7 +15,6 @@ from PIL import Image
 from bagnet.io import result_digest
 from bagnet.config import compose
 from bagnet.provenance import git_commit
-from conftest import real_data, run
 
 TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "data.val_per_class=3",
         "data.test_per_class=4", "debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
@@ -28,15 +27,15 @@ TABLE1 = ["task=table1", "experiment=table1", "init=scratch", *TINY, "table1.ext
 THREE = [f"~table1.models.{label}" for label in ("DenseNet-121", "DenseNet-169", "CBAM-ResNet-50", "BagNet-9")]
 
 
-def test_table1_pipeline_on_three_models(tmp_path):
+def test_table1_pipeline_on_three_models(tmp_path, run_in_process):
     """make reproduce-table1 on ResNet-50, BagNet-17 and BagNet-33 (every model: test_table1_pipeline_tiny)."""
-    cfg, result = run(tmp_path, *TABLE1, *THREE)
+    cfg, result = run_in_process(*TABLE1, *THREE)
     assert_table1(cfg, result, ["ResNet-50", "BagNet-17", "BagNet-33"],
                   [("BagNet-33", "ResNet-50"), ("BagNet-17", "ResNet-50"), ("BagNet-33", "BagNet-17")])
     # a second call reuses the finished runs instead of retraining them
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
     assert len(mtimes) == 4
-    run(tmp_path, *TABLE1, *THREE)
+    run_in_process(*TABLE1, *THREE)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
 
@@ -86,26 +85,26 @@ def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str
 
 
 @pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both)
-def test_table1_pipeline_tiny(tmp_path):
+def test_table1_pipeline_tiny(tmp_path, run_in_process):
     """Every model of Table 1, then make signatures on its runs. The fast suite runs three models:
     test_table1_pipeline_on_three_models."""
-    cfg, result = run(tmp_path, *TABLE1)
+    cfg, result = run_in_process(*TABLE1)
     assert_table1(cfg, result, ["ResNet-50", "DenseNet-121", "DenseNet-169", "CBAM-ResNet-50", "BagNet-9",
                                 "BagNet-17", "BagNet-33"],
                   [("BagNet-33", "ResNet-50"), ("DenseNet-121", "ResNet-50"), ("BagNet-33", "BagNet-17")])
     table = result.tables["table1"]
     # a second call reuses the finished runs instead of retraining them
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
-    run(tmp_path, *TABLE1)
+    run_in_process(*TABLE1)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
     # make signatures: experiment=signatures finds exactly these seven runs and VGG-16 trained by the same recipe
-    vgg, _ = run(tmp_path, "task=train", "model=vgg16_bn", "experiment=table1", "init=scratch", *TINY,
-                 "trainer.fused_optimizer=true")
+    vgg, _ = run_in_process("task=train", "model=vgg16_bn", "experiment=table1", "init=scratch", *TINY,
+                            "trainer.fused_optimizer=true")
     labels = set(table["model"]) | {"VGG-16"}
-    sig, res = run(tmp_path, "experiment=signatures", *TINY, "pipeline.experiments=[error_overlap,scrambling]",
-                   "signatures.scrambling.grids=[2]", "signatures.scrambling.num_images=4",
-                   "signatures.scrambling.texture=false")
+    sig, res = run_in_process("experiment=signatures", *TINY, "pipeline.experiments=[error_overlap,scrambling]",
+                              "signatures.scrambling.grids=[2]", "signatures.scrambling.num_images=4",
+                              "signatures.scrambling.texture=false")
     assert {str(v) for v in sig.models.values()} == set(table["run_dir"]) | {vgg.run_dir}
     # debug=fast (in TINY) writes under runs/, never over results/; each experiment into a folder of its own
     out = tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default-scratch"
@@ -115,29 +114,30 @@ def test_table1_pipeline_tiny(tmp_path):
     assert set(res.parts["scrambling"].tables["accuracy"]["model"]) == labels
 
 
-def test_pipeline_runs_each_experiment_and_resumes_from_its_units(tmp_path):
+def test_pipeline_runs_each_experiment_and_resumes_from_its_units(tmp_path, run_in_process):
     """task=pipeline (make signatures) runs every experiment of pipeline.experiments into its own folder; a
     second call reuses every saved unit (per model for additivity) instead of computing it again."""
-    b9, _ = run(tmp_path, "task=train", "model=bagnet9", *TINY)
-    cnn, _ = run(tmp_path, "task=train", "model=small_cnn", "model.width=4", *TINY)
+    b9, _ = run_in_process("task=train", "model=bagnet9", *TINY)
+    cnn, _ = run_in_process("task=train", "model=small_cnn", "model.width=4", *TINY)
     args = ["task=pipeline", *TINY, f"+models.B9={b9.run_dir}", f"+models.CNN={cnn.run_dir}",
             "pipeline.experiments=[additivity,error_overlap]", "signatures.additivity.num_images=2",
             "signatures.additivity.patch_sizes=[8]", "out_dir=" + str(tmp_path / "sig")]
-    run(tmp_path, *args)
+    run_in_process(*args)
     units = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")}
     assert {p.parent.name for p in units if p.parent.parent.name == "additivity"} == {"B9", "CNN"}
     for name in ("additivity", "error_overlap"):
         assert (tmp_path / "sig" / name / "raw.json").is_file(), name
-    run(tmp_path, *args, "overwrite=true")
+    run_in_process(*args, "overwrite=true")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")} == units
 
 
-def test_demo_pipeline_tiny(tmp_path):
+def test_demo_pipeline_tiny(tmp_path, run_in_process):
     """make demo at 64 px, width 4, one step per model (seconds), and its documents rebuilt from raw.json."""
-    cfg, demo = run(tmp_path, "experiment=demo", *TINY, "signatures.heatmaps.num_images=2",
-                    "signatures.patches.k=2", "signatures.patches.per_class_images=4", "signatures.scrambling.num_images=16",
-                    "signatures.additivity.num_images=2", "signatures.sensitivity.num_images=2",
-                    "signatures.sensitivity.ig_steps=4", "signatures.scrambling.texture_patch=9")
+    cfg, demo = run_in_process("experiment=demo", *TINY, "signatures.heatmaps.num_images=2",
+                               "signatures.patches.k=2", "signatures.patches.per_class_images=4",
+                               "signatures.scrambling.num_images=16", "signatures.additivity.num_images=2",
+                               "signatures.sensitivity.num_images=2", "signatures.sensitivity.ig_steps=4",
+                               "signatures.scrambling.texture_patch=9")
     results = demo.parts
     out = Path(cfg.out_dir)
     promised = {"accuracy": ["accuracy", "checks"], "scrambling": ["accuracy"], "additivity": ["interaction"],
@@ -250,7 +250,7 @@ def test_demo_checks_verdicts_follow_the_intervals(r):
     assert verdicts[2] is None and verdicts[4] is None, verdicts
 
 
-def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
+def test_eval_imagenet_pipeline_with_local_weights(tmp_path, run_in_process):
     """The official-weights pipeline on a tiny fake ImageNet tree, with weights saved locally."""
     from bagnet import create_model
     from bagnet.models.bagnet import DEFAULT_CFGS
@@ -270,16 +270,17 @@ def test_eval_imagenet_pipeline_with_local_weights(tmp_path):
     assert not DEFAULT_CFGS[9]["file"].endswith(f"-{digest}.pth.tar")
     tmp.rename(weights / f"bagnet8-{digest}.pth.tar")
     # only BagNet-9 has local weights; the others would try to download
-    _, result = run(tmp_path, "task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
-                    "data.label_space=imagenet1k", "data.image_size=32", "device=cpu", "trainer.progress=false",
-                    f"eval_imagenet.weights_dir={weights}",
-                    edit=lambda c: setattr(c.eval_imagenet, "models", {"BagNet-9": {"name": "bagnet", "patch_size": 9}}))
+    _, result = run_in_process("task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette",
+                               f"data.root={root}", "data.label_space=imagenet1k", "data.image_size=32", "device=cpu",
+                               "trainer.progress=false", f"eval_imagenet.weights_dir={weights}",
+                               edit=lambda c: setattr(c.eval_imagenet, "models",
+                                                      {"BagNet-9": {"name": "bagnet", "patch_size": 9}}))
     row = result.tables["imagenet"].iloc[0]
     assert row["model"] == "BagNet-9" and row["n"] == 4
     assert pd.isna(row["published top5"])
 
 
-def test_eval_imagenet_on_real_imagenette_mini(tmp_path):
+def test_eval_imagenet_on_real_imagenette_mini(tmp_path, run_in_process, real_data):
     """Real ImageNet photos, 1000-way labels, a full-width BagNet-9 saved in the release format whose head
     is fitted (least squares on its own features of these val images, preprocessed as ImageNet eval does)
     to answer each image's true ImageNet class: the pipeline must then score top-1 = 1. A wrong label
@@ -314,16 +315,16 @@ def test_eval_imagenet_on_real_imagenette_mini(tmp_path):
     weights = tmp_path / "bagnet8-local.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, weights)
     models = {"BagNet-9": {"name": "bagnet", "patch_size": 9, "weights": str(weights)}}
-    _, result = run(tmp_path, "task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette",
-                    f"data.root={root}", "data.label_space=imagenet1k", f"data.image_size={size}", "device=cpu",
-                    "trainer.progress=false", "trainer.precision=fp32",
-                    edit=lambda c: setattr(c.eval_imagenet, "models", models))
+    _, result = run_in_process("task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette",
+                               f"data.root={root}", "data.label_space=imagenet1k", f"data.image_size={size}",
+                               "device=cpu", "trainer.progress=false", "trainer.precision=fp32",
+                               edit=lambda c: setattr(c.eval_imagenet, "models", models))
     row = result.tables["imagenet"].iloc[0]
     assert row["n"] == 30  # the 3 val images of each of the 10 classes
     assert row["top1"] == 1.0
 
 
-def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch):
+def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch, run_in_process):
     import urllib.request
     from urllib.error import URLError
 
@@ -340,15 +341,15 @@ def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch)
     Image.new("RGB", (40, 40)).save(root / "val" / "n01440764" / "a.JPEG")
     Image.new("RGB", (40, 40)).save(root / "train" / "n01440764" / "a.JPEG")
     with pytest.raises(WeightsError, match="model.weights="):
-        run(tmp_path, "task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
-            "data.label_space=imagenet1k", "data.image_size=32", "device=cpu")
+        run_in_process("task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
+                       "data.label_space=imagenet1k", "data.image_size=32", "device=cpu")
 
 
 @pytest.mark.parametrize("name", ["heatmaps", "patches"])
-def test_explain_tasks_on_a_trained_bagnet(tmp_path, name):
-    train, _ = run(tmp_path, "task=train", "model=bagnet17", *TINY)
-    cfg, result = run(tmp_path, f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
-                      "signatures.heatmaps.num_images=2", "signatures.patches.per_class_images=2")
+def test_explain_tasks_on_a_trained_bagnet(tmp_path, name, run_in_process):
+    train, _ = run_in_process("task=train", "model=bagnet17", *TINY)
+    cfg, result = run_in_process(f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
+                                 "signatures.heatmaps.num_images=2", "signatures.patches.per_class_images=2")
     out = Path(cfg.out_dir)
     assert result.figures and all((out / f"{f}.png").is_file() for f in result.figures)
     assert (out / f"{name}.csv").is_file()

@@ -19,7 +19,6 @@ from bagnet.models import create_model
 from bagnet.models import pytorchcv_weights as pw
 from bagnet.models.cbam import SpatialAttention
 from bagnet.models.weights import WeightsError
-from conftest import randomize_norms
 
 try:
     from pytorchcv.model_provider import get_model as ptcv_get_model
@@ -31,10 +30,14 @@ needs_pytorchcv = pytest.mark.skipif(
 RTOL = 1e-5
 
 
-def randomized_reference(arch: str) -> torch.nn.Module:
-    """pytorchcv's network, random weights, BN running stats and affine parameters away from identity."""
-    torch.manual_seed(0)
-    return randomize_norms(ptcv_get_model(arch, pretrained=False))   # the CBAM MLPs' biases too
+@pytest.fixture
+def randomized_reference(randomize_norms):
+    """``randomized_reference(arch)``: pytorchcv's network, random weights, BN running stats and affine
+    parameters away from identity."""
+    def randomized_reference(arch: str) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return randomize_norms(ptcv_get_model(arch, pretrained=False))   # the CBAM MLPs' biases too
+    return randomized_reference
 
 
 def save_release_like(sd: dict, directory, arch: str, error: str = "0000"):
@@ -55,7 +58,7 @@ def x():
 
 @needs_pytorchcv
 @pytest.mark.parametrize("arch", pw.ARCHS)
-def test_pytorchcv_release_file_gives_pytorchcvs_logits(arch, x, tmp_path):
+def test_pytorchcv_release_file_gives_pytorchcvs_logits(arch, x, tmp_path, randomized_reference):
     ref = randomized_reference(arch)
     path = save_release_like(ref.state_dict(), tmp_path, arch)
     ours = create_model(f"{arch}_pytorchcv", pretrained=True, weights=str(path)).eval()
@@ -78,7 +81,7 @@ def test_pytorchcv_release_file_gives_pytorchcvs_logits(arch, x, tmp_path):
 
 
 @needs_pytorchcv
-def test_head_of_other_size_is_fresh_and_the_rest_loaded(tmp_path):
+def test_head_of_other_size_is_fresh_and_the_rest_loaded(tmp_path, randomized_reference):
     ref = randomized_reference("densenet121")
     path = save_release_like(ref.state_dict(), tmp_path, "densenet121")
     model = create_model("densenet121_pytorchcv", num_classes=15, pretrained=True, weights=str(path))
@@ -89,7 +92,7 @@ def test_head_of_other_size_is_fresh_and_the_rest_loaded(tmp_path):
 
 
 @needs_pytorchcv
-def test_zipped_release_file_loads(tmp_path):
+def test_zipped_release_file_loads(tmp_path, randomized_reference):
     sd = randomized_reference("resnet50").state_dict()
     path = save_release_like(sd, tmp_path, "resnet50")
     zipped = path.with_name(path.name + ".zip")

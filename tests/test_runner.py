@@ -20,7 +20,6 @@ from bagnet.errors import Interrupted, UserError
 from bagnet.models import list_models
 from bagnet.seeding import seed_everything
 from bagnet.tasks import Context, fit_run
-from conftest import REPO, config, run, run_cli
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
@@ -133,7 +132,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def test_sweep_creates_one_run_dir_per_patch_size(tmp_path, monkeypatch):
+def test_sweep_creates_one_run_dir_per_patch_size(tmp_path, monkeypatch, run_cli, repo_root):
     r = run_cli("-m", "task=train", "model=bagnet", "model.patch_size=9,17,33", "model.width=4", "data=synthetic",
                 "data.image_size=48", "data.samples_per_class=4", "data.val_per_class=2", "data.test_per_class=2",
                 "debug=fast", "device=cpu", f"paths.root_dir={tmp_path}")
@@ -144,7 +143,7 @@ def test_sweep_creates_one_run_dir_per_patch_size(tmp_path, monkeypatch):
     def collect_sweep(*extra: str) -> None:    # python scripts/collect_sweep.py <root> --out <dir> ..., in-process
         monkeypatch.setattr(sys, "argv", ["collect_sweep.py", str(tmp_path / "runs/train/synthetic"),
                                           "--out", str(tmp_path / "sweep"), *extra])
-        runpy.run_path(str(REPO / "scripts" / "collect_sweep.py"), run_name="__main__")
+        runpy.run_path(str(repo_root / "scripts" / "collect_sweep.py"), run_name="__main__")
     with pytest.raises(SystemExit, match=r"no finished runs named seed\*"):   # debug runs are not the sweep's
         collect_sweep()
     with pytest.raises(SystemExit, match=r"3 smoke run\(s\) \(--allow-smoke\)"):  # debug=fast: a few steps
@@ -164,18 +163,18 @@ def test_sweep_creates_one_run_dir_per_patch_size(tmp_path, monkeypatch):
     (["task=eval", "checkpoint=/nonexistent/ckpt.pt"], "checkpoint not found"),
     (["data=scene15", "data.root=/nonexistent/scene15"], "data.root"),
 ])
-def test_bad_input_gives_one_line(tmp_path, args, expect):
+def test_bad_input_gives_one_line(tmp_path, args, expect, run_in_process):
     """A UserError before anything runs: the runner prints it as one line (whitespace folded) with exit code 2,
     as test_a_user_error_is_one_line_with_exit_code_2 checks on the command line. In-process (no start-up)."""
     with pytest.raises(UserError) as e:
-        run(tmp_path, "debug=fast", "device=cpu", *args)
+        run_in_process("debug=fast", "device=cpu", *args)
     line = " ".join(str(e.value).split())
     assert expect in line and "search path" not in line, line
 
 
 @pytest.mark.parametrize("args, expect", [(["trainer.batch_size=-4"], "trainer.batch_size: must be >= 1"),
                                           (["data=scene15", "data.root=/nonexistent/scene15"], "data.root")])
-def test_a_user_error_is_one_line_with_exit_code_2(tmp_path, args, expect):
+def test_a_user_error_is_one_line_with_exit_code_2(tmp_path, args, expect, run_cli):
     r = run_cli(*args, "device=cpu", f"paths.root_dir={tmp_path}")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
@@ -192,39 +191,39 @@ def test_a_user_error_is_one_line_with_exit_code_2(tmp_path, args, expect):
     (["task=scrambling", "experiment=signatures", "init=scrach"], "Could not find 'init/scrach'"),
     (["model.patch_sizee=9"], "Could not override 'model.patch_sizee'"),
 ])
-def test_bad_override_is_reported_by_hydra_without_traceback(tmp_path, args, expect):
+def test_bad_override_is_reported_by_hydra_without_traceback(tmp_path, args, expect, compose_config):
     """Hydra refuses it while composing, with this message; on the command line Hydra prints the message without
     a traceback (test_hydra_prints_a_bad_override_without_traceback). In-process (no start-up)."""
     with pytest.raises(HydraException) as e:
-        config(tmp_path, *args, "device=cpu")
+        compose_config(*args, "device=cpu")
     assert expect in str(e.value), str(e.value)
     if args[0].startswith("model="):
         assert "bagnet17" in str(e.value)  # Hydra lists the available options
 
 
-def test_hydra_prints_a_bad_override_without_traceback(tmp_path):
+def test_hydra_prints_a_bad_override_without_traceback(tmp_path, run_cli):
     r = run_cli("model=bagnet34", "device=cpu", f"paths.root_dir={tmp_path}")
     assert r.returncode != 0 and "Could not find 'model/bagnet34'" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "bagnet17" in r.stderr   # Hydra lists the available options
 
 
-def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, run_in_process):
     cfg = make_cfg("model=bagnet9", "model.width=8", *tiny_synthetic(), tmp_path=tmp_path)
     task_train(cfg)
     run_dir = Path(cfg.run_dir)
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match=r"checkpoint is for bagnet\(.*model="):     # one line, exit 2 on the CLI
-        run(tmp_path, "task=eval", "model=resnet18", f"checkpoint={run_dir}", "data=synthetic", *tiny_synthetic(),
-            "debug=fast", "device=cpu", f"run_dir={run_dir}")
+        run_in_process("task=eval", "model=resnet18", f"checkpoint={run_dir}", "data=synthetic", *tiny_synthetic(),
+                       "debug=fast", "device=cpu", f"run_dir={run_dir}")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path):
+def test_ddp_two_cpu_processes(tmp_path, repo_root):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
                         "-m", "bagnet.run", "task=train", "model=bagnet9", "model.width=4", "data=synthetic",
                         *tiny_synthetic(), "debug=fast", "device=cpu", f"paths.root_dir={tmp_path}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+                       cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = next((tmp_path / "runs/train/synthetic").glob("*/*"))
     preds = pd.read_csv(run_dir / "eval" / "predictions_val.csv.gz")

@@ -18,7 +18,6 @@ from bagnet.config import as_dict, compose, validate
 from bagnet.data import build_data
 from bagnet.errors import ConfigError, WeightsError
 from bagnet.train import PlateauHalving, fit
-from conftest import real_data
 
 try:
     from pytorchcv.model_provider import get_model as ptcv_get_model
@@ -233,16 +232,20 @@ def test_table1_scrambling_blackens_the_remainder_as_the_notebook():
 
 
 # ---------------------------------------------------------------- end to end with release-format weights
-def subset_of_scene15(tmp_path: Path, classes=("bedroom", "MITcoast"), n_train=5, n_test=3) -> Path:
-    """A small imagefolder copy of real 15-Scene photos: train/<class>/, test/<class>/."""
-    src = real_data("scene15", "train")
-    root = tmp_path / "scene15-subset"
-    for split, n in (("train", n_train), ("test", n_test)):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for f in sorted((src / split / c).iterdir())[:n]:
-                shutil.copy(f, root / split / c / f.name)
-    return root
+@pytest.fixture
+def subset_of_scene15(tmp_path, real_data):
+    """``subset_of_scene15(classes=("bedroom", "MITcoast"), n_train=5, n_test=3)``: a small imagefolder copy of
+    real 15-Scene photos under ``tmp_path``: train/<class>/, test/<class>/."""
+    def subset_of_scene15(classes=("bedroom", "MITcoast"), n_train=5, n_test=3) -> Path:
+        src = real_data("scene15", "train")
+        root = tmp_path / "scene15-subset"
+        for split, n in (("train", n_train), ("test", n_test)):
+            for c in classes:
+                (root / split / c).mkdir(parents=True)
+                for f in sorted((src / split / c).iterdir())[:n]:
+                    shutil.copy(f, root / split / c / f.name)
+        return root
+    return subset_of_scene15
 
 
 def save_as(sd: dict, directory: Path, stem: str, ext: str, digest: str) -> Path:
@@ -298,13 +301,13 @@ RELEASES = {"ResNet-50": ("resnet50-0658-828686d7.pth", "conv1.weight", "resnet5
             "BagNet-33": ("bagnet32-2ddd53ed.pth.tar", "layer4.2.conv3.weight", "bagnet32")}
 
 
-def reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, *extra: str) -> None:
+def reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, subset_of_scene15, *extra: str) -> None:
     """make reproduce-table1 INIT=imagenet on a 15-Scene subset with release-format weights: the report's recipe,
     each model fine-tuned from its release file."""
     from bagnet.run import run_task
     wdir, sds = release_weights
     monkeypatch.setenv("BAGNET_WEIGHTS_DIR", str(wdir))
-    root = subset_of_scene15(tmp_path)
+    root = subset_of_scene15()
     overrides = [*E2E, f"data.root={root}", f"paths.root_dir={tmp_path}", *extra]
     cfg = compose(overrides)
     assert (cfg.trainer.optimizer, cfg.trainer.lr, cfg.trainer.batch_size, cfg.trainer.label_smoothing,
@@ -342,22 +345,22 @@ def reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, *extra: st
     assert "| init | weights |" in md
 
 
-def test_reproduce_table1_imagenet_on_two_models(tmp_path, monkeypatch, offline, release_weights):
+def test_reproduce_table1_imagenet_on_two_models(tmp_path, monkeypatch, offline, release_weights, subset_of_scene15):
     """BagNet-9 (the authors' release format) and ResNet-50 (pytorchcv's), no extra seeds, no time estimate (its
     table1 path: test_table1_pipeline_on_three_models); every model and the extra seeds:
     test_reproduce_table1_imagenet_end_to_end."""
     others = [f"~table1.models.{label}" for label in RELEASES if label not in ("ResNet-50", "BagNet-9")]
-    reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, "table1.extra_seeds=[]", "table1.estimate=false",
-                              *others)
+    reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, subset_of_scene15, "table1.extra_seeds=[]",
+                              "table1.estimate=false", *others)
 
 
 @pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both); 2 models: the test above
-def test_reproduce_table1_imagenet_end_to_end(tmp_path, monkeypatch, offline, release_weights):
-    reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights)
+def test_reproduce_table1_imagenet_end_to_end(tmp_path, monkeypatch, offline, release_weights, subset_of_scene15):
+    reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, subset_of_scene15)
 
 
-def test_reproduce_table1_names_every_missing_file_before_training(tmp_path, monkeypatch, offline,
-                                                                   release_weights, capsys):
+def test_reproduce_table1_names_every_missing_file_before_training(tmp_path, monkeypatch, offline, release_weights,
+                                                                   capsys, subset_of_scene15):
     from bagnet.run import run_task
     wdir, _ = release_weights
     partial = tmp_path / "partial"
@@ -366,7 +369,7 @@ def test_reproduce_table1_names_every_missing_file_before_training(tmp_path, mon
         if not f.name.startswith(("bagnet16-", "densenet169-")):
             (partial / f.name).symlink_to(f)
     monkeypatch.setenv("BAGNET_WEIGHTS_DIR", str(partial))
-    root = subset_of_scene15(tmp_path, n_train=2, n_test=1)
+    root = subset_of_scene15(n_train=2, n_test=1)
     overrides = [*E2E, f"data.root={root}", f"paths.root_dir={tmp_path}"]
     with pytest.raises(WeightsError) as err:
         run_task(compose(overrides), overrides)

@@ -17,16 +17,19 @@ import torchvision.models as tvm
 
 from bagnet.models import create_model
 from bagnet.models.torchvision_models import DEFAULT_CFGS
-from conftest import randomize_norms
 
 ARCHS = {"resnet50": (tvm.resnet50, "fc"), "densenet121": (tvm.densenet121, "classifier"),
          "densenet169": (tvm.densenet169, "classifier"), "vgg16": (tvm.vgg16, "classifier.6")}
 _LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
-def randomized(builder) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return randomize_norms(builder(weights=None))
+@pytest.fixture
+def randomized(randomize_norms):
+    """``randomized(builder)``: torchvision's network, seeded random weights, norms away from identity."""
+    def randomized(builder) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return randomize_norms(builder(weights=None))
+    return randomized
 
 
 def save_release_like(sd: dict, directory, arch: str):
@@ -39,7 +42,7 @@ def save_release_like(sd: dict, directory, arch: str):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_torchvision_release_file_gives_torchvisions_logits(arch, tmp_path):
+def test_torchvision_release_file_gives_torchvisions_logits(arch, tmp_path, randomized):
     builder, head = ARCHS[arch]
     ref = randomized(builder)
     sd = ref.state_dict()
