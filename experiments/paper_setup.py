@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from bagnet.checkpoint import model_kwargs
+from bagnet.config import add_schema_store, untyped_node
 from bagnet.engine import Tf32Guard
 from bagnet.models import default_cfg
 from bagnet.models.weights import find_local
@@ -104,6 +105,20 @@ class PaperConfig:
         unknown = [p for p in self.parts if p not in PARTS]
         if unknown:
             raise ValueError(f"unknown parts {unknown}; valid: {PARTS}")
+
+
+# paper/schema in Hydra's ConfigStore (configs/experiment/paper.yaml extends it): every key exists with its default
+# here, a typo is refused at compose; types are checked by typed_cfg in one line (bagnet.config.untyped_node)
+PaperNode = untyped_node(PaperConfig, "PaperNode")
+PaperNode.__module__ = __name__        # importable by name: a composed config pickles (sweeps, launchers)
+
+
+def store_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+    ConfigStore.instance().store(group="paper", name="schema", node=PaperNode)
+
+
+add_schema_store(store_schema)
 
 
 # numerics: TF32 off and guarded (bagnet.engine: tf32, numerics_state, Tf32Guard, the one precision guard)

@@ -75,7 +75,7 @@ def task(ctx) -> Result:
     clash = sorted(k for k, v in ctx.cfg.models.items() if k in runs and str(v) != runs[k])
     if clash:
         raise ConfigError(f"{clash} are in pipeline.train and in models with another run; give each label once")
-    specs = {**runs, **{k: v for k, v in ctx.cfg.models.items() if k not in runs}}
+    specs = {**runs, **{k: v if isinstance(v, str) else as_dict(v) for k, v in ctx.cfg.models.items() if k not in runs}}
     if not specs:
         raise ConfigError("the pipeline has no models: set pipeline.train and/or models")
     with nullcontext() if p["tf32"] is None else tf32(p["tf32"]):

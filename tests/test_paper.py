@@ -4,7 +4,7 @@ test of the feature-sensitivity protocol.
 The end-to-end run uses real ImageNet photos (imagenette-mini, 1000-way labels) and weights files written
 here in each source's release format under their own sha256 (the authors' ``bagnet8-<hex>.pth.tar``
 holding ``{'state_dict': {'module.' + key: ...}}``, torchvision's ``<stem>-<hex>.pth`` holding a bare
-state dict), found by release name in ``paper.weights_dir`` and loaded by the user's code path. Random
+state dict), found by release name in ``weights_dir`` and loaded by the user's code path. Random
 weights: the numbers are meaningless, the plumbing is not.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict) -
 
     overrides = ["task=paper", "experiment=paper", "data=imagenette", f"data.root={IMAGENETTE}",
                  "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
-                 f"paper.weights_dir={weights_dir}", *SHRUNK,
+                 f"weights_dir={weights_dir}", *SHRUNK,
                  *[f"~paper.models.{label}" for label in MODELS if label not in models]]
     with monkeypatch.context() as mp, tf32(True):     # both restored after, whatever happens
         mp.setattr(paper, "load_model", watched)
@@ -134,7 +134,7 @@ def assert_every_part_written(run: dict, models: dict) -> None:
     # every model came from the weights folder through the release-name lookup
     raw = json.loads((out / "raw.json").read_text())
     for label, spec in raw["raw"]["models"].items():
-        assert Path(spec["weights"]).parent == Path(cfg.paper.weights_dir), label
+        assert Path(spec["weights"]).parent == Path(cfg.weights_dir), label
     assert sorted(run["loaded"]) == sorted([s["name"] for s in models.values()] + ["vgg19"])
 
 

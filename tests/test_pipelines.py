@@ -1,4 +1,4 @@
-"""Table 1, the demo, eval_imagenet, heatmaps and the signature tasks, end to end on tiny configs."""
+"""Table 1, the demo, make eval-imagenet, heatmaps and the signature tasks, end to end on tiny configs."""
 from __future__ import annotations
 
 import hashlib
@@ -270,14 +270,15 @@ def test_eval_imagenet_pipeline_with_local_weights(tmp_path, run_in_process):
     assert not DEFAULT_CFGS[9]["file"].endswith(f"-{digest}.pth.tar")
     tmp.rename(weights / f"bagnet8-{digest}.pth.tar")
     # only BagNet-9 has local weights; the others would try to download
-    _, result = run_in_process("task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette",
+    _, result = run_in_process("experiment=eval_imagenet", "data=imagenette",
                                f"data.root={root}", "data.label_space=imagenet1k", "data.image_size=32", "device=cpu",
-                               "trainer.progress=false", f"eval_imagenet.weights_dir={weights}",
-                               edit=lambda c: setattr(c.eval_imagenet, "models",
-                                                      {"BagNet-9": {"name": "bagnet", "patch_size": 9}}))
-    row = result.tables["imagenet"].iloc[0]
+                               "trainer.progress=false", f"weights_dir={weights}",
+                               edit=lambda c: setattr(c, "models",
+                                                      {"BagNet-9": {"name": "bagnet", "patch_size": 9, "pretrained": True}}))
+    row = result.parts["accuracy"].tables["accuracy"].iloc[0]
     assert row["model"] == "BagNet-9" and row["n"] == 4
     assert pd.isna(row["published top5"])
+    assert result.raw["numerics"]["cuda_matmul_allow_tf32"] is False      # pipeline.tf32: false
 
 
 def test_eval_imagenet_on_real_imagenette_mini(tmp_path, run_in_process, real_data):
@@ -314,12 +315,12 @@ def test_eval_imagenet_on_real_imagenette_mini(tmp_path, run_in_process, real_da
     sd["fc.weight"], sd["fc.bias"] = w[:-1].T.float().contiguous(), w[-1].float().contiguous()
     weights = tmp_path / "bagnet8-local.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, weights)
-    models = {"BagNet-9": {"name": "bagnet", "patch_size": 9, "weights": str(weights)}}
-    _, result = run_in_process("task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette",
+    models = {"BagNet-9": {"name": "bagnet", "patch_size": 9, "weights": str(weights), "pretrained": True}}
+    _, result = run_in_process("experiment=eval_imagenet", "data=imagenette",
                                f"data.root={root}", "data.label_space=imagenet1k", f"data.image_size={size}",
                                "device=cpu", "trainer.progress=false", "trainer.precision=fp32",
-                               edit=lambda c: setattr(c.eval_imagenet, "models", models))
-    row = result.tables["imagenet"].iloc[0]
+                               edit=lambda c: setattr(c, "models", models))
+    row = result.parts["accuracy"].tables["accuracy"].iloc[0]
     assert row["n"] == 30  # the 3 val images of each of the 10 classes
     assert row["top1"] == 1.0
 
@@ -341,7 +342,7 @@ def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch,
     Image.new("RGB", (40, 40)).save(root / "val" / "n01440764" / "a.JPEG")
     Image.new("RGB", (40, 40)).save(root / "train" / "n01440764" / "a.JPEG")
     with pytest.raises(WeightsError, match="model.weights="):
-        run_in_process("task=eval_imagenet", "experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
+        run_in_process("experiment=eval_imagenet", "data=imagenette", f"data.root={root}",
                        "data.label_space=imagenet1k", "data.image_size=32", "device=cpu")
 
 
