@@ -16,14 +16,13 @@ replacement is announced. The folder is checked before the task runs, and again 
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import hydra
 import torch
@@ -36,17 +35,11 @@ from .config import CONFIG_DIR, as_dict, compose, store_schemas, validate
 from .distributed import cleanup, init_distributed
 from .engine import keep_freed_cpu_memory, resolve_device
 from .errors import ConfigError, Interrupted, UserError
+from .identity import identity_diff, results_identity
 from .loggers import check_overrides
 from .provenance import git_commit, model_provenance, provenance
 from .result import Result
 from .tasks import Context, check_writable, evaluate, train
-from .train import identity_diff
-
-# Config keys that cannot change a task's results: where files go, the device, progress bars, workers
-# (and tasks/schemas: results made before the registry named the tasks record them).
-RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "trainer.progress", "trainer.workers",
-                   "data.workers", "tasks", "schemas", "logger", "trainer.log_every_n_steps")
-
 
 def tasks() -> dict:
     """Task name -> function(ctx) -> Result: the library's own, then the registry's experiments and pipelines."""
@@ -100,17 +93,7 @@ def run_task(cfg: DictConfig, overrides: Sequence[str] = ()) -> Result:
     return result
 
 
-def results_identity(config: Mapping) -> dict:
-    """``config`` without the keys of :data:`RESULTS_IGNORED`."""
-    out = copy.deepcopy(dict(config))
-    for key in RESULTS_IGNORED:
-        *parents, last = key.split(".")
-        d = out
-        for k in parents:
-            d = d.get(k) if isinstance(d, dict) else None
-        if isinstance(d, dict):
-            d.pop(last, None)
-    return out
+
 
 
 def check_results_dir(cfg: DictConfig, out_dir: Path) -> str | None:

@@ -20,19 +20,18 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import io
-from .checkpoint import checkpoint_path, load_checkpoint, load_run, model_kwargs
+from .checkpoint import load_checkpoint, load_run, model_kwargs
 from .config import as_dict, compose, merge_overrides, validate
 from .data import DataBundle, DataError, build_data
 from .engine import resolve_precision
 from .distributed import DistInfo
 from .errors import ConfigError, Interrupted, UserError
+from .identity import (SPLIT_IGNORED, _eval_config_identity, eval_identity, check_identity, checkpoint_identity, identity_diff, run_identity)
 from .models import create_model
 from .models.releases import pretrained_model
 from .provenance import provenance
 from .result import Result
-from .train import (RUN_IDENTITY_IGNORED, check_data_fingerprint, check_identity, checkpoint_identity,
-                    evaluate_model, fit, identity_diff, run_identity, saved_config)
-from .utils import file_sha256
+from .train import check_data_fingerprint, evaluate_model, fit, saved_config
 
 
 @dataclass
@@ -82,10 +81,6 @@ class Context:
         if spec.get("pretrained"):                     # a release, as published
             return pretrained_model(as_dict(spec), data, f"models.{name}", cfg.get("weights_dir"))
         return create_model(**as_dict(spec), num_classes=data.num_classes)
-
-
-# Data keys that do not change which images are in which split (training augmentation, loading).
-SPLIT_IGNORED = ("workers", "cache", "on_bad_image", "train_augment", "crop_scale", "flip", "image_size", "resize")
 
 
 def check_run_data(spec, cfg: DictConfig, what: str, same_images: bool = False) -> None:
@@ -236,23 +231,6 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, identity: dict | None = None) 
 def holds_training(run_dir: Path) -> bool:
     """Whether a run dir holds anything a new config could destroy: a checkpoint or a finished summary."""
     return any((run_dir / p).is_file() for p in ("summary.json", "checkpoints/last.pt", "checkpoints/best.pt"))
-
-
-def _eval_config_identity(c: Mapping) -> dict:
-    data = {k: v for k, v in dict(c["data"]).items() if k not in RUN_IDENTITY_IGNORED["data"]}
-    return {"task": c.get("task"), "model": dict(c["model"]), "data": data,
-            "eval_splits": list(c.get("eval_splits") or []), "seed": c.get("seed")}
-
-
-def eval_identity(cfg: DictConfig) -> dict:
-    """What an evaluation's results depend on: the checkpoint file (path and sha256 of its content),
-    the model, the data, the splits and the seed."""
-    c = as_dict(cfg)
-    ckpt = None
-    if c.get("checkpoint"):
-        path = checkpoint_path(c["checkpoint"]).resolve()
-        ckpt = {"path": str(path), "sha256": file_sha256(path)}
-    return {**_eval_config_identity(c), "task": "eval", "checkpoint": ckpt}
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path, device: torch.device, identity: dict | None = None) -> dict:

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import pandas as pd
 import torch
@@ -25,6 +25,7 @@ from .data.loader import capped
 from .distributed import DistInfo, barrier
 from .engine import evaluate, recalibrate_slow_bn, resolve_precision, train_one_epoch
 from .errors import ConfigError
+from .identity import IDENTITY_VERSION, check_identity, checkpoint_identity, run_identity
 from .loggers import RunLog, heatmap_figure
 from .models import create_model
 from .seeding import seed_everything
@@ -143,56 +144,6 @@ def build_criterion(t: Mapping) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
 
 
-# ---------------------------------------------------------------- run identity
-# Keys that cannot change what a run computes (how it is shown, how fast its data loads, whether it
-# resumes); every other key of model, data and trainer, and the seed, is the run's identity.
-RUN_IDENTITY_IGNORED = {"trainer": ("progress", "workers", "resume", "fused_optimizer", "log_every_n_steps"),
-                        "data": ("workers", "cache")}
-# Version 2 added data.root and trainer.max_steps_per_epoch; checkpoints without a version predate it.
-IDENTITY_VERSION = 2
-
-
-PLATEAU_KEYS = ("patience", "early_stop", "factor", "restart_optimizer")
-NEW_DATA_DEFAULTS = {"resize": "crop", "train_augment": True}
-
-
-def run_identity(cfg: Mapping) -> dict:
-    """The parts of a config that define a training run; a resumed or reused run must match them."""
-    ignored = RUN_IDENTITY_IGNORED
-    t = {k: v for k, v in dict(cfg["trainer"]).items() if k not in ignored["trainer"]}
-    d = {k: v for k, v in dict(cfg["data"]).items() if k not in ignored["data"]}
-    # Keys added later enter the identity only when they matter, so runs made before them stay reusable.
-    if t.get("schedule") != "plateau_halving":
-        for k in PLATEAU_KEYS:
-            t.pop(k, None)
-    if t.get("max_eval_images") is None:       # added later: uncapped runs keep their identity
-        t.pop("max_eval_images", None)
-    for k, default in NEW_DATA_DEFAULTS.items():
-        if d.get(k, default) == default:
-            d.pop(k, None)
-    return {"model": dict(cfg["model"]), "data": d, "trainer": t, "seed": cfg["seed"]}
-
-
-def checkpoint_identity(ckpt: Mapping, saved_cfg: Mapping | None = None) -> dict:
-    """The identity a checkpoint was trained under. Checkpoints from before ``IDENTITY_VERSION`` 2 did
-    not record data.root and trainer.max_steps_per_epoch: those come from the run's saved config."""
-    identity = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in ckpt["identity"].items()}
-    if ckpt.get("identity_version", 1) < IDENTITY_VERSION and saved_cfg is not None:
-        identity["data"].setdefault("root", dict(saved_cfg["data"]).get("root"))
-        identity["trainer"].setdefault("max_steps_per_epoch", dict(saved_cfg["trainer"]).get("max_steps_per_epoch"))
-    return identity
-
-
-def identity_diff(a: Any, b: Any, prefix: str = "", added: bool = True, missing: Any = None) -> list[str]:
-    """Human-readable differences between two nested configs ('key: old -> new'). A key one side lacks reads
-    as ``missing`` there; ``added=False`` ignores keys only ``b`` has (a newer default, not another config)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b)) if added else sorted(a)
-        return [d for k in keys
-                for d in identity_diff(a.get(k, missing), b.get(k, missing), f"{prefix}{k}.", added, missing)]
-    return [] if a == b else [f"{prefix[:-1]}: {a} -> {b}"]
-
-
 def check_data_fingerprint(ckpt: Mapping, data: DataBundle, run_dir: Path) -> None:
     """The files under data.root must be those the run started on (checkpoints from before the fingerprint
     carry none and are not checked)."""
@@ -201,13 +152,6 @@ def check_data_fingerprint(ckpt: Mapping, data: DataBundle, run_dir: Path) -> No
         raise ConfigError(f"{run_dir} was trained on other files under data.root={ckpt['identity']['data'].get('root')} "
                           "(images were added, removed or moved since); train into another run_name=... or restore "
                           "the data")
-
-
-def check_identity(saved: Mapping, cfg: Mapping, run_dir: Path) -> None:
-    diff = identity_diff(saved, run_identity(cfg))
-    if diff:
-        raise ConfigError(f"{run_dir} holds a run with another config ({'; '.join(diff[:3])}); "
-                          "choose another run_name=... or remove that directory")
 
 
 # ---------------------------------------------------------------- fit

@@ -9,11 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from bagnet.checkpoint import model_kwargs
 from bagnet.config import add_schema_store, untyped_node
 from bagnet.engine import Tf32Guard
-from bagnet.models import default_cfg
-from bagnet.models.weights import find_local
+from bagnet.identity import model_key
 from bagnet.models.releases import pretrained_model
 
 from . import additivity, sensitivity
@@ -132,12 +130,8 @@ def load_model(spec: dict, weights_dir: str | None, data, label: str) -> nn.Modu
 
 
 def release_key(spec: dict, weights_dir: str | None) -> dict:
-    """What identifies a pretrained model: its config and the weights file it loads (or "download")."""
-    spec = dict(spec)
-    release = default_cfg(spec["name"], **model_kwargs(spec))
-    found = find_local(release["file"], weights_dir) if release else None
-    spec["weights"] = spec.get("weights") or (str(found) if found else "download")
-    return spec
+    """What identifies a pretrained model (:func:`bagnet.identity.model_key`): its config and the file it loads."""
+    return model_key({**dict(spec), "pretrained": True}, weights_dir)
 
 
 class Models(Mapping):

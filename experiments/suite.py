@@ -28,11 +28,12 @@ import bagnet
 from bagnet import io
 from bagnet.config import as_dict
 from bagnet.errors import ConfigError
+from bagnet.identity import data_key, model_key
 from bagnet.provenance import git_commit
 from bagnet.result import Result
 from bagnet.tasks import check_run_data, check_writable
 from bagnet.train import evaluate_model
-from bagnet.utils import file_sha256, jsonable, refused_content
+from bagnet.utils import jsonable, refused_content
 
 from . import registry
 from .inputs import SplitData
@@ -133,28 +134,13 @@ def split_data(ctx, split: str | None = None) -> SplitData:
                      int(data.image_size))
 
 
-def model_key(spec) -> dict | None:
-    """What identifies a model of ``cfg.models``: a run's checkpoint by path and content, or its config."""
-    if isinstance(spec, str):
-        path = Path(spec)
-        ckpt = path / "checkpoints" / "best.pt" if path.is_dir() else path
-        return {"path": str(path.resolve()), "sha256": file_sha256(ckpt) if ckpt.is_file() else None}
-    return None if spec is None else as_dict(spec)
-
-
-def data_key(ctx) -> dict:
-    d = as_dict(ctx.cfg.data)
-    d.pop("workers", None)
-    return {"data": d, "split": ctx.cfg.split, "seed": ctx.cfg.seed}
-
-
 def run_experiments(ctx, names, specs: Mapping) -> dict[str, Result]:
     """The registered experiments ``names`` on the models ``specs`` (name -> run dir / checkpoint / model
     config) and ``cfg.split``, one Result each. Units are saved in the run dir only when every model is a
     trained run (keyed by its checkpoint's content; a model config may be random weights)."""
     cfg = ctx.cfg
     trained = {m: (s if s is not None else cfg.checkpoint or None) for m, s in specs.items()}
-    key = {**data_key(ctx), "model_keys": {m: model_key(s) for m, s in trained.items()}}
+    key = {**data_key(ctx.cfg), "model_keys": {m: model_key(s, ctx.cfg.get("weights_dir")) for m, s in trained.items()}}
     store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in trained.values()) else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
     for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded

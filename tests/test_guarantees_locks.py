@@ -16,7 +16,7 @@ import torch
 
 from bagnet import io
 from bagnet.errors import LockError
-from bagnet.train import run_identity
+from bagnet.identity import run_identity
 
 
 # ---------------------------------------------------------------- one process per run dir

@@ -391,7 +391,8 @@ def test_reproduce_table1_names_every_missing_file_before_training(tmp_path, mon
 def test_fused_optimizer_is_the_same_update_and_not_part_of_the_identity(optimizer):
     """trainer.fused_optimizer changes the kernel, not the rule: the same steps give the same weights (to
     float rounding), and a run trained with it is the same run (resumable/reusable without it)."""
-    from bagnet.train import build_optimizer, run_identity
+    from bagnet.identity import run_identity
+    from bagnet.train import build_optimizer
     t = {"optimizer": optimizer, "lr": 1e-2, "weight_decay": 0.01}
     weights = []
     for fused in (False, True):
