@@ -33,10 +33,10 @@ def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
     return out
 
 
-def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
-                    num_images: int = 8, seed: int = 0, device="cpu", stride: int = 1,
-                    evidence: str = "logit") -> Result:
-    """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side."""
+def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std, *,
+                    num_images: int | None, seed: int, device, stride: int, evidence: str) -> Result:
+    """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side (the
+    keys and their defaults: :class:`HeatmapsConfig`)."""
     bagnets = _bagnets(models)
     names = display_names(classes)
     idx = eval_indices(len(dataset), num_images, seed)
@@ -64,11 +64,12 @@ def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[
                   summary=f"{len(idx)} images x {len(bagnets)} BagNets")
 
 
-def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std,
-                   k: int = 8, per_class_images: int | None = None, device="cpu",
-                   class_ids: Sequence[int] | None = None, max_per_image: int = 2, evidence: str = "logit") -> Result:
-    """Per class: the k most predictive patches among its images and the k strongest distractors: distinct
-    windows (no two overlapping in one image), at most ``max_per_image`` from one image."""
+def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std, *,
+                   k: int, per_class_images: int | None, device, max_per_image: int, evidence: str,
+                   class_ids: Sequence[int] | None = None) -> Result:
+    """Per class (``class_ids``: these only): the k most predictive patches among its images and the k strongest
+    distractors: distinct windows (no two overlapping in one image), at most ``max_per_image`` from one image (the
+    keys and their defaults: :class:`PatchesConfig`)."""
     name, model = next(reversed(_bagnets(models).items()))  # the largest-q BagNet when listed by q
     class_ids = list(range(len(classes))) if class_ids is None else list(class_ids)
     with torch.inference_mode():
@@ -130,8 +131,8 @@ def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
         images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
         return images_result(models, image_files(images), data.classes, data.mean, data.std,
                              int(data.image_size), c["device"], evidence=c["evidence"])
-    return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, c["num_images"], c["seed"],
-                           c["device"], c["stride"], c["evidence"])
+    return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, num_images=c["num_images"],
+                           seed=c["seed"], device=c["device"], stride=c["stride"], evidence=c["evidence"])
 
 
 @dataclass

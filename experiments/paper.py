@@ -272,9 +272,10 @@ class Paper:
             bag = {self.bagnet: self.models[self.bagnet]}
             heat = explain.heatmaps_result(bag, Subset(self.dataset, own), self.classes, self.mean, self.std,
                                            num_images=c["heatmap_images"], seed=self.seed, device=self.device,
-                                           stride=c["heatmap_stride"])
+                                           stride=c["heatmap_stride"], evidence=c["evidence"])
             pat = explain.patches_result(bag, subset, self.classes, self.mean, self.std, k=c["k"],
-                                         per_class_images=None, device=self.device, class_ids=class_ids)
+                                         per_class_images=None, device=self.device, class_ids=class_ids,
+                                         max_per_image=c["max_per_image"], evidence=c["evidence"])
             return Result(tables={**heat.tables, **pat.tables}, figures={**heat.figures, **pat.figures},
                           raw={"heatmap_padding": "zero in normalised space (mean colour), (q-1)/2 px per side",
                                "classes": c["classes"], "n_images": len(subset)})

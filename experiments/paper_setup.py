@@ -11,6 +11,7 @@ from torch import nn
 
 from bagnet.config import add_schema_store, untyped_node
 from bagnet.engine import Tf32Guard
+from bagnet.heatmaps import EVIDENCE
 from bagnet.identity import model_key
 from bagnet.models.releases import pretrained_model
 
@@ -83,6 +84,10 @@ class PatchesConfig:
     distractor_images: int = ranged(1000, ge=1)      # images of other classes searched for distractors
     heatmap_images: int = ranged(8, ge=1)
     heatmap_stride: int = ranged(1, ge=1)            # exact heatmaps
+    max_per_image: int = ranged(2, ge=1)             # at most this many of one image's windows in a class's top k
+    # rank patches and colour heatmaps by the logit minus the patch's mean logit (a patch's logits are identifiable
+    # only up to a constant per patch); logit: the raw logit, as the authors' routine
+    evidence: str = ranged("relative", choices=EVIDENCE)
 
 
 @dataclass

@@ -80,11 +80,13 @@ def test_heatmap_and_patch_figures_are_titled_with_class_names():
     data = torch.utils.data.TensorDataset(torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 0, 1]))
     model = create_model("bagnet", patch_size=9, width=4, num_classes=2).eval()
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    heat = heatmaps_result({"BagNet-9": model}, data, classes, mean, std, num_images=2)
+    heat = heatmaps_result({"BagNet-9": model}, data, classes, mean, std, num_images=2, seed=0, device="cpu",
+                           stride=1, evidence="relative")
     titles = [ax.get_title() for ax in heat.figures["heatmaps"].axes]
     assert {"tench", "parachute"} & set(titles) and not any(t.startswith("n0") for t in titles)
     assert {"label", "label_name"} <= set(heat.tables["heatmaps"].columns)
-    patches = patches_result({"BagNet-9": model}, data, classes, mean, std, k=2)
+    patches = patches_result({"BagNet-9": model}, data, classes, mean, std, k=2, per_class_images=None,
+                             device="cpu", max_per_image=2, evidence="relative")
     assert "most predictive for 'tench'" in [ax.get_title(loc="left") for ax in patches.figures[
         "patches_000_n01440764"].axes]
     assert set(patches.tables["patches"]["class_name"]) == {"tench", "parachute"}
