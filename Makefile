@@ -94,7 +94,7 @@ eval-imagenet: setup
 
 # the paper's ImageNet experiments (results/paper/README.md); resumable: re-run after an interruption
 reproduce-paper: setup
-	$(RUN) task=paper experiment=paper $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) \
+	$(RUN) experiment=paper $(if $(IMAGENET_ROOT),data.root=$(abspath $(IMAGENET_ROOT))) \
 	  $(if $(BAGNET_WEIGHTS_DIR),weights_dir=$(abspath $(BAGNET_WEIGHTS_DIR))) $(ARGS)
 
 # CPU benchmarks (~35 min on 2 cores; run them on a quiet machine; DATA_ROOT=15-Scene for data loading): results/bench/<machine>/ + README.md

@@ -114,6 +114,11 @@ def results_identity(config: Mapping) -> dict:
     return out
 
 
+def is_release(spec) -> bool:
+    """A model config of released weights (``pretrained: true``, no other ``weights``): its weights are known."""
+    return isinstance(spec, Mapping) and bool(spec.get("pretrained")) and not spec.get("weights")
+
+
 def model_key(spec, weights_dir: str | None = None) -> dict | None:
     """What identifies a model of ``cfg.models``: a run's checkpoint by path and content; a release by its config
     and the file it loads (in ``weights_dir``, else where :func:`~bagnet.models.releases.locate_weights` finds

@@ -11,12 +11,13 @@ Experiments (``run(models, data, cfg) -> Result``, never writing files):
 * :mod:`experiments.sensitivity`      Sec. 4.4: how well BagNet heatmaps predict a CNN's occlusion sensitivity
 * :mod:`experiments.explain`          exact BagNet heatmaps; the most class-predictive patches
 * :mod:`experiments.accuracy`         top-1/top-5 with intervals and paired contrasts
+* :mod:`experiments.texture`          Sec. 4: accuracy on Gatys-texturised and tile-scrambled images
 * :mod:`experiments.precision`        how fp32 / bf16 / fp16 / TF32 change the answers
 * :mod:`experiments.patch_robustness` certified robustness to one adversarial patch
 
-Pipelines (``task(ctx) -> Result``): :mod:`experiments.pipeline` (a pipeline stated in a config: ``make
-signatures``, ``make reproduce-imagenette``), :mod:`experiments.demo`, :mod:`experiments.table1`,
-:mod:`experiments.paper`; `make eval-imagenet` is a config (configs/experiment/eval_imagenet.yaml).
+Pipelines (``task(ctx) -> Result``): :mod:`experiments.pipeline` (a pipeline stated in a config: ``make demo``,
+``make signatures``, ``make eval-imagenet``, ``make reproduce-imagenette``, ``make reproduce-paper``; their
+reports :mod:`experiments.demo`, :mod:`experiments.paper`) and :mod:`experiments.table1`.
 """
 import importlib
 import pkgutil

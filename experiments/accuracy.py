@@ -72,6 +72,7 @@ def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Resul
         entries = published.section(c["published"])
         for metric in ("top1", "top5"):
             table[f"published {metric}"] = [entries[m][metric] if m in entries else None for m in table["model"]]
+        table["source"] = [entries[m].source if m in entries else None for m in table["model"]]
         sources = sorted({entries[m].source for m in table["model"] if m in entries})
         header = f"Published (`experiments/published.yaml`, section {c['published']}): {'; '.join(sources) or 'none'}."
     return Result(header=header, tables={"accuracy": table, "contrasts": pd.DataFrame(contrasts), "per_class": pd.DataFrame(per_class)},
@@ -86,6 +87,9 @@ def accuracy_figure(table: pd.DataFrame):
     for k, (metric, offset) in enumerate((("top1", -0.18), ("top5", 0.18))):
         err = [table[metric] - table[f"{metric}_lo"], table[f"{metric}_hi"] - table[metric]]
         ax.bar(x + offset, table[metric], width=0.36, yerr=err, capsize=2, label=metric)
+        if f"published {metric}" in table:   # the published number as a black tick on its bar
+            ax.scatter(x + offset, pd.to_numeric(table[f"published {metric}"], errors="coerce"), marker="_", s=120,
+                       color="k", zorder=3, label=f"published {metric}")
     ax.set_xticks(x, table["model"], rotation=30, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (95% CI)")

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from PIL import Image
+from torch.utils.data import Subset
 
 from bagnet import io
 from bagnet.data.folder import IMAGE_EXTENSIONS, load_rgb
@@ -21,7 +22,7 @@ from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
 from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
 
-from .inputs import eval_indices, load_batch
+from .inputs import class_indices, dataset_labels, eval_indices, load_batch
 from .keys import ExperimentConfig, IMAGE, ranged, typed_cfg
 from .registry import Experiment, register
 
@@ -34,12 +35,16 @@ def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
 
 
 def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std, *,
-                    num_images: int | None, seed: int, device, stride: int, evidence: str) -> Result:
-    """Exact heatmaps of the true class for ``num_images`` seeded test images, BagNets side by side (the
-    keys and their defaults: :class:`HeatmapsConfig`)."""
+                    num_images: int | None, seed: int, device, stride: int, evidence: str,
+                    of_classes: Sequence[int] | None = None) -> Result:
+    """Exact heatmaps of the true class for ``num_images`` seeded test images (``of_classes``: of these classes
+    only), BagNets side by side (the keys and their defaults: :class:`HeatmapsConfig`)."""
     bagnets = _bagnets(models)
     names = display_names(classes)
-    idx = eval_indices(len(dataset), num_images, seed)
+    pool = list(range(len(dataset)))
+    if of_classes is not None:
+        pool = [i for i, y in enumerate(dataset_labels(dataset)) if y in set(of_classes)]
+    idx = [pool[i] for i in eval_indices(len(pool), num_images, seed)]
     images, labels = load_batch(dataset, idx)
     maps, rows = {}, []
     with torch.inference_mode():
@@ -66,15 +71,29 @@ def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[
 
 def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std, *,
                    k: int, per_class_images: int | None, device, max_per_image: int, evidence: str,
-                   class_ids: Sequence[int] | None = None) -> Result:
+                   class_ids: Sequence[int] | None = None, distractor_images: int | None = None,
+                   seed: int = 0) -> Result:
     """Per class (``class_ids``: these only): the k most predictive patches among its images and the k strongest
     distractors: distinct windows (no two overlapping in one image), at most ``max_per_image`` from one image (the
-    keys and their defaults: :class:`PatchesConfig`)."""
+    keys and their defaults: :class:`PatchesConfig`). With ``class_ids``, distractors are searched among
+    ``distractor_images`` seeded images of the other classes (None: all of them)."""
     name, model = next(reversed(_bagnets(models).items()))  # the largest-q BagNet when listed by q
+    scanned = list(range(len(dataset)))
+    if class_ids is not None:
+        labels, wanted = dataset_labels(dataset), set(class_ids)
+        own = [i for c in class_ids for i in [j for j, y in enumerate(labels) if y == c][:per_class_images]]
+        others = [i for i, y in enumerate(labels) if y not in wanted]
+        others = [others[j] for j in eval_indices(len(others), distractor_images, seed)]
+        scanned, per_class_images = sorted(own + others), None
     class_ids = list(range(len(classes))) if class_ids is None else list(class_ids)
     with torch.inference_mode():
-        found = most_predictive_patches(model, dataset, class_ids, k=k, per_class_images=per_class_images,
-                                        device=device, max_per_image=max_per_image, evidence=evidence)
+        found = most_predictive_patches(model, Subset(dataset, scanned), class_ids, k=k,
+                                        per_class_images=per_class_images, device=device,
+                                        max_per_image=max_per_image, evidence=evidence)
+    for c in class_ids:     # positions in the scanned subset -> the split's image indices
+        for kind in ("class", "distractor"):
+            found[c][kind]["image_index"] = torch.tensor([scanned[int(i)] for i in found[c][kind]["image_index"]],
+                                                         dtype=torch.long)
     rows, figures, names = [], {}, display_names(classes)
     for c in class_ids:
         for kind in ("class", "distractor"):
@@ -107,6 +126,7 @@ class HeatmapsConfig(ExperimentConfig):
     stride: int = ranged(1, ge=1, le=IMAGE)   # one heatmap value every ``stride`` pixels (1: exact at every pixel)
     # relative: the class logit minus the patch's mean logit (README says why); logit
     evidence: str = ranged("relative", choices=EVIDENCE)
+    classes: Optional[list[str]] = None   # images of these classes only (ids or names); None: of every class
 
 
 def check_heatmaps(cfg: Mapping, classes, image_size: int | None) -> None:
@@ -131,8 +151,10 @@ def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
         images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
         return images_result(models, image_files(images), data.classes, data.mean, data.std,
                              int(data.image_size), c["device"], evidence=c["evidence"])
+    of_classes = class_indices(c["classes"], data.classes, "signatures.heatmaps.classes") if c["classes"] else None
     return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, num_images=c["num_images"],
-                           seed=c["seed"], device=c["device"], stride=c["stride"], evidence=c["evidence"])
+                           seed=c["seed"], device=c["device"], stride=c["stride"], evidence=c["evidence"],
+                           of_classes=of_classes)
 
 
 @dataclass
@@ -143,14 +165,19 @@ class PatchesConfig(ExperimentConfig):
     max_per_image: int = ranged(2, ge=1)       # at most this many of one image's windows in a class's top k
     # rank by the logit minus the patch's mean logit; or logit (raw)
     evidence: str = ranged("relative", choices=EVIDENCE)
+    classes: Optional[list[str]] = None   # these classes only (ids or names; the paper: 5 fixed classes); None: every class
+    # with classes: distractors among this many seeded images of the other classes (None: all of them)
+    distractor_images: Optional[int] = ranged(None, ge=1)
 
 
 def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     """Per class, the most predictive patches of the largest-q BagNet among ``per_class_images`` images of it."""
     c = typed_cfg(PatchesConfig, cfg, "signatures.patches")
+    ids = class_indices(c["classes"], data.classes, "signatures.patches.classes") if c["classes"] else None
     return patches_result(models, data.dataset, data.classes, data.mean, data.std, k=c["k"],
                           per_class_images=c["per_class_images"], device=c["device"],
-                          max_per_image=c["max_per_image"], evidence=c["evidence"])
+                          max_per_image=c["max_per_image"], evidence=c["evidence"], class_ids=ids,
+                          distractor_images=c["distractor_images"], seed=c["seed"])
 
 
 # a user's own image files may change under the same names: their heatmaps are computed every time, never reused

@@ -59,6 +59,27 @@ def eval_indices(n_total: int, num: int | None, seed: int) -> list[int]:
     return sorted(perm.tolist())
 
 
+def dataset_labels(dataset) -> list[int]:
+    """Every image's label, without decoding images where the dataset knows them (``targets``, a Subset's parent's)."""
+    if isinstance(dataset, Subset):
+        parent = dataset_labels(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if getattr(dataset, "targets", None) is not None:
+        return [int(y) for y in dataset.targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def class_indices(names: Sequence[str], classes: Sequence[str], where: str) -> list[int]:
+    """The indices of ``names`` among ``classes`` (ids such as wnids, or display names); a name that is neither is
+    a ConfigError naming ``where``."""
+    from bagnet.data.names import display_names
+    ids = {c: i for i, c in enumerate(classes)} | {n: i for i, n in enumerate(display_names(classes))}
+    unknown = [n for n in names if n not in ids]
+    if unknown:
+        raise ConfigError(f"{where}: {unknown} are not classes of the data")
+    return [ids[n] for n in names]
+
+
 def _collate(items) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.stack([torch.as_tensor(x) for x, _ in items]),
             torch.as_tensor([int(y) for _, y in items], dtype=torch.long))

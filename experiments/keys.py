@@ -62,7 +62,7 @@ def check_keys(schema: type, cfg: Mapping, where: str, image_size: int | None = 
     """Refuse a value of ``cfg`` outside its key's :class:`Range` (declared in ``schema`` with :func:`ranged`): a
     ConfigError naming ``where``.key as the user types it. Bounds on the image side are checked when
     ``image_size`` is given (once the data are known, before any model is loaded). Keys that are dataclasses of
-    their own (the paper's ``paper.sensitivity``, ...) are checked key by key."""
+    their own are checked key by key."""
     hints = typing.get_type_hints(schema)
     for f in fields(schema):
         if is_dataclass(hints[f.name]) and isinstance(cfg.get(f.name), Mapping):
@@ -95,6 +95,7 @@ class ExperimentConfig:
     range (:func:`ranged`), checked before any work (``experiments.registry.check``) and again by :func:`typed_cfg`."""
     seed: int = ranged(0, ge=0, lt=2 ** 63)
     device: str = "cpu"
+    weights_dir: Optional[str] = None   # the run's weights_dir: local copies of released weights (a run key)
     batch_size: int = ranged(64, ge=1)
     # evaluation images: the first ``num_images`` of a seeded permutation (None = all)
     num_images: Optional[int] = ranged(256, ge=1)

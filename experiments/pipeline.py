@@ -19,7 +19,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from bagnet.config import add_schema_store, as_dict, untyped_node
-from bagnet.engine import numerics_state, tf32
+from bagnet.engine import Tf32Guard, numerics_state, tf32
 from bagnet.errors import ConfigError
 from bagnet.result import Result
 
@@ -78,9 +78,14 @@ def task(ctx) -> Result:
     specs = {**runs, **{k: v if isinstance(v, str) else as_dict(v) for k, v in ctx.cfg.models.items() if k not in runs}}
     if not specs:
         raise ConfigError("the pipeline has no models: set pipeline.train and/or models")
+    # tf32 false: every model's forwards are watched too (a forward with TF32 on is refused, and counted otherwise)
+    guard = Tf32Guard() if p["tf32"] is False else None
     with nullcontext() if p["tf32"] is None else tf32(p["tf32"]):
         numerics = numerics_state()
-        parts = run_experiments(ctx, p["experiments"], specs)
+        parts = run_experiments(ctx, p["experiments"], specs, hook=guard)
+    numerics["restored_after"] = numerics_state()
+    if guard is not None:
+        numerics["guarded_forwards"] = guard.forwards
     tables = {"training": training_table(trained)} if trained else {}
     result = Result(tables=tables, parts=parts, raw={"models": specs, "numerics": numerics},
                     summary=f"{len(specs)} models; ran {', '.join(parts)}")

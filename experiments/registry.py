@@ -49,6 +49,9 @@ class Experiment:
     # (cfg, classes, image_size): refuse a config before anything trains, beyond the ranges of its keys (:func:`check`)
     check: Callable[[Mapping, list, int | None], None] | None = None
     stored: Callable[[Mapping], bool] | None = None        # (cfg): may its units be saved and reused? (default yes)
+    # run(..., cache=) receives the suite's cache of intermediate products (cache(name, key, compute) -> dict of
+    # tensors, kept beside its units and reused while the key holds): work worth keeping inside one unit
+    cached: bool = False
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -119,7 +122,7 @@ def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: in
 
 
 # keys an experiment takes from the run (``seed=``, ``device=``), not from its ``signatures.<name>`` block
-RUN_KEYS = ("seed", "device")
+RUN_KEYS = ("seed", "device", "weights_dir")
 
 
 def config_node(name: str, schema: type) -> type:

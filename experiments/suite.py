@@ -28,7 +28,7 @@ import bagnet
 from bagnet import io
 from bagnet.config import as_dict
 from bagnet.errors import ConfigError
-from bagnet.identity import data_key, model_key
+from bagnet.identity import data_key, is_release, model_key
 from bagnet.provenance import git_commit
 from bagnet.result import Result
 from bagnet.tasks import check_run_data, check_writable
@@ -61,13 +61,17 @@ def run_experiment(experiment: registry.Experiment | str, models: Mapping[str, n
         ucfg = {**cfg, **u.cfg}
 
         def compute(u=u, ucfg=ucfg):
+            extra = {"cache": store.cache(part or exp.name) if store is not None else memory_cache()} if exp.cached else {}
             if exp.inputs == "predictions":
-                return exp.run({m: predictions[m] for m in u.models}, getattr(data, "classes", None), ucfg)
-            return exp.run({m: models[m] for m in u.models}, data, ucfg)
+                return exp.run({m: predictions[m] for m in u.models}, getattr(data, "classes", None), ucfg, **extra)
+            return exp.run({m: models[m] for m in u.models}, data, ucfg, **extra)
         if store is None or (exp.stored is not None and not exp.stored(ucfg)):
             results.append(compute())
         else:
-            ukey = {**dict(key or {}), "experiment": exp.name, "version": exp.version, "cfg": ucfg,
+            # where the weights were found is not what they are: a release is named by its hash-checked file
+            # (the models' keys), so a moved weights_dir reuses every unit
+            ukey = {**dict(key or {}), "experiment": exp.name, "version": exp.version,
+                    "cfg": {k: v for k, v in ucfg.items() if k != "weights_dir"},
                     "models": {m: (key or {}).get("model_keys", {}).get(m) for m in u.models}}
             ukey.pop("model_keys", None)
             results.append(store.unit(part or exp.name, u.name, ukey, compute))
@@ -102,8 +106,9 @@ def combine(exp: registry.Experiment, results: list[Result]) -> Result:
 
 # ---------------------------------------------------------------- what a task's experiments run on
 def signature_cfg(ctx, name: str) -> dict:
-    """``signatures.<name>`` plus the run's seed and device."""
-    return {**as_dict(ctx.cfg.signatures.get(name, {})), "seed": ctx.cfg.seed, "device": str(ctx.device)}
+    """``signatures.<name>`` plus the run's keys (:data:`experiments.registry.RUN_KEYS`): seed, device, weights_dir."""
+    return {**as_dict(ctx.cfg.signatures.get(name, {})), "seed": ctx.cfg.seed, "device": str(ctx.device),
+            "weights_dir": ctx.cfg.get("weights_dir")}
 
 
 def model_specs(ctx) -> dict:
@@ -134,14 +139,16 @@ def split_data(ctx, split: str | None = None) -> SplitData:
                      int(data.image_size))
 
 
-def run_experiments(ctx, names, specs: Mapping) -> dict[str, Result]:
+def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) -> dict[str, Result]:
     """The registered experiments ``names`` on the models ``specs`` (name -> run dir / checkpoint / model
-    config) and ``cfg.split``, one Result each. Units are saved in the run dir only when every model is a
-    trained run (keyed by its checkpoint's content; a model config may be random weights)."""
+    config) and ``cfg.split``, one Result each. Units are saved in the run dir only when every model's weights
+    are known: a trained run (keyed by its checkpoint's content) or a release (by its file); a bare model
+    config may be random weights. ``hook``: a forward pre-hook put on every model (e.g. a TF32 guard)."""
     cfg = ctx.cfg
     trained = {m: (s if s is not None else cfg.checkpoint or None) for m, s in specs.items()}
     key = {**data_key(ctx.cfg), "model_keys": {m: model_key(s, ctx.cfg.get("weights_dir")) for m, s in trained.items()}}
-    store = Store(Path(cfg.run_dir), progress=False) if all(isinstance(s, str) for s in trained.values()) else None
+    known = all(isinstance(s, str) or is_release(s) for s in trained.values())
+    store = Store(Path(cfg.run_dir), progress=False) if known else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
     for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded
         registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size))
@@ -149,6 +156,9 @@ def run_experiments(ctx, names, specs: Mapping) -> dict[str, Result]:
         check_writable(Path(cfg.run_dir), "run_dir")
     models = {name: ctx.model(name, spec).to(ctx.device).eval()
               for name, spec in specs.items()} if any(e.inputs == "models" for e in experiments) else {}
+    if hook is not None:
+        for model in models.values():
+            model.register_forward_pre_hook(hook)
     preds = predictions(ctx, specs) if any(e.inputs == "predictions" for e in experiments) else None
     data = split_data(ctx)
     return {e.name: run_experiment(e, models or {m: None for m in specs}, data, signature_cfg(ctx, e.name),
@@ -160,6 +170,18 @@ def task(ctx) -> Result:
     """A registered experiment as a task (``task=<name>``) on ``cfg.models`` and ``cfg.split``, its units
     saved in the run dir (an interrupted run resumes; a finished unit is reused while its key holds)."""
     return run_experiments(ctx, [ctx.cfg.task], model_specs(ctx))[ctx.cfg.task]
+
+
+def memory_cache() -> Callable:
+    """The cache of an unstored run: within the run only."""
+    kept: dict = {}
+
+    def cached(name: str, key: Mapping, compute: Callable[[], dict]) -> dict:
+        k = (name, json.dumps(jsonable(key), sort_keys=True))
+        if k not in kept:
+            kept[k] = compute()
+        return kept[k]
+    return cached
 
 
 # ---------------------------------------------------------------- resumable units
@@ -212,6 +234,20 @@ class Store:
             self._write(d, key, commit, result, self.seconds[f"{part}/{name}"])
             self.computed.append(f"{part}/{name}")
             return _result_from_plain(_plain_result(result), d)
+
+    def cache(self, part: str) -> Callable:
+        """``cache(name, key, compute)``: tensors ``compute()`` made, kept in ``<part>/_cache/<name>.pt`` and
+        returned again while ``key`` is unchanged (an experiment's work inside one unit: a killed run keeps it)."""
+        def cached(name: str, key: Mapping, compute: Callable[[], dict]) -> dict:
+            path = self.root / part / "_cache" / f"{_slug(name)}.pt"
+            key = jsonable(key)
+            saved = self._load(path)        # called inside a unit of this part: under the part's lock already
+            if saved is not None and saved.get("key") == key:
+                return saved["value"]
+            value = compute()
+            io.save_checkpoint({"key": key, "value": value}, path)     # atomic: whole or absent
+            return value
+        return cached
 
     @staticmethod
     def _load(marker: Path) -> dict | None:

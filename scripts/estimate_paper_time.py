@@ -38,29 +38,30 @@ def seconds_per_image(model, size=224, batch=2, reps=2) -> float:
 
 
 def work(cfg) -> dict[str, dict[str, float]]:
-    """part -> {model label: forward-equivalents}; '__vgg19_evals' for texture synthesis."""
-    p = cfg.paper
-    labels = list(p.models)
-    cnns = [m for m in labels if not str(p.models[m].name).startswith("bagnet")]
+    """experiment -> {model label: forward-equivalents}; '__vgg19_evals' for texture synthesis."""
+    from experiments.sensitivity import region_for
+    models, sig = cfg.models, cfg.signatures
+    labels = list(models)
+    cnns = [m for m in labels if not str(models[m].name).startswith("bagnet")]
     n_val = 50000
-    out = {"accuracy": {m: float(p.accuracy.num_images or n_val) for m in labels}}
-    t = p.texture
+    out = {"accuracy": {m: float(n_val) for m in labels}}
+    t = sig.texture
     out["texture"] = {m: 3.0 * t.num_images for m in labels}
     out["texture"]["__vgg19_evals"] = float(t.num_images * t.steps * LBFGS_EVALS_PER_STEP)
-    i = p.interactions
+    i = sig.additivity
     per_image = sum(1 + 3 * i.pairs_per_bin * (len(i.distance_bins) - 1) for _ in i.patch_sizes)
-    out["interactions"] = {m: float(i.num_images * per_image) for m in labels}
-    s = p.sensitivity
-    regions = (224 // s.region) ** 2
+    out["additivity"] = {m: float(i.num_images * per_image) for m in labels}
+    s = sig.sensitivity
+    regions = (224 // (s.region or region_for(int(models[s.bagnet].patch_size)))) ** 2
     methods = list(s.methods)
     grad = {"saliency": 3, "input_x_gradient": 3, "integrated_gradients": 3 * s.ig_steps, "deeplift": 6, "lrp": 3,
             "occlusion": regions, "bagnet": 0, "random": 0}
     per_target = 2 + sum(grad.get(m, 3) for m in methods) + len(methods) * s.max_regions
     out["sensitivity"] = {m: float(s.num_images * per_target) for m in (s.targets or cnns)}
     out["sensitivity"]["__bagnet_heatmaps"] = float(s.num_images * len(s.targets or cnns))
-    c = p.patches
-    out["patches"] = {p.bagnet: float(len(c.classes) * c.per_class_images + c.distractor_images)}
-    out["patches"]["__bagnet_heatmaps"] = float(c.heatmap_images)
+    c = sig.patches
+    out["patches"] = {s.bagnet: float(len(c.classes) * c.per_class_images + c.distractor_images)}
+    out["patches"]["__bagnet_heatmaps"] = float(sig.heatmaps.num_images)
     return out
 
 
@@ -74,11 +75,12 @@ def main() -> None:
     from bagnet.heatmaps import heatmap
     from bagnet.models import create_model
     from experiments.texture_synthesis import GramExtractor
-    cfg = compose(["task=paper", *args.overrides])
+    cfg = compose(args.overrides)
     w = work(cfg)
     sec = {}
-    for label, spec in cfg.paper.models.items():
-        sec[label] = seconds_per_image(create_model(**dict(spec)).eval())
+    release = lambda spec: {k: v for k, v in dict(spec).items() if k != "pretrained"}   # random weights: timing only
+    for label, spec in cfg.models.items():
+        sec[label] = seconds_per_image(create_model(**release(spec)).eval())
         print(f"  {label}: {sec[label]:.3f} s / image (CPU, {args.threads} thread)", flush=True)
     vgg = create_model("vgg19").features
     ext = GramExtractor(vgg)
@@ -88,10 +90,10 @@ def main() -> None:
     for _ in range(2):
         sum(g.sum() for g in ext(x).values()).backward()
     sec["__vgg19_evals"] = (time.perf_counter() - t) / 2
-    bag = create_model(**dict(cfg.paper.models[cfg.paper.bagnet])).eval()
+    bag = create_model(**release(cfg.models[cfg.signatures.sensitivity.bagnet])).eval()
     t = time.perf_counter()
     with torch.no_grad():
-        heatmap(bag, torch.randn(1, 3, 224, 224), target=0, stride=cfg.paper.sensitivity.heatmap_stride)
+        heatmap(bag, torch.randn(1, 3, 224, 224), target=0, stride=cfg.signatures.sensitivity.heatmap_stride)
     sec["__bagnet_heatmaps"] = time.perf_counter() - t
     print(f"  texture L-BFGS evaluation: {sec['__vgg19_evals']:.2f} s; BagNet heatmap: "
           f"{sec['__bagnet_heatmaps']:.1f} s", flush=True)

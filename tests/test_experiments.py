@@ -337,3 +337,23 @@ def test_attribution_copy_same_outputs_and_deeplift_runs(name, make_tiny_bagnet)
     assert delta.abs().max() < 1e-3 * max(1.0, model(x).abs().max().item())
 
 
+
+
+def test_the_suite_cache_computes_once_per_key_and_outlives_the_process(tmp_path):
+    """An experiment's kept work (texture's syntheses): computed once per key, again when the key changes, read
+    back from disk by a later run (a new Store on the same run dir)."""
+    from experiments.suite import Store, memory_cache
+    calls = []
+
+    def make(v):
+        def compute():
+            calls.append(v)
+            return {"t": torch.full((2,), float(v))}
+        return compute
+    for cache in (Store(tmp_path).cache("texture"), memory_cache()):
+        calls.clear()
+        a, b = cache("chunk_0", {"k": 1}, make(1)), cache("chunk_0", {"k": 1}, make(2))
+        assert calls == [1] and torch.equal(a["t"], b["t"])
+        assert cache("chunk_0", {"k": 2}, make(3))["t"][0] == 3 and calls == [1, 3]
+    calls.clear()
+    assert Store(tmp_path).cache("texture")("chunk_0", {"k": 2}, make(4))["t"][0] == 3 and calls == []

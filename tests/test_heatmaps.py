@@ -253,3 +253,20 @@ def test_figures_have_expected_pixel_size(tmp_path, models, make_tiny_bagnet):
     assert _png_size(fig, tmp_path / "p.png") == (300, 260)
     texts = [t.get_text() for ax in fig.axes for t in [ax.xaxis.label]]
     assert f"{float(res[0]['class']['logits'][0]):.2f}" in texts
+
+
+def test_patches_of_listed_classes_name_the_split_images(make_tiny_bagnet):
+    """With ``classes`` the scan runs on a subset (the classes' images and a few seeded distractors); every row still
+    names the image by its index in the split, not by its place in that subset."""
+    import matplotlib.pyplot as plt
+    from experiments.explain import patches_result
+    m, x, y, pattern = _planted_dataset(make_tiny_bagnet)
+    r = patches_result({"BagNet-9": m}, TensorDataset(x, y), ["a", "b"], (0.0,) * 3, (1.0,) * 3, k=2,
+                       per_class_images=3, device="cpu", max_per_image=2, evidence="logit", class_ids=[0],
+                       distractor_images=1, seed=0)
+    t = r.tables["patches"]
+    own, dis = t[t.kind == "class"], t[t.kind == "distractor"]
+    assert own.iloc[0]["image_index"] == 4 and set(own["image_index"]) <= {0, 2, 4}   # the planted image, by its index
+    assert dis["image_index"].nunique() == 1 and all(int(y[i]) == 1 for i in dis["image_index"])
+    assert set(t["class"]) == {"a"} and (own["images_scanned"] == 3).all() and (dis["images_scanned"] == 1).all()
+    plt.close("all")

@@ -1,5 +1,5 @@
-"""make reproduce-paper (experiments/paper.py), end to end on CPU at a shrunken size, and a known-answer
-test of the feature-sensitivity protocol.
+"""make reproduce-paper (configs/experiment/paper.yaml, a pipeline; its report experiments/paper.py), end to end
+on CPU at a shrunken size, and a known-answer test of the feature-sensitivity protocol.
 
 The end-to-end run uses real ImageNet photos (imagenette-mini, 1000-way labels) and weights files written
 here in each source's release format under their own sha256 (the authors' ``bagnet8-<hex>.pth.tar``
@@ -35,17 +35,19 @@ MODELS = {"BagNet-9": {"name": "bagnet", "patch_size": 9}, "BagNet-17": {"name":
           "VGG-16": {"name": "vgg16"}, "ResNet-50": {"name": "resnet50"}, "ResNet-152": {"name": "resnet152"},
           "DenseNet-169": {"name": "densenet169"}}
 
-SHRUNK = ["paper.progress=false", "data.image_size=64", "data.workers=0",
-          "paper.accuracy.num_images=24", "paper.accuracy.batch_size=12",
-          "paper.texture.num_images=2", "paper.texture.steps=3", "paper.texture.chunk=1",
-          "paper.texture.num_examples=2",
-          "paper.interactions.patch_sizes=[16]", "paper.interactions.distance_bins=[0,16,48]",
-          "paper.interactions.pairs_per_bin=1", "paper.interactions.num_images=2",
-          "paper.sensitivity.num_images=2", "paper.sensitivity.region=16", "paper.sensitivity.max_regions=3",
-          "paper.sensitivity.report_n=[1,3]", "paper.sensitivity.ig_steps=2", "paper.sensitivity.batch_size=2",
-          "paper.sensitivity.internal_batch_size=4", "paper.sensitivity.heatmap_stride=4",
-          "paper.patches.classes=[n01440764,n03888257]", "paper.patches.k=2", "paper.patches.per_class_images=2",
-          "paper.patches.distractor_images=4", "paper.patches.heatmap_images=2", "paper.patches.heatmap_stride=8"]
+SHRUNK = ["data.image_size=64", "data.workers=0", "trainer.eval_batch_size=50",
+          "signatures.texture.num_images=2", "signatures.texture.steps=3", "signatures.texture.chunk=1",
+          "signatures.texture.num_examples=2",
+          "signatures.additivity.patch_sizes=[16]", "signatures.additivity.distance_bins=[0,16,48]",
+          "signatures.additivity.pairs_per_bin=1", "signatures.additivity.num_images=2",
+          "signatures.sensitivity.num_images=2", "signatures.sensitivity.region=16",
+          "signatures.sensitivity.max_regions=3", "signatures.sensitivity.report_n=[1,3]",
+          "signatures.sensitivity.ig_steps=2", "signatures.sensitivity.batch_size=2",
+          "signatures.sensitivity.internal_batch_size=4", "signatures.sensitivity.heatmap_stride=4",
+          "signatures.heatmaps.classes=[n01440764,n03888257]", "signatures.heatmaps.num_images=2",
+          "signatures.heatmaps.stride=8",
+          "signatures.patches.classes=[n01440764,n03888257]", "signatures.patches.k=2",
+          "signatures.patches.per_class_images=2", "signatures.patches.distractor_images=4"]
 
 
 def _save_release(obj, folder: Path, release_file: str) -> Path:
@@ -80,42 +82,50 @@ def paper_run(tmp_path_factory):
         return run_paper(tmp_path_factory, mp, MODELS)
 
 
-def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict) -> dict:
+def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict, *extra: str) -> dict:
     """The whole pipeline once on ``models`` (of MODELS), with TF32 switched on beforehand and every model's
-    forwards watched (``paper_setup.load_model`` patched through ``monkeypatch`` for the run only)."""
+    forwards watched (the release loader patched through ``monkeypatch`` where the runner and the texture
+    experiment call it, for the run only)."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.fail(f"CI=true but imagenette-mini is missing at {IMAGENETTE}")
-    from experiments import paper_setup as paper   # where the pipeline loads every model
+    import bagnet.tasks
+    import experiments.texture
+    from bagnet.models.releases import pretrained_model
     weights_dir = release_weights(tmp_path_factory.mktemp("weights"), models)
     root = tmp_path_factory.mktemp("paper")
     seen, loaded = [], []
-    original = paper.load_model
 
     def watched(spec, *a, **k):
-        model = original(spec, *a, **k)
+        model = pretrained_model(spec, *a, **k)
         loaded.append(spec["name"])
         model.register_forward_pre_hook(lambda mod, args: seen.append(
             (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
         return model
 
-    overrides = ["task=paper", "experiment=paper", "data=imagenette", f"data.root={IMAGENETTE}",
+    pairs = [f"[BagNet-33,{m}]" for m in models if m != "BagNet-33"]
+    targets = [m for m in MODELS if m in models and not m.startswith("BagNet")]
+    overrides = ["experiment=paper", "data=imagenette", f"data.root={IMAGENETTE}",
                  "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
                  f"weights_dir={weights_dir}", *SHRUNK,
-                 *[f"~paper.models.{label}" for label in MODELS if label not in models]]
+                 f"signatures.error_overlap.pairs=[{','.join(pairs)}]",
+                 f"signatures.sensitivity.targets=[{','.join(targets)}]",
+                 *[f"~models.{label}" for label in MODELS if label not in models], *extra]
     with monkeypatch.context() as mp, tf32(True):     # both restored after, whatever happens
-        mp.setattr(paper, "load_model", watched)
+        mp.setattr(bagnet.tasks, "pretrained_model", watched)
+        mp.setattr(experiments.texture, "pretrained_model", watched)
         cfg = compose(overrides)
         result = run_task(cfg, overrides)
         after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     return {"cfg": cfg, "overrides": overrides, "result": result, "seen": seen, "loaded": loaded, "after": after}
 
 
-PROMISED = {"accuracy": (["accuracy"], ["accuracy"]),
+PROMISED = {"accuracy": (["accuracy", "contrasts", "per_class"], ["accuracy"]),
             "texture": (["accuracy"], ["accuracy", "examples", "synthesis_loss"]),
-            "interactions": (["interaction"], ["interaction_vs_distance", "joint_vs_sum"]),
-            "errors": (["per_class", "pairs", "bagnet_vs_cnns"], ["class_accuracy_scatter", "kappa_matrix"]),
+            "additivity": (["interaction"], ["interaction_vs_distance", "joint_vs_sum"]),
+            "error_overlap": (["per_class", "pairs"], ["class_accuracy_scatter", "kappa_matrix"]),
             "sensitivity": (["logit_drop", "curves"], ["logit_drop_vs_n"]),
-            "patches": (["heatmaps", "patches"], ["heatmaps", "patches_000_n01440764", "patches_701_n03888257"])}  # numbered by class index
+            "heatmaps": (["heatmaps"], ["heatmaps"]),
+            "patches": (["patches"], ["patches_000_n01440764", "patches_701_n03888257"])}  # numbered by class index
 
 
 def assert_every_part_written(run: dict, models: dict) -> None:
@@ -130,12 +140,15 @@ def assert_every_part_written(run: dict, models: dict) -> None:
             assert (out / part / f"{f}.pdf").stat().st_size > 0, (part, f)
     assert (out / "summary.csv").is_file() and "paper's numbers beside ours" in (out / "README.md").read_text()
     acc = result.parts["accuracy"].tables["accuracy"].set_index("model")
-    assert list(acc.index) == list(models) and (acc["n"] == 24).all()
+    assert list(acc.index) == list(models) and (acc["n"] == 300).all()     # imagenette-mini's 300 val photos
+    heat = result.parts["heatmaps"].tables["heatmaps"]
+    assert set(heat["label"]) <= {"n01440764", "n03888257"}                 # images of the listed classes only
     # every model came from the weights folder through the release-name lookup
     raw = json.loads((out / "raw.json").read_text())
+    assert set(raw["raw"]["models"]) == set(models)
     for label, spec in raw["raw"]["models"].items():
-        assert Path(spec["weights"]).parent == Path(cfg.weights_dir), label
-    assert sorted(run["loaded"]) == sorted([s["name"] for s in models.values()] + ["vgg19"])
+        assert spec["pretrained"] is True, label
+    assert set(run["loaded"]) == {s["name"] for s in models.values()} | {"vgg19"}
 
 
 def assert_tf32_off_while_running_and_restored_after(run: dict) -> None:
@@ -149,21 +162,19 @@ def assert_tf32_off_while_running_and_restored_after(run: dict) -> None:
     assert written["cudnn_allow_tf32"] is False
 
 
-def assert_a_killed_run_recomputes_only_what_is_missing(run: dict, cnn: str, units: int) -> None:
+def assert_a_killed_run_recomputes_only_what_is_missing(run: dict, cnn: str) -> None:
     cfg, first = run["cfg"], run["result"]
     run_dir = Path(cfg.run_dir)
-    assert len(first.raw["resume"]["computed"]) >= units and not first.raw["resume"]["reused"]
     markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob("unit.pt")}
-    shutil.rmtree(run_dir / "interactions" / "AlexNet")          # as if killed before this unit was saved
+    assert markers and len(list(run_dir.glob("texture/_cache/chunk_*.pt"))) == 2     # textures kept, chunk by chunk
+    shutil.rmtree(run_dir / "additivity" / "AlexNet")            # as if killed before this unit was saved
     (run_dir / "sensitivity" / cnn / "unit.pt").unlink()         # ... or while it was being written
+    (run_dir / "texture" / "_cache" / "chunk_000001.pt").unlink()
     second = run_task(compose(run["overrides"]), run["overrides"])
-    assert sorted(second.raw["resume"]["computed"]) == ["interactions/AlexNet", f"sensitivity/{cnn}"]
-    assert len(second.raw["resume"]["reused"]) == len(first.raw["resume"]["computed"]) - 2
-    for p, t in markers.items():
-        if "AlexNet" not in str(p.parent) and cnn not in str(p.parent):
-            assert p.stat().st_mtime_ns == t, p
-    a = first.parts["interactions"].tables["interaction"]
-    b = second.parts["interactions"].tables["interaction"]
+    redone = {p for p in run_dir.rglob("unit.pt") if p not in markers or p.stat().st_mtime_ns != markers[p]}
+    assert {p.parent.relative_to(run_dir).as_posix() for p in redone} == {"additivity/AlexNet", f"sensitivity/{cnn}"}
+    a = first.parts["additivity"].tables["interaction"]
+    b = second.parts["additivity"].tables["interaction"]
     assert np.allclose(a["mean_abs_interaction"], b["mean_abs_interaction"], rtol=1e-5, atol=1e-6)
 
 
@@ -172,14 +183,15 @@ TWO = {m: MODELS[m] for m in ("BagNet-33", "AlexNet")}   # the paper's BagNet an
 
 @needs_imagenette
 def test_paper_on_two_models(tmp_path_factory, monkeypatch):
-    """make reproduce-paper on BagNet-33 and AlexNet (seconds): every part's tables and figures, TF32 off in
-    every forward, a killed run resumed. On all eight models: the slow tests below."""
-    run = run_paper(tmp_path_factory, monkeypatch, TWO)
+    """make reproduce-paper on BagNet-33 and AlexNet: every experiment's tables and figures, TF32 off in every
+    forward, a killed run resumed (the BagNet-as-its-own-target control off: it alone takes minutes). On all
+    eight models, with the control: the slow tests below."""
+    run = run_paper(tmp_path_factory, monkeypatch, TWO, "signatures.sensitivity.bagnet_control=false")
     assert_every_part_written(run, TWO)
     drops = run["result"].parts["sensitivity"].tables["logit_drop"]
-    assert set(drops["target"]) == set(TWO) and set(drops[drops.method == "lrp"]["target"]) == {"AlexNet"}
+    assert set(drops["target"]) == {"AlexNet"} and set(drops[drops.method == "lrp"]["target"]) == {"AlexNet"}
     assert_tf32_off_while_running_and_restored_after(run)
-    assert_a_killed_run_recomputes_only_what_is_missing(run, "AlexNet", 2 * 3 + 2 + 1)
+    assert_a_killed_run_recomputes_only_what_is_missing(run, "AlexNet")
 
 
 @pytest.mark.slow   # minutes on 2 cores (make test-slow, test-full); 2 models: test_paper_on_two_models
@@ -192,10 +204,10 @@ def test_paper_writes_every_table_and_figure(paper_run):
     assert acc["top5"].between(0, 1).all()
     tex = result.parts["texture"].tables["accuracy"]
     assert set(tex["condition"]) == {"clean", "texture (Gatys)", "tiles 4x4"} and len(tex) == 3 * len(MODELS)
-    inter = result.parts["interactions"].tables["interaction"]
+    inter = result.parts["additivity"].tables["interaction"]
     assert set(inter["model"]) == set(MODELS)
-    pairs = result.parts["errors"].tables["bagnet_vs_cnns"]
-    assert len(pairs) == 7 and (pairs["n"] == 24).all()   # BagNet-33 vs the 2 other BagNets and 5 CNNs
+    pairs = result.parts["error_overlap"].tables["pairs"]
+    assert len(pairs) == 7 and (pairs["n"] == 300).all()   # BagNet-33 vs the 2 other BagNets and 5 CNNs
     drops = result.parts["sensitivity"].tables["logit_drop"]
     cnns = ["AlexNet", "VGG-16", "ResNet-50", "ResNet-152", "DenseNet-169"]
     assert set(drops["target"]) == set(cnns) | {"BagNet-33"}              # + the BagNet as its own target
@@ -219,7 +231,7 @@ def test_tf32_is_off_while_the_pipeline_runs_and_restored_after(paper_run):
 @pytest.mark.slow   # minutes on 2 cores (make test-slow, test-full); 2 models: test_paper_on_two_models
 @needs_imagenette
 def test_a_killed_run_recomputes_only_what_is_missing(paper_run):
-    assert_a_killed_run_recomputes_only_what_is_missing(paper_run, "VGG-16", 8 * 3 + 5 + 1)
+    assert_a_killed_run_recomputes_only_what_is_missing(paper_run, "VGG-16")
 
 
 # ------------------------------------------------------------------ known answer: sensitivity
