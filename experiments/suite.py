@@ -117,20 +117,45 @@ def model_specs(ctx) -> dict:
     return dict(ctx.cfg.models) or {ctx.cfg.model.tag: None}
 
 
-def predictions(ctx, specs: Mapping | None = None) -> dict[str, pd.DataFrame]:
-    """Per-image predictions on ``cfg.split`` for every model of ``specs`` (default :func:`model_specs`): a
-    run's saved ones when there, else computed."""
-    cfg = ctx.cfg
-    out = {}
-    for name, spec in (specs or model_specs(ctx)).items():
+class Predictions(Mapping):
+    """Per-image predictions on ``cfg.split`` of every model of ``specs``, made when first read: a run's saved
+    ones when there, else computed with ``model_of(name)`` and, with a ``store``, kept (a resumed pipeline of
+    released models does not evaluate 50,000 images again)."""
+
+    def __init__(self, ctx, specs: Mapping, model_of: Callable[[str], nn.Module], store: "Store | None" = None,
+                 model_keys: Mapping | None = None):
+        self.ctx, self.specs, self.model_of, self.store = ctx, dict(specs), model_of, store
+        self.model_keys = dict(model_keys or {})
+        self._made: dict[str, pd.DataFrame] = {}
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self._made:
+            self._made[name] = self._make(name)
+        return self._made[name]
+
+    def _make(self, name: str) -> pd.DataFrame:
+        cfg, spec = self.ctx.cfg, self.specs[name]
         saved = Path(str(spec)) / "eval" / f"predictions_{cfg.split}.csv.gz" if isinstance(spec, str) else None
         if saved is not None and saved.is_file():   # the run's own predictions: only of these very images
             check_run_data(spec, cfg, f"models.{name}", same_images=True)
-            out[name] = pd.read_csv(saved)
-            continue
-        model = ctx.model(name, spec).eval()
-        out[name] = evaluate_model(model, ctx.data, [cfg.split], as_dict(cfg), ctx.device)[cfg.split][1]
-    return out
+            return pd.read_csv(saved)
+
+        def compute() -> dict:
+            df = evaluate_model(self.model_of(name), self.ctx.data, [cfg.split], as_dict(cfg), self.ctx.device)[cfg.split][1]
+            return {c: torch.from_numpy(df[c].to_numpy().copy()) if pd.api.types.is_numeric_dtype(df[c])
+                    else [str(v) for v in df[c]] for c in df.columns}   # tensors and strings: weights_only loads them
+        if self.store is None:
+            columns = compute()
+        else:
+            key = {**data_key(cfg), "model": self.model_keys.get(name), "code": code_digest()}
+            columns = self.store.cache("predictions")(name, key, compute)
+        return pd.DataFrame({c: v.numpy() if isinstance(v, torch.Tensor) else v for c, v in columns.items()})
 
 
 def split_data(ctx, split: str | None = None) -> SplitData:
@@ -159,7 +184,9 @@ def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) ->
     if hook is not None:
         for model in models.values():
             model.register_forward_pre_hook(hook)
-    preds = predictions(ctx, specs) if any(e.inputs == "predictions" for e in experiments) else None
+    preds = Predictions(ctx, specs, lambda name: models[name] if name in models else
+                        ctx.model(name, specs[name]).to(ctx.device).eval(), store, key["model_keys"]) \
+        if any(e.inputs == "predictions" for e in experiments) else None
     data = split_data(ctx)
     return {e.name: run_experiment(e, models or {m: None for m in specs}, data, signature_cfg(ctx, e.name),
                                    predictions=preds, store=store, key=key)

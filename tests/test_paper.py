@@ -167,6 +167,7 @@ def assert_a_killed_run_recomputes_only_what_is_missing(run: dict, cnn: str) -> 
     run_dir = Path(cfg.run_dir)
     markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob("unit.pt")}
     assert markers and len(list(run_dir.glob("texture/_cache/chunk_*.pt"))) == 2     # textures kept, chunk by chunk
+    assert {p.stem for p in run_dir.glob("predictions/_cache/*.pt")} == set(first.raw["models"])   # and predictions
     shutil.rmtree(run_dir / "additivity" / "AlexNet")            # as if killed before this unit was saved
     (run_dir / "sensitivity" / cnn / "unit.pt").unlink()         # ... or while it was being written
     (run_dir / "texture" / "_cache" / "chunk_000001.pt").unlink()
