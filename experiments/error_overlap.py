@@ -18,6 +18,8 @@ holding lists; rows are matched by ``index`` and must carry the same labels, els
       - kappa: Cohen's kappa of the per-image correct/incorrect indicators (0 = chance agreement given
         the two accuracies, 1 = identical correctness); agreement: fraction with equal correctness;
         same_pred: fraction with identical top-1 prediction. kappa has a 95% bootstrap interval over images.
+  * with ``reference`` = [cnn_a, cnn_b] (table ``versus_reference``): every other pair's kappa minus the reference
+    pair's, paired bootstrap over images, read two-sided — the paper's VGG-11 vs VGG-16 yardstick, per image.
 
 Returns Result with
   tables: ``per_class`` — class, class_name, model, n, top1, top5;
@@ -40,7 +42,8 @@ import pandas as pd
 from bagnet.data.names import display_names
 from bagnet.errors import ConfigError
 from bagnet.result import Result
-from bagnet.stats import correlation_ci, kappa_ci, pearson
+from bagnet.stats import correlation_ci, kappa, kappa_ci, paired_bootstrap_ci, pearson
+from bagnet.verdicts import reading
 from bagnet.utils import jsonable
 
 from .registry import Experiment, register
@@ -50,6 +53,10 @@ from .keys import ExperimentConfig, ranged, typed_cfg
 class Config(ExperimentConfig):
     pairs: Optional[list[list[str]]] = None   # [[model_a, model_b], ...]; None = every pair
     scatter_metric: str = ranged("top5", choices=("top1", "top5"))   # the paper's Fig. 7 uses top-5
+    # [cnn_a, cnn_b]: the reference pair (the paper's VGG-11 vs VGG-16): every other pair's kappa minus its kappa on
+    # the same images (table versus_reference). Over few classes the class-wise r says little; image-level error
+    # consistency judged against two CNNs' is the reading (Geirhos et al. 2020)
+    reference: Optional[list[str]] = None
 
 
 def _top5_matrix(df: pd.DataFrame) -> np.ndarray:
@@ -140,12 +147,41 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
     metric = cfg["scatter_metric"]
     summary = "error overlap: " + " | ".join(f"{r['model_a']}~{r['model_b']} r_{metric} "
                                              f"{r['r_' + metric]:.2f} kappa {r['kappa']:.2f}" for r in pair_rows)
-    return Result(tables={"per_class": per_class, "pairs": pairs},
+    tables = {"per_class": per_class, "pairs": pairs}
+    if cfg["reference"]:
+        tables["versus_reference"] = versus_reference(top1, cfg["reference"], cfg["seed"])
+    return Result(tables=tables,
                   figures={"class_accuracy_scatter": scatter_figure(acc, counts, plot_pairs, metric),
                            "kappa_matrix": kappa_figure(pairs, models)},
                   raw=jsonable({"n_images": int(len(labels)), "pairs": pairs.to_dict(orient="records")}),
                   summary=summary)
 
+
+
+def kappa_diff(a, b, axis: int = 0):
+    """Cohen's kappa of ``a``'s two correctness columns minus that of ``b``'s (``[..., images, 2]``)."""
+    return kappa(a[..., 0], a[..., 1], axis=axis) - kappa(b[..., 0], b[..., 1], axis=axis)
+
+
+def versus_reference(top1: Mapping[str, np.ndarray], reference: Sequence[str], seed: int) -> pd.DataFrame:
+    """Each pair of models other than ``reference`` against it: kappa(pair) - kappa(reference) with a paired bootstrap
+    95% CI over images (the same resampled images for both pairs), read two-sided: below 0 = the pair shares fewer
+    errors beyond chance than the two reference models do."""
+    ref = tuple(reference)
+    if len(ref) != 2 or not set(ref) <= set(top1):
+        raise ConfigError(f"signatures.error_overlap.reference: {list(ref)} must be two of the models {list(top1)}")
+    b = np.stack([top1[ref[0]], top1[ref[1]]], axis=1)
+    rows = []
+    for x, y in itertools.combinations(top1, 2):
+        if {x, y} == set(ref):
+            continue
+        a = np.stack([top1[x], top1[y]], axis=1)
+        ci = paired_bootstrap_ci(a, b, kappa_diff, seed=seed)
+        rows.append({"model_a": x, "model_b": y, "kappa": kappa(top1[x], top1[y]), "reference": " vs ".join(ref),
+                     "reference_kappa": kappa(*b.T), "difference": ci.estimate, "lo": ci.lo, "hi": ci.hi,
+                     "verdict": reading(*ci)})
+    return pd.DataFrame(rows, columns=["model_a", "model_b", "kappa", "reference", "reference_kappa", "difference",
+                                       "lo", "hi", "verdict"])
 
 
 def scatter_figure(acc: dict, counts: np.ndarray, pairs: list[tuple[str, str]], metric: str):

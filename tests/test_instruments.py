@@ -137,6 +137,29 @@ def test_error_overlap_check_fails_when_one_models_errors_are_misattributed(monk
     assert not overlap_finds_it(overlap_control())
 
 
+def test_error_consistency_against_a_reference_pair_has_the_known_sign():
+    """Against a reference pair of two models wrong on the same images (kappa 1): a pair with independent errors
+    reads below it, a pair with the same shared errors reads as no different; with the reference's roles swapped
+    (independent reference) the shared-error pair reads above it. A reversed difference, or one taken against the
+    wrong pair, fails."""
+    n, rng = 400, np.random.default_rng(1)
+    labels = rng.integers(0, 4, n)
+    shared, other = rng.permutation(n)[:80], rng.permutation(n)[:80]
+
+    def preds(wrong):
+        p = labels.copy()
+        p[wrong] = (p[wrong] + 1) % 4
+        return pd.DataFrame({"index": np.arange(n), "label": labels, "pred": p,
+                             **{f"top5_{j}": (p + j) % 4 for j in range(4)}})
+    models = {"CNN-1": preds(shared), "CNN-2": preds(shared), "BagNet": preds(other), "Twin": preds(shared)}
+    t = error_overlap.run(models, list("abcd"), {"reference": ["CNN-1", "CNN-2"]}).tables["versus_reference"]
+    t = t.set_index(["model_a", "model_b"])
+    assert t.loc[("CNN-1", "BagNet"), "hi"] < -0.5 and t.loc[("CNN-1", "BagNet"), "verdict"].startswith("supported")
+    assert t.loc[("CNN-1", "Twin"), "verdict"].startswith("not shown") and t.loc[("CNN-1", "Twin"), "difference"] == 0
+    swapped = error_overlap.run(models, list("abcd"), {"reference": ["CNN-1", "BagNet"]}).tables["versus_reference"]
+    assert swapped.set_index(["model_a", "model_b"]).loc[("CNN-1", "CNN-2"), "lo"] > 0.5
+
+
 # ------------------------------------------------------------------ 4. sensitivity
 def sensitivity_control(q: int, region: int | None = None) -> pd.Series:
     """AUC relative to occlusion when the BagNet-q's own heatmap ranks the regions it is masked by, on
