@@ -99,6 +99,9 @@ class ExperimentConfig:
     batch_size: int = ranged(64, ge=1)
     # evaluation images: the first ``num_images`` of a seeded permutation (None = all)
     num_images: Optional[int] = ranged(256, ge=1)
+    # the side this experiment's images are resized to (BagNets run at any size, CNNs too, though trained at one);
+    # None: data.image_size. Experiments on per-image predictions (accuracy, error_overlap) use data.image_size
+    image_size: Optional[int] = ranged(None, ge=8)
     # None: the model's own dtype; "float64" runs on a float64 copy (exactness checks)
     dtype: Optional[str] = ranged(None, choices=("float32", "float64"))
     progress: bool = True

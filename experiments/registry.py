@@ -109,12 +109,17 @@ def get(name: str) -> Experiment:
 def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: int | None = None) -> dict:
     """Refuse a config of ``experiment`` before any work (before models are trained or loaded): unknown keys, wrong
     types, a value outside its key's range (declared beside the key in its ``Config``, :func:`experiments.keys.
-    ranged`; the bounds on the image side with ``image_size``, the side of the images the models see), then the
-    experiment's own ``check``. Every error is one ConfigError naming ``signatures.<name>.<key>``. Returns the
+    ranged`; the bounds on the image side with ``image_size``, the side of the images the models see, or the
+    experiment's own ``image_size`` key when set), then the experiment's own ``check``. Every error is one ConfigError naming ``signatures.<name>.<key>``. Returns the
     typed config."""
     exp = get(experiment) if isinstance(experiment, str) else experiment
     where = f"signatures.{exp.name}"
     typed = typed_cfg(exp.schema, cfg, where)
+    if typed.get("image_size") is not None:
+        if exp.inputs == "predictions":
+            raise ConfigError(f"{where}.image_size: {exp.name} reads the models' predictions, made at data.image_size; "
+                              "leave it null")
+        image_size = typed["image_size"]
     check_keys(exp.schema, typed, where, image_size)
     if exp.check is not None:
         exp.check(typed, list(classes or []), image_size)

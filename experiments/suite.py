@@ -22,11 +22,13 @@ from typing import Mapping
 
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 import bagnet
 from bagnet import io
 from bagnet.config import as_dict
+from bagnet.data import build_data
 from bagnet.errors import ConfigError
 from bagnet.identity import data_key, is_release, model_key
 from bagnet.provenance import git_commit
@@ -158,8 +160,12 @@ class Predictions(Mapping):
         return pd.DataFrame({c: v.numpy() if isinstance(v, torch.Tensor) else v for c, v in columns.items()})
 
 
-def split_data(ctx, split: str | None = None) -> SplitData:
+def split_data(ctx, split: str | None = None, image_size: int | None = None) -> SplitData:
+    """``cfg.split`` of the run's data, its images resized to ``image_size`` (None: ``data.image_size``)."""
     data = ctx.data
+    if image_size is not None and image_size != int(data.image_size):
+        resized = OmegaConf.merge(ctx.cfg.data, {"image_size": image_size})
+        data = build_data(resized, seed=ctx.cfg.seed)
     return SplitData(data.split(split or ctx.cfg.split), list(data.classes), tuple(data.mean), tuple(data.std),
                      int(data.image_size))
 
@@ -176,20 +182,20 @@ def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) ->
     store = Store(Path(cfg.run_dir), progress=False) if known else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
     for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded
-        registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size))
+        registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size))   # its own size wins
     if store is not None:
         check_writable(Path(cfg.run_dir), "run_dir")
-    models = {name: ctx.model(name, spec).to(ctx.device).eval()
-              for name, spec in specs.items()} if any(e.inputs == "models" for e in experiments) else {}
-    if hook is not None:
-        for model in models.values():
+    def load(name: str) -> nn.Module:
+        model = ctx.model(name, specs[name]).to(ctx.device).eval()
+        if hook is not None:
             model.register_forward_pre_hook(hook)
-    preds = Predictions(ctx, specs, lambda name: models[name] if name in models else
-                        ctx.model(name, specs[name]).to(ctx.device).eval(), store, key["model_keys"]) \
-        if any(e.inputs == "predictions" for e in experiments) else None
-    data = split_data(ctx)
-    return {e.name: run_experiment(e, models or {m: None for m in specs}, data, signature_cfg(ctx, e.name),
-                                   predictions=preds, store=store, key=key)
+        return model
+    models = {name: load(name) for name in specs} if any(e.inputs == "models" for e in experiments) else {}
+    preds = Predictions(ctx, specs, lambda name: models[name] if name in models else load(name), store,
+                        key["model_keys"]) if any(e.inputs == "predictions" for e in experiments) else None
+    return {e.name: run_experiment(e, models or {m: None for m in specs},
+                                   split_data(ctx, image_size=signature_cfg(ctx, e.name).get("image_size")),
+                                   signature_cfg(ctx, e.name), predictions=preds, store=store, key=key)
             for e in experiments}
 
 

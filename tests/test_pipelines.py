@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bagnet.errors import ConfigError
+
 from bagnet.io import result_digest
 from bagnet.config import compose
 from bagnet.provenance import git_commit
@@ -417,3 +419,17 @@ def test_demo_seed_spread_reads_every_seed(tmp_path):
     assert "seed 2: 1/1 expected effects and 1/1 negative controls held (2.0 min)" in text
     assert "seed 1: 0/1 expected effects" in text and "| effect: rises | supported: m | **contradicted**: m | supported: m |" in text
     assert "| B9 | 0.700 (0.600 to 0.800) |" in text
+
+
+def test_an_experiment_runs_at_its_own_image_size(run_in_process, tiny_overrides):
+    """``signatures.<name>.image_size``: that experiment's images at another side than the models were trained on
+    (BagNets run at any size); an experiment on saved predictions refuses it (they were made at data.image_size)."""
+    cfg, _ = run_in_process(*tiny_overrides)
+    exp = [*tiny_overrides, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
+           "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1", f"+models.B9={cfg.run_dir}"]
+    _, own = run_in_process(*exp)
+    _, larger = run_in_process(*exp, "signatures.scrambling.image_size=96", "overwrite=true")
+    tiles = lambda r: set(r.tables["accuracy"]["tile"].dropna())
+    assert tiles(own) == {"64x64", "32x32"} and tiles(larger) == {"96x96", "48x48"}   # clean, and 2 x 2 tiles
+    with pytest.raises(ConfigError, match="signatures.accuracy.image_size"):
+        run_in_process(*tiny_overrides, "task=accuracy", f"+models.B9={cfg.run_dir}", "signatures.accuracy.image_size=96")
