@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from bagnet.errors import ConfigError
-
 from bagnet.io import result_digest
 from bagnet.config import compose
 from bagnet.provenance import git_commit
