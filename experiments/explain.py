@@ -109,6 +109,7 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
         fig.suptitle(f"{name}: {EVIDENCE_SHOWN[evidence]} for '{names[c]}' ({found[c]['scanned']['class']} images of the class and "
                      f"{found[c]['scanned']['distractor']} of others scanned; <= {max_per_image} per image, "
                      "no overlaps)", fontsize=7)
+        fig.subplots_adjust(top=0.84)    # the title above the rows' own titles, not on them
         figures[f"patches_{c:03d}_{io.safe_name(classes[c])}"] = fig     # the index: names that cannot collide
     return Result(tables={"patches": pd.DataFrame(rows)}, figures=figures,
                   raw={"model": name, "k": k, "max_per_image": max_per_image, "evidence": evidence,
