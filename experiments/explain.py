@@ -36,15 +36,36 @@ def _bagnets(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
 
 def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std, *,
                     num_images: int | None, seed: int, device, stride: int, evidence: str,
-                    of_classes: Sequence[int] | None = None) -> Result:
+                    of_classes: Sequence[int] | None = None, per_class: int | None = None) -> Result:
     """Exact heatmaps of the true class for ``num_images`` seeded test images (``of_classes``: of these classes
-    only), BagNets side by side (the keys and their defaults: :class:`HeatmapsConfig`)."""
+    only), BagNets side by side; with ``per_class``, that many seeded images of each class instead, a figure per
+    class (the keys and their defaults: :class:`HeatmapsConfig`)."""
     bagnets = _bagnets(models)
+    labels_all = dataset_labels(dataset) if of_classes is not None or per_class else None
+    if per_class:
+        wanted = list(of_classes) if of_classes is not None else sorted(set(labels_all))
+        groups = {f"heatmaps_{c:03d}_{io.safe_name(classes[c])}": [i for i, y in enumerate(labels_all) if y == c]
+                  for c in wanted}
+        picks = {name: [pool[i] for i in eval_indices(len(pool), per_class, seed)] for name, pool in groups.items()}
+    else:
+        pool = list(range(len(dataset))) if of_classes is None else [
+            i for i, y in enumerate(labels_all) if y in set(of_classes)]
+        picks = {"heatmaps": [pool[i] for i in eval_indices(len(pool), num_images, seed)]}
+    rows, figures = [], {}
+    for fig_name, idx in picks.items():
+        fig_rows, figures[fig_name] = _explained(bagnets, dataset, idx, classes, mean, std, device, stride, evidence)
+        rows += fig_rows
+    indices = [i for idx in picks.values() for i in idx]
+    return Result(tables={"heatmaps": pd.DataFrame(rows)}, figures=figures,
+                  raw={"indices": indices, "stride": stride, "evidence": evidence},
+                  summary=f"{len(indices)} images x {len(bagnets)} BagNets")
+
+
+def _explained(bagnets: Mapping[str, nn.Module], dataset, idx: list[int], classes, mean, std, device, stride: int,
+               evidence: str) -> tuple[list[dict], Any]:
+    """The rows and the figure of the images ``idx``: each BagNet's heatmap of the true class, titled with the true
+    class and, when the largest-q BagNet gets it wrong, its prediction."""
     names = display_names(classes)
-    pool = list(range(len(dataset)))
-    if of_classes is not None:
-        pool = [i for i, y in enumerate(dataset_labels(dataset)) if y in set(of_classes)]
-    idx = [pool[i] for i in eval_indices(len(pool), num_images, seed)]
     images, labels = load_batch(dataset, idx)
     maps, rows = {}, []
     with torch.inference_mode():
@@ -63,10 +84,7 @@ def heatmaps_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[
     last = rows[-len(idx):]          # the largest-q BagNet's predictions, for the titles
     titles = [f"{names[int(y)]}" + ("" if r["pred_name"] == names[int(y)] else f" (predicted: {r['pred_name']})")
               for y, r in zip(labels, last)]
-    fig = compare_bagnets_figure(images, maps, titles, mean, std)
-    return Result(tables={"heatmaps": pd.DataFrame(rows)}, figures={"heatmaps": fig},
-                  raw={"indices": idx, "stride": stride, "evidence": evidence},
-                  summary=f"{len(idx)} images x {len(bagnets)} BagNets")
+    return rows, compare_bagnets_figure(images, maps, titles, mean, std)
 
 
 def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[str], mean, std, *,
@@ -128,6 +146,8 @@ class HeatmapsConfig(ExperimentConfig):
     # relative: the class logit minus the patch's mean logit (README says why); logit
     evidence: str = ranged("relative", choices=EVIDENCE)
     classes: Optional[list[str]] = None   # images of these classes only (ids or names); None: of every class
+    # this many seeded images of each class instead of num_images over the split: a figure per class
+    per_class: Optional[int] = ranged(None, ge=1)
 
 
 def check_heatmaps(cfg: Mapping, classes, image_size: int | None) -> None:
@@ -155,7 +175,7 @@ def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     of_classes = class_indices(c["classes"], data.classes, "signatures.heatmaps.classes") if c["classes"] else None
     return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, num_images=c["num_images"],
                            seed=c["seed"], device=c["device"], stride=c["stride"], evidence=c["evidence"],
-                           of_classes=of_classes)
+                           of_classes=of_classes, per_class=c["per_class"])
 
 
 @dataclass

@@ -270,3 +270,18 @@ def test_patches_of_listed_classes_name_the_split_images(make_tiny_bagnet):
     assert dis["image_index"].nunique() == 1 and all(int(y[i]) == 1 for i in dis["image_index"])
     assert set(t["class"]) == {"a"} and (own["images_scanned"] == 3).all() and (dis["images_scanned"] == 1).all()
     plt.close("all")
+
+
+def test_heatmaps_per_class_draw_each_class_from_its_own_images(make_tiny_bagnet):
+    """``per_class``: that many seeded images of every class, a figure per class named by its index and id."""
+    import matplotlib.pyplot as plt
+    from experiments.explain import heatmaps_result
+    m = make_tiny_bagnet(9, num_classes=3, dtype=torch.float32)
+    x, y = torch.randn(9, 3, 33, 33), torch.tensor([0, 1, 2] * 3)
+    r = heatmaps_result({"BagNet-9": m}, TensorDataset(x, y), ["a", "b", "c"], (0.0,) * 3, (1.0,) * 3, num_images=4,
+                        seed=0, device="cpu", stride=1, evidence="relative", per_class=2)
+    assert list(r.figures) == ["heatmaps_000_a", "heatmaps_001_b", "heatmaps_002_c"]
+    t = r.tables["heatmaps"]
+    assert list(t["label"]) == ["a", "a", "b", "b", "c", "c"] and all(int(y[i]) == "abc".index(c)
+                                                                      for i, c in zip(t["index"], t["label"]))
+    plt.close("all")
