@@ -97,20 +97,23 @@ def test_additivity_check_fails_when_the_joint_effect_is_not_measured(monkeypatc
 
 
 # ------------------------------------------------------------------ 3. error overlap
+def wrong_on(labels: np.ndarray, wrong) -> pd.DataFrame:
+    """Per-image predictions over 4 classes that are right on every image but ``wrong``."""
+    p = labels.copy()
+    p[wrong] = (p[wrong] + 1) % 4
+    return pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "pred": p,
+                         **{f"top5_{j}": (p + j) % 4 for j in range(4)}})
+
+
 def overlap_control(shift: int = 0) -> pd.DataFrame:
     """Two models wrong on the same 30 of 200 images, a third wrong on 30 others; ``shift`` gives the
     second model's predictions other image ids."""
     n, rng = 200, np.random.default_rng(0)
     labels = rng.integers(0, 4, n)
     shared, other = rng.permutation(n)[:30], rng.permutation(n)[:30]
-    def preds(wrong):
-        p = labels.copy()
-        p[wrong] = (p[wrong] + 1) % 4
-        return pd.DataFrame({"index": np.arange(n), "label": labels, "pred": p,
-                             **{f"top5_{j}": (p + j) % 4 for j in range(4)}})
-    b = preds(shared)
+    b = wrong_on(labels, shared)
     b["index"] = (b["index"] + shift) % n
-    r = error_overlap.run({"A": preds(shared), "B": b, "C": preds(other)}, ["a", "b", "c", "d"])
+    r = error_overlap.run({"A": wrong_on(labels, shared), "B": b, "C": wrong_on(labels, other)}, ["a", "b", "c", "d"])
     return r.tables["pairs"].set_index(["model_a", "model_b"])
 
 
@@ -145,13 +148,8 @@ def test_error_consistency_against_a_reference_pair_has_the_known_sign():
     n, rng = 400, np.random.default_rng(1)
     labels = rng.integers(0, 4, n)
     shared, other = rng.permutation(n)[:80], rng.permutation(n)[:80]
-
-    def preds(wrong):
-        p = labels.copy()
-        p[wrong] = (p[wrong] + 1) % 4
-        return pd.DataFrame({"index": np.arange(n), "label": labels, "pred": p,
-                             **{f"top5_{j}": (p + j) % 4 for j in range(4)}})
-    models = {"CNN-1": preds(shared), "CNN-2": preds(shared), "BagNet": preds(other), "Twin": preds(shared)}
+    models = {"CNN-1": wrong_on(labels, shared), "CNN-2": wrong_on(labels, shared), "BagNet": wrong_on(labels, other),
+              "Twin": wrong_on(labels, shared)}
     t = error_overlap.run(models, list("abcd"), {"reference": ["CNN-1", "CNN-2"]}).tables["versus_reference"]
     t = t.set_index(["model_a", "model_b"])
     assert t.loc[("CNN-1", "BagNet"), "hi"] < -0.5 and t.loc[("CNN-1", "BagNet"), "verdict"].startswith("supported")
