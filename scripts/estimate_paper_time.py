@@ -2,7 +2,7 @@
 
     python scripts/estimate_paper_time.py [experiment=paper | experiment=paper_full] [--threads 1]
 
-1. Counts the work of each part of the composed config in forward-equivalents (one forward pass of one
+1. Counts the work of each experiment of the composed config in forward-equivalents (one forward pass of one
    224 px image through one model; a backward pass counted as 2 forwards), from the protocol parameters.
 2. Measures seconds per forward-equivalent of every model on this CPU (random weights, 224 px, fp32),
    and of one L-BFGS evaluation of the texture synthesis (VGG-19 to pool4, forward + backward).
@@ -99,15 +99,15 @@ def main() -> None:
           f"{sec['__bagnet_heatmaps']:.1f} s", flush=True)
     cpu_flops = 2 * 4.1e9 / sec["ResNet-50"] if "ResNet-50" in sec else 50e9
     total_cpu = total_gpu = 0.0
-    print("\n| part | CPU hours (measured rates x work) | GPU minutes (estimate) |\n|---|---|---|")
-    for part, items in w.items():
+    print("\n| experiment | CPU hours (measured rates x work) | GPU minutes (estimate) |\n|---|---|---|")
+    for experiment, items in w.items():
         cpu = sum(n * sec[k] for k, n in items.items())
         gpu = cpu * cpu_flops / ASSUMED_GPU_FLOPS
-        if part == "accuracy":
+        if experiment == "accuracy":
             gpu += sum(items.values()) / ASSUMED_DECODE
         total_cpu += cpu
         total_gpu += gpu
-        print(f"| {part} | {cpu / 3600:.1f} | {gpu / 60:.1f} |")
+        print(f"| {experiment} | {cpu / 3600:.1f} | {gpu / 60:.1f} |")
     print(f"| total | {total_cpu / 3600:.1f} | {total_gpu / 60:.0f} |")
     print(f"\nCPU: {cpu_flops / 1e9:.0f} GFLOP/s measured on ResNet-50; GPU assumed {ASSUMED_GPU_FLOPS / 1e12:.0f} "
           f"TFLOP/s effective fp32 (TF32 off) and {ASSUMED_DECODE} decoded images/s: the GPU column is an estimate.")

@@ -307,3 +307,14 @@ def test_bagnet_heatmap_ranking_is_optimal_where_it_provably_must_be():
     for exact in ("input_x_gradient", "integrated_gradients", "deeplift"):
         assert abs(auc[exact] - auc["bagnet"]) < 1e-4, exact
     assert auc["bagnet"] > 2 * max(auc["saliency"], auc["random"], 1e-3)
+
+
+def test_the_time_estimate_counts_the_work_of_the_paper_config():
+    """scripts/estimate_paper_time.py reads the pipeline config: every experiment with work, the larger sizes of
+    experiment=paper_full counted as larger."""
+    from scripts.estimate_paper_time import work
+    default, full = work(compose(["experiment=paper"])), work(compose(["experiment=paper_full"]))
+    assert set(default) == {"accuracy", "texture", "additivity", "sensitivity", "patches"}
+    assert all(v > 0 for items in default.values() for v in items.values())
+    assert full["texture"]["__vgg19_evals"] == 10 * default["texture"]["__vgg19_evals"]      # 1000 vs 100 images
+    assert full["sensitivity"]["DenseNet-169"] == 10 * default["sensitivity"]["DenseNet-169"]
