@@ -150,9 +150,16 @@ class HeatmapsConfig(ExperimentConfig):
     per_class: Optional[int] = ranged(None, ge=1)
 
 
+def check_classes(cfg: Mapping, classes, name: str) -> None:
+    """A misspelt class in ``signatures.<name>.classes`` is refused before anything trains, not after."""
+    if cfg.get("classes") and classes:
+        class_indices(cfg["classes"], classes, f"signatures.{name}.classes")
+
+
 def check_heatmaps(cfg: Mapping, classes, image_size: int | None) -> None:
-    """``images``, when given, names image files that open (each one's header is read: a file that is no image,
-    or one too large to decode, is refused here, before any model is loaded)."""
+    """``classes`` are classes of the data; ``images``, when given, names image files that open (each one's header is
+    read: a file that is no image, or one too large to decode, is refused here, before any model is loaded)."""
+    check_classes(cfg, classes, "heatmaps")
     if cfg["images"] is None:
         return
     for path in image_files(cfg["images"]):
@@ -204,7 +211,8 @@ def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
 # a user's own image files may change under the same names: their heatmaps are computed every time, never reused
 register(Experiment("heatmaps", HeatmapsConfig, run_heatmaps, summary="exact BagNet heatmaps of the true class",
                     stored=lambda cfg: cfg.get("images") is None, check=check_heatmaps))
-register(Experiment("patches", PatchesConfig, run_patches, summary="per class, the most predictive patches"))
+register(Experiment("patches", PatchesConfig, run_patches, summary="per class, the most predictive patches",
+                    check=lambda cfg, classes, image_size: check_classes(cfg, classes, "patches")))
 
 
 # ---------------------------------------------------------------- a user's own image files

@@ -45,6 +45,12 @@ def test_pipeline_refuses_a_bad_list_before_anything_trains(tmp_path, run_in_pro
                          (["pipeline.experiments=[]"], "pipeline.experiments is empty"),
                          (["pipeline.experiments=[scrambling]", "+signatures.scrambling.groups={g: [nope]}"],
                           r"groups.g: \['nope'\] are not classes"),
+                         (["pipeline.experiments=[patches]", "signatures.patches.classes=[tench]"],
+                          r"patches.classes: \['tench'\] are not classes"),
+                         (["pipeline.experiments=[heatmaps]", "signatures.heatmaps.classes=[nope]"],
+                          r"heatmaps.classes: \['nope'\] are not classes"),
+                         (["pipeline.experiments=[accuracy]", "signatures.accuracy.image_size=96"],
+                          "signatures.accuracy.image_size"),
                          (["pipeline.experiments=[accuracy]", "pipeline.report=nope"], "unknown pipeline.report")):
         with pytest.raises(ConfigError, match=message):
             run_in_process("task=pipeline", *tiny_overrides, "+pipeline.train.B9=bagnet9", *bad)
