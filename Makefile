@@ -58,7 +58,7 @@ sweep-patch: setup
 # BAGNET_WEIGHTS_DIR) or INIT=scratch (random init). -> results/table1/<profile>-<init>/
 INIT ?= imagenet
 reproduce-table1: setup
-	$(RUN) task=table1 experiment=table1 init=$(INIT) data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
+	$(RUN) experiment=table1 init=$(INIT) data=scene15 $(DATA_ARG) profile=$(PROFILE) $(ARGS)
 	$(PY) scripts/render_results.py results/table1   # + results/table1/table1.{csv,md}: every profile side by side
 
 # the four signatures + heatmaps + patches on the Table 1 runs of INIT=imagenet|scratch (make reproduce-table1

@@ -15,9 +15,9 @@ Experiments (``run(models, data, cfg) -> Result``, never writing files):
 * :mod:`experiments.precision`        how fp32 / bf16 / fp16 / TF32 change the answers
 * :mod:`experiments.patch_robustness` certified robustness to one adversarial patch
 
-Pipelines (``task(ctx) -> Result``): :mod:`experiments.pipeline` (a pipeline stated in a config: ``make demo``,
-``make signatures``, ``make eval-imagenet``, ``make reproduce-imagenette``, ``make reproduce-paper``; their
-reports :mod:`experiments.demo`, :mod:`experiments.paper`) and :mod:`experiments.table1`.
+The pipeline (``task(ctx) -> Result``): :mod:`experiments.pipeline`, a pipeline stated in a config: ``make demo``,
+``make reproduce-table1``, ``make signatures``, ``make eval-imagenet``, ``make reproduce-imagenette``, ``make
+reproduce-paper``; their reports :mod:`experiments.demo`, :mod:`experiments.table1`, :mod:`experiments.paper`.
 """
 import importlib
 import pkgutil

@@ -25,9 +25,9 @@ from bagnet.result import Result
 
 from . import registry
 from .keys import typed_cfg
-from .training import estimate_training, train_models
+from .training import check_all_weights, estimate_training, train_models
 from .registry import register_pipeline
-from .suite import run_experiments, signature_cfg
+from .suite import combine, run_experiments, signature_cfg
 
 
 @dataclass
@@ -35,6 +35,10 @@ class PipelineConfig:
     # label -> model entry (a model option, or {option: ..., <model key>: value, trainer: {...}}), trained as
     # task=train with this run's data and trainer; a finished run is reused, an interrupted one resumes
     train: dict[str, Any] = field(default_factory=dict)
+    # these labels of ``train`` are trained again at each of ``extra_seeds`` (labelled "<label> seed <s>"): the
+    # seed-to-seed spread, which the per-image intervals of one run do not contain
+    seed_models: list[str] = field(default_factory=list)
+    extra_seeds: list[int] = field(default_factory=list)
     experiments: list[str] = field(default_factory=list)   # registered experiments, each a folder of the result
     report: Optional[str] = None                            # a registered report: the checks and the README
     estimate: bool = True                                   # print the training time left before training
@@ -67,15 +71,26 @@ def task(ctx) -> Result:
     for name in p["experiments"]:   # a typo, or a key outside its range, fails before anything trains
         registry.check(name, signature_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size))
     report = registry.report(p["report"]) if p["report"] else None
+    unknown = sorted(set(p["seed_models"]) - set(p["train"])) if p["extra_seeds"] else []
+    if unknown:
+        raise ConfigError(f"pipeline.seed_models: {unknown} are not labels of pipeline.train ({', '.join(p['train'])}); "
+                          "remove them, or set pipeline.extra_seeds=[]")
+    seeded = {label: p["train"][label] for label in p["seed_models"]} if p["extra_seeds"] else {}
+    seed_runs = {seed: seed_overrides(ctx, seed) for seed in p["extra_seeds"] if seeded}
+    releases = check_all_weights(ctx, p["train"]) if p["train"] else {}   # every missing file named before training
     if p["train"] and p["estimate"] and ctx.dist.is_main:
-        estimate_training(ctx, {"": (p["train"], [])})
+        estimate_training(ctx, {"": (p["train"], []), **{f" seed {s}": (seeded, o) for s, o in seed_runs.items()}})
     trained = train_models(ctx, p["train"])
+    for seed, extra in seed_runs.items():
+        trained.update({seed_label(label, seed): run for label, run in train_models(ctx, seeded, *extra).items()})
     runs = {label: str(sub.cfg.run_dir) for label, (sub, _) in trained.items()}
+    seeds = {seed_label(label, seed): {"model": label, "seed": seed} for seed in seed_runs for label in seeded}
     # models= may name the trained runs too (task=heatmaps experiment=demo reads them), but nothing else
     clash = sorted(k for k, v in ctx.cfg.models.items() if k in runs and str(v) != runs[k])
     if clash:
         raise ConfigError(f"{clash} are in pipeline.train and in models with another run; give each label once")
-    specs = {**runs, **{k: v if isinstance(v, str) else as_dict(v) for k, v in ctx.cfg.models.items() if k not in runs}}
+    specs = {**{k: v for k, v in runs.items() if k not in seeds},
+             **{k: v if isinstance(v, str) else as_dict(v) for k, v in ctx.cfg.models.items() if k not in runs}}
     if not specs:
         raise ConfigError("the pipeline has no models: set pipeline.train and/or models")
     # tf32 false: every model's forwards are watched too (a forward with TF32 on is refused, and counted otherwise)
@@ -83,13 +98,32 @@ def task(ctx) -> Result:
     with nullcontext() if p["tf32"] is None else tf32(p["tf32"]):
         numerics = numerics_state()
         parts = run_experiments(ctx, p["experiments"], specs, hook=guard)
+        for seed, extra in seed_runs.items():   # on their own seed's data (a split may depend on the seed)
+            again = run_experiments(ctx.with_overrides(*extra), p["experiments"],
+                                    {seed_label(label, seed): runs[seed_label(label, seed)] for label in seeded}, hook=guard)
+            parts = {name: combine(registry.get(name), [parts[name], again[name]]) for name in parts}
     numerics["restored_after"] = numerics_state()
     if guard is not None:
         numerics["guarded_forwards"] = guard.forwards
     tables = {"training": training_table(trained)} if trained else {}
-    result = Result(tables=tables, parts=parts, raw={"models": specs, "numerics": numerics},
+    result = Result(tables=tables, parts=parts, raw={"models": specs, "numerics": numerics, "seed_runs": seeds,
+                                                   "release_files": releases},
                     summary=f"{len(specs)} models; ran {', '.join(parts)}")
     return report(ctx, result, trained) if report else result
+
+
+def seed_label(label: str, seed: int) -> str:
+    """The label of ``label``'s run at one of ``pipeline.extra_seeds``."""
+    return f"{label} seed {seed}"
+
+
+def seed_overrides(ctx, seed: int) -> list[str]:
+    """The overrides of a run at ``seed``: ``seed=<s>``, and a run name of its own when this config's
+    ``run_name`` does not contain the seed (``run_name=x`` on the command line)."""
+    extra = [f"seed={seed}"]
+    if ctx.with_overrides(*extra).cfg.run_name == ctx.cfg.run_name:
+        extra.append(f"run_name={ctx.cfg.run_name}-seed{seed}")
+    return extra
 
 
 def training_table(trained: dict) -> pd.DataFrame:

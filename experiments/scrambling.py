@@ -15,6 +15,8 @@ Protocol (every evaluation image, every model, same manipulated images for all m
     If H or W is not divisible by g, the remainder strip (the last H mod g rows, W mod g columns)
     stays where it is, unscrambled: cropping would change the image size, which a CNN with a global
     receptive field reacts to on its own.
+    ``remainder: black`` blackens that strip instead, as the 15-Scene report's notebook (Table 1), and
+    ``tile_px`` adds the grid whose tiles are closest to that many pixels (the report's 56 px tiles).
   * texture ("image quilting", not the paper's procedure): the paper texturises with Gatys et al.'s
     neural texture synthesis (``experiments.texture_synthesis``, used by ``make reproduce-paper``); this
     cheap variant uses image quilting (Efros & Freeman 2001) without the minimum-error boundary cut:
@@ -70,6 +72,12 @@ class Config(ExperimentConfig):
     # named groups of classes, each also reported on its own (table accuracy_by_group), e.g. the probe's
     # local classes: scrambling must not hurt a BagNet there (a negative control)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    # the strip beyond g * (side // g) px: "keep" it in place, or "black" it (the 15-Scene report's notebook)
+    remainder: str = "keep"
+    # also the grid whose tiles are closest to this many px, if ``grids`` has no such grid (the report's 56 px
+    # tiles at other image sizes: tiles smaller than q leave a BagNet-q no intact patch)
+    tile_px: Optional[int] = ranged(None, ge=1)
+    per_image: bool = False     # also table ``per_image``: every image's prediction in every condition
 
 
 def group_ids(cfg: Mapping, classes) -> dict[str, list[int]]:
@@ -159,8 +167,19 @@ def texturise(image: torch.Tensor, patch: int, candidates: int = 8,
     return canvas[:, :h, :w].clone()
 
 
-def _conditions(cfg) -> list[tuple[str, float]]:
-    conds = [("clean", 1)] + [(f"scrambled_{g}x{g}", g) for g in cfg["grids"]]
+def tile_grid(image_size: int, grids, tile_px: int | None) -> int | None:
+    """The grid whose tiles are closest to ``tile_px`` pixels on ``image_size`` px images, unless ``grids``
+    has it already or it is a single tile (None)."""
+    if not tile_px:
+        return None
+    g = round(image_size / tile_px)
+    return g if g not in grids and g >= 2 else None
+
+
+def _conditions(cfg, image_size: int | None) -> list[tuple[str, float]]:
+    grids = list(cfg["grids"])
+    extra = tile_grid(image_size, grids, cfg["tile_px"]) if image_size else None
+    conds = [("clean", 1)] + [(f"scrambled_{g}x{g}", g) for g in grids + ([extra] if extra else [])]
     return conds + ([("texture", float("nan"))] if cfg["texture"] else [])
 
 
@@ -173,13 +192,23 @@ def _tile_label(name: str, grid, shape, cfg) -> str:
     return f"{shape[0] // int(grid)}x{shape[1] // int(grid)}"
 
 
-def _manipulate(name: str, grid, images: torch.Tensor, idx: list[int], cfg) -> torch.Tensor:
+def _manipulate(name: str, grid, images: torch.Tensor, idx: list[int], cfg, mean, std) -> torch.Tensor:
     if name == "clean":
         return images
     if name == "texture":
         return torch.stack([texturise(im, cfg["texture_patch"], cfg["texture_candidates"],
                                       generator(cfg["seed"], 2, i)) for im, i in zip(images, idx)])
-    return scramble_batch(images, int(grid), cfg["seed"], idx)
+    out = scramble_batch(images, int(grid), cfg["seed"], idx)
+    return blacken_remainder(out, int(grid), mean, std) if cfg["remainder"] == "black" else out
+
+
+def blacken_remainder(images: torch.Tensor, g: int, mean, std) -> torch.Tensor:
+    """The rows and columns beyond g * (side // g) set to black (``-mean / std`` after normalisation), as the
+    report's ``Image_Scrambling`` (tiles cut from a zero image of the full size). In place; returned."""
+    black = (-torch.as_tensor(mean) / torch.as_tensor(std)).to(images.device, images.dtype).view(3, 1, 1)
+    images[..., g * (images.shape[-2] // g):, :] = black
+    images[..., :, g * (images.shape[-1] // g):] = black
+    return images
 
 
 def scramble_batch(images: torch.Tensor, g: int, seed: int, indices) -> torch.Tensor:
@@ -198,10 +227,11 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
-    conds = _conditions(cfg)
+    conds = _conditions(cfg, _image_side(dataset, indices))
     groups = group_ids(cfg, classes)
     # per-image correctness: top-1, top-5 and, per group, within the group's classes
     hits = {(m, c, k): [] for m in models for c, _ in conds for k in (1, 5, *groups)}
+    preds = {(m, c): [] for m in models for c, _ in conds}
     seen_labels: list[np.ndarray] = []
     examples: dict[str, torch.Tensor] = {}
     n_ex = min(cfg["num_examples"], len(indices))
@@ -210,11 +240,12 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         shape = tuple(images.shape[-2:])
         seen_labels.append(labels.numpy())
         for name, grid in conds:
-            x = _manipulate(name, grid, images, idx, cfg)
+            x = _manipulate(name, grid, images, idx, cfg, mean, std)
             if name not in examples:
                 examples[name] = x[:n_ex]
             for m, model in models.items():
                 logits = forward(model, x, cfg["batch_size"])
+                preds[m, name].append(logits.float().argmax(1).numpy())
                 for k in (1, 5):
                     hits[m, name, k].append(topk_correct(logits, labels, k).numpy())
                 for group, ids in groups.items():
@@ -234,6 +265,9 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
             rows.append({**row, "n": n})
     table = pd.DataFrame(rows)
     tables = {"accuracy": table}
+    if cfg["per_image"]:
+        tables["per_image"] = per_image_table(preds, indices, np.concatenate(seen_labels) if seen_labels else
+                                              np.zeros(0, int), models, conds)
     if cfg["groups"]:
         tables["accuracy_by_group"] = group_table(hits, np.concatenate(seen_labels) if seen_labels else np.zeros(0),
                                                   models, conds, cfg, groups)
@@ -248,6 +282,22 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                            "examples": examples_figure(examples, mean, std)},
                   raw=jsonable(raw), summary=summary)
 
+
+
+def _image_side(dataset, indices) -> int | None:
+    """The side of the images (the first one's width), for the grid of ``tile_px``."""
+    return int(dataset[indices[0]][0].shape[-1]) if len(indices) else None
+
+
+def per_image_table(preds: dict, indices, labels: np.ndarray, models, conds) -> pd.DataFrame:
+    """One row per (model, condition, image): dataset index, label, top-1 prediction, correct."""
+    frames = []
+    for m in models:
+        for name, grid in conds:
+            pred = np.concatenate(preds[m, name]) if preds[m, name] else np.zeros(0, int)
+            frames.append(pd.DataFrame({"model": m, "condition": name, "grid": grid, "index": indices,
+                                        "label": labels, "pred": pred, "correct": pred == labels}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def accuracy_figure(table: pd.DataFrame):
@@ -290,6 +340,12 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
     return {"accuracy_vs_grid": accuracy_figure(tables["accuracy"])} if "accuracy" in tables else {}
 
 
+def check(cfg: Mapping, classes, image_size) -> None:
+    group_ids(cfg, classes)
+    if cfg["remainder"] not in ("keep", "black"):
+        raise ConfigError(f"signatures.scrambling.remainder: '{cfg['remainder']}' is neither keep nor black")
+
+
 register(Experiment("scrambling", Config, run, figures=lambda tables, raw: figures_from_tables(tables),
                     summary="signature 1: accuracy on clean, g x g tile-scrambled and texturised images",
-                    check=lambda cfg, classes, image_size: group_ids(cfg, classes)))
+                    check=check))

@@ -86,7 +86,8 @@ def run_experiment(experiment: registry.Experiment | str, models: Mapping[str, n
 
 def combine(exp: registry.Experiment, results: list[Result]) -> Result:
     """One Result from its units': tables concatenated in unit order, raw dicts merged (the first unit's
-    value of a key that is not a dict), figures redrawn from the combined tables."""
+    value of a key that is not a dict), figures redrawn from the combined tables (any other: the first unit's of
+    its name)."""
     import matplotlib.pyplot as plt
     tables = {name: pd.concat([r.tables[name] for r in results if name in r.tables], ignore_index=True)
               for name in dict.fromkeys(n for r in results for n in r.tables)}
@@ -97,11 +98,17 @@ def combine(exp: registry.Experiment, results: list[Result]) -> Result:
                 raw[k] = {**raw[k], **v}
             else:
                 raw.setdefault(k, v)
-    for r in results:                                 # the units' own figures are redrawn below
-        for fig in r.figures.values():
-            if not isinstance(fig, (str, Path)):
-                plt.close(fig)
     figures = exp.figures(tables, raw) if exp.figures else {}
+    kept: dict = {}     # figures the tables do not determine (e.g. example images): the first unit's of each name
+    for r in results:
+        for name, fig in r.figures.items():
+            if name not in figures:
+                kept.setdefault(name, fig)
+    for r in results:                                 # the units' own figures, redrawn above
+        for name, fig in r.figures.items():
+            if not isinstance(fig, (str, Path)) and kept.get(name) is not fig:
+                plt.close(fig)
+    figures = {**kept, **figures}
     return Result(tables=tables, figures=figures, raw=raw, summary=" | ".join(r.summary for r in results if r.summary),
                   header=results[0].header)
 

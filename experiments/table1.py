@@ -1,130 +1,133 @@
-"""Table 1 of the 15-Scene reproducibility report, by the report's protocol (``experiment=table1``, as its
-notebooks ran it: docs/report_protocol.md): train (or reuse) every model, then val / test / scrambled-test
-top-1 beside the published numbers.
+"""Table 1 of the 15-Scene reproducibility report: the report of a pipeline config (configs/experiment/table1.yaml,
+``pipeline.report: table1``), by the report's protocol as its notebooks ran it (docs/report_protocol.md).
 
-``init`` picks each row's model entry (``table1.models.<label>.<init>``): ``imagenet`` = the report's starting
-points (the authors' BagNet release, pytorchcv's ImageNet weights for the baselines), ``scratch`` = random
-init. With ``imagenet`` every model's weights are fetched before anything trains; missing ones are named
-(file, url, where to put it) together. Each model is a ``task=train`` run composed by Hydra from this run's
-command line with ``model=<option>`` (so finished runs are reused and interrupted ones resume); the scrambled
-test cuts every test image into the report's ``scramble_grid`` x ``scramble_grid`` tiles, permutes them
-(seeded per image) and blackens any remainder, as the report's scrambling notebook does.
+The pipeline trains (or reuses, or resumes) every model of ``pipeline.train`` (the init's entries:
+``table1.models.<init>``; with ``imagenet`` every release file is fetched before anything trains) and the
+``pipeline.seed_models`` again at each of ``pipeline.extra_seeds``, then runs the registered ``scrambling``
+experiment on the test split: the report's 4 x 4 grid, tiles permuted (seeded per image), the remainder
+blackened as the report's scrambling notebook, plus the grid of the report's tile size in pixels. This module
+only reads what they returned: val / test top-1 from each run's own predictions, scrambled test top-1 and the
+share of clean accuracy kept from the scrambling experiment's per-image table (its clean and scrambled
+forwards: the same numerics on the same images), the contrasts, the seeds and their spread.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from bagnet import io
-from bagnet.checkpoint import load_run, model_kwargs
+from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
-from bagnet.errors import WeightsError
-from bagnet.models import is_bagnet
-from bagnet.models.releases import check_weights, locate_weights
+from bagnet.models.releases import locate_weights
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci
 from bagnet.verdicts import reading
-from bagnet.train import evaluate_model
 
 from . import published
-from .training import estimate_training, model_overrides, train_models
-from .scrambling import scramble_batch
-from .registry import register_pipeline
+from .registry import register_report
+from .scrambling import tile_grid
 
 REPORT_TABLE1 = published.report_table1()   # the 15-Scene report's Table 1: model -> (val, test, scrambled test)
 
 
-
-def scramble_transform(g: int, seed: int, mean=None, std=None):
-    """A batch transform for :func:`bagnet.train.evaluate_model`: g x g tiles permuted per image; with
-    ``mean``/``std`` the remainder (rows/columns beyond g * (width // g)) is black, i.e. ``-mean/std`` after
-    normalisation, as the notebook's ``Image_Scrambling`` (tile side from the width, zero image)."""
-    def transform(images, indices):
-        out = scramble_batch(images, g, seed, indices)
-        if mean is not None:
-            side = g * (out.shape[-1] // g)
-            black = (-torch.as_tensor(mean) / torch.as_tensor(std)).to(out.device, out.dtype).view(3, 1, 1)
-            out[..., side:, :] = black
-            out[..., :, side:] = black
-        return out
-    return transform
-
-
-def table1_models(cfg: DictConfig) -> dict:
-    """Row label -> the model entry of ``cfg.init``."""
-    return {label: entries[cfg.init] for label, entries in cfg.table1.models.items()}
-
-
-def check_all_weights(ctx, models: dict) -> dict:
-    """Fetch every pretrained model's weights before anything trains; all missing files in one error, one
-    line each. Returns label -> release file (None: random init)."""
-    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model")]
-    files, missing = {}, []
-    for label, spec in models.items():
-        m = as_dict(replace(ctx, overrides=base).with_overrides("task=train", *model_overrides(spec)).cfg.model)
-        files[label] = None
-        if m.get("pretrained") or m.get("weights"):
-            try:
-                files[label] = check_weights(m["name"], **model_kwargs(m))
-            except WeightsError as e:
-                missing.append(f"{label}: {e}")
-    if missing:   # each file's url and where to put it on stdout; the error itself is one short line
-        print(f"init={ctx.cfg.init}: weights files missing:\n" + "\n".join(f"  {m}" for m in missing), flush=True)
-        raise WeightsError(f"init={ctx.cfg.init}: {len(missing)} of {len(models)} weights files missing, nothing was "
-                           f"trained (missing: {', '.join(m.split(':')[0] for m in missing)}; their urls are listed "
-                           "above): put them in $BAGNET_WEIGHTS_DIR, or train from random weights with init=scratch "
-                           "(make reproduce-table1 INIT=scratch)")
-    return files
-
-
-@register_pipeline("table1")
-def task(ctx) -> Result:
-    """Train (or reuse) every model of ``cfg.table1.models``, then val / test / scrambled-test top-1 with 95%
-    bootstrap intervals over images; ``table1.seed_models`` are trained again at each ``table1.extra_seeds``
-    (table ``seeds``: every seed's row; ``seed_spread``: mean, sd, range over seeds)."""
+@register_report("table1")
+def report(ctx, result: Result, trained: dict) -> Result:
+    """Table 1 (val / test / scrambled-test top-1 with 95% bootstrap intervals over images, beside the report's
+    numbers), the contrasts against ``table1.reference`` and ``table1.contrast_pairs``, and with extra seeds the
+    table ``seeds`` (every seed's row) and ``seed_spread`` (mean, sd, range over seeds)."""
     cfg = ctx.cfg
-    models = table1_models(cfg)
-    release_files = check_all_weights(ctx, models)
-    seed_models = {label: models[label] for label in cfg.table1.get("seed_models") or [] if label in models}
-    extra_seeds = list(cfg.table1.get("extra_seeds") or []) if seed_models else []
-
-    def seed_overrides(seed: int) -> list[str]:
-        extra = [f"seed={seed}"]
-        if ctx.with_overrides(*extra).cfg.run_name == cfg.run_name:   # a run_name= without the seed
-            extra.append(f"run_name={cfg.run_name}-seed{seed}")
-        return extra
-    if ctx.dist.is_main and cfg.table1.get("estimate", True):
-        estimate_training(ctx, {"": (models, []), **{f" seed {s}": (seed_models, seed_overrides(s))
-                                                     for s in extra_seeds}})
-    rows, raw, per_image = [], {}, {}
-    for label, (sub, summary) in train_models(ctx, models).items():
-        row, raw[label], per_image[label] = evaluate_row(ctx, label, sub, summary)
-        at = list(row).index("init") + 1                     # weights beside init, as before
-        items = list(row.items())
-        rows.append(dict(items[:at] + [("weights", release_files[label] or "–")] + items[at:]))
+    seed_runs = result.raw.get("seed_runs") or {}
+    releases = result.raw.get("release_files") or {}    # label -> the release file it started from (None: random)
+    per_image = result.parts["scrambling"].tables["per_image"]
+    rows, raw, correctness = [], {}, {}
+    for label, (sub, summary) in trained.items():
+        if label in seed_runs:
+            continue
+        rows.append(table1_row(cfg, label, sub, summary, per_image, releases.get(label)))
+        raw[label], correctness[label] = run_raw(sub, summary, rows[-1]), per_image_correctness(sub, label, per_image, cfg)
     df = pd.DataFrame(rows)
     tables = {"table1": df}
-    if cfg.table1.get("reference") in per_image:
-        tables["contrasts"] = contrasts(per_image, cfg.table1.reference, cfg.seed,
+    if cfg.table1.get("reference") in correctness:
+        tables["contrasts"] = contrasts(correctness, cfg.table1.reference, cfg.seed,
                                         [list(p) for p in cfg.table1.get("contrast_pairs") or []])
-    if extra_seeds:
-        seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in seed_models]
-        for seed in extra_seeds:
-            for label, (sub, summary) in train_models(ctx, seed_models, *seed_overrides(seed)).items():
-                row, raw[f"{label} seed {seed}"], _ = evaluate_row(ctx, label, sub, summary)
-                seed_rows.append({"seed": seed, **row})
+    if seed_runs:
+        seed_rows = [{"seed": cfg.seed, **r} for r in rows if r["model"] in {s["model"] for s in seed_runs.values()}]
+        for label, s in seed_runs.items():
+            sub, summary = trained[label]
+            row = table1_row(cfg, label, sub, summary, per_image, releases.get(s["model"]))
+            seed_rows.append({"seed": s["seed"], **row, "model": s["model"]})
+            raw[label] = run_raw(sub, summary, row)
         seeds = pd.DataFrame(seed_rows)
         seeds = seeds[["model", "seed", *metric_columns(seeds), "run_dir"]]
         tables["seeds"], tables["seed_spread"] = seeds.sort_values(["model", "seed"]), seed_spread(seeds)
     return Result(tables=tables, figures={"table1": table1_figure(df)}, raw=raw,
                   header=lambda prov: table1_header(cfg, prov),
                   summary=" | ".join(f"{r['model']} {r['test']:.3f}/{r['scrambled test']:.3f}" for r in rows))
+
+
+def scrambled_columns(cfg: DictConfig) -> dict[int, tuple[str, str]]:
+    """grid -> (its scrambled column, its kept column): the report's grid, and the grid of the report's tile
+    size in pixels when the images are not the report's 224 px."""
+    s = cfg.signatures.scrambling
+    out = {int(s.grids[0]): ("scrambled test", "kept")}
+    extra = tile_grid(int(cfg.data.image_size), list(s.grids), s.get("tile_px"))
+    if extra:
+        out[extra] = tile_columns(int(s.tile_px))
+    return out
+
+
+def per_image_correctness(sub, label: str, per_image: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
+    """Per test image (index): ``test`` (the run's own predictions) and, per scrambled column, the pair
+    (scrambled, clean) of the scrambling experiment, as :func:`contrasts` reads them."""
+    test = correct(pd.read_csv(Path(sub.cfg.run_dir) / "eval" / "predictions_test.csv.gz"))
+    mine = per_image[per_image["model"] == label]
+    clean = mine[mine["condition"] == "clean"].set_index("index")["correct"].astype(float)
+    out = {"test": test.astype(float)}
+    for g, (column, _) in scrambled_columns(cfg).items():
+        s = mine[mine["condition"] == f"scrambled_{g}x{g}"].set_index("index")["correct"].astype(float)
+        out[column], out[f"clean for {column}"] = s.reindex(test.index), clean.reindex(test.index)
+    return pd.DataFrame(out)
+
+
+def table1_row(cfg: DictConfig, label: str, sub, summary: dict, per_image: pd.DataFrame, release: str | None) -> dict:
+    """One model's Table 1 row: accuracies with 95% bootstrap CIs over images, the share of clean test accuracy
+    kept when scrambled with its paired CI, the report's numbers, how the run was trained."""
+    run_dir = Path(sub.cfg.run_dir)
+    row = {"model": label}
+    for split in ("val", "test"):
+        c = correct(pd.read_csv(run_dir / "eval" / f"predictions_{split}.csv.gz"))
+        row.update(with_ci(split, bootstrap_ci(c.to_numpy(float), seed=cfg.seed)))
+    c = per_image_correctness(sub, label, per_image, cfg)
+    for g, (column, kept) in scrambled_columns(cfg).items():
+        s, clean = c[column].to_numpy(), c[f"clean for {column}"].to_numpy()
+        row.update(with_ci(column, bootstrap_ci(s, seed=cfg.seed)))
+        row.update(with_ci(kept, ratio_ci(s, clean, seed=cfg.seed)))
+    pub = REPORT_TABLE1.get(label, (None, None, None))
+    m = as_dict(sub.cfg.model)
+    pretrained = bool(m.get("pretrained") or m.get("weights"))
+    extra = len(scrambled_columns(cfg)) > 1
+    row.update({"report val": pub[0], "report test": pub[1], "report scrambled": pub[2],
+                "report kept": round(pub[2] / pub[1], 4) if pub[2] and pub[1] else None,
+                "init": "imagenet" if pretrained else "scratch", "weights": release or "–",
+                "epochs": summary["epochs"], "stopped early": summary.get("stopped_early"),
+                "image_size": int(cfg.data.image_size), "width": sub.cfg.model.get("width", "torchvision"),
+                "patch_size": sub.cfg.model.get("patch_size") if m["name"] == "bagnet" else None,   # q; None: not a BagNet
+                "report_tile_px": int(cfg.signatures.scrambling.tile_px) if extra else None,   # the `(N px tiles)` columns' N
+                "train_s": round(summary["train_wall_s"]), "run_dir": str(run_dir)})
+    return row
+
+
+def run_raw(sub, summary: dict, row: dict) -> dict:
+    """A row's raw entry: its run, its evaluation and training summary, the weights file it started from."""
+    m = as_dict(sub.cfg.model)
+    weights = locate_weights(m["name"], **model_kwargs(m)) if (m.get("pretrained") or m.get("weights")) else None
+    return {"run_dir": str(sub.cfg.run_dir), "eval": summary["eval"],
+            "scrambled": {c: row[c] for c in row if c.startswith("scrambled test") and not c.endswith(("_lo", "_hi"))},
+            "weights_file": str(weights) if weights else None,
+            "summary": {k: v for k, v in summary.items() if k != "eval"}}
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -142,56 +145,6 @@ def with_ci(name: str, ci) -> dict:
     return {name: ci.estimate, f"{name}_lo": ci.lo, f"{name}_hi": ci.hi}
 
 
-def evaluate_row(ctx, label: str, sub, summary: dict) -> tuple[dict, dict, pd.DataFrame]:
-    """One model's Table 1 row (accuracies with 95% bootstrap CIs over images, the share of clean test
-    accuracy kept when scrambled with its paired CI), its raw entry, and its per-image test correctness
-    (columns ``test`` and one per scrambled column, indexed by dataset index)."""
-    cfg, t1 = ctx.cfg, ctx.cfg.table1
-    started = time.perf_counter()
-    run_dir = Path(sub.cfg.run_dir)
-    data = sub.data
-    model, _ = load_run(run_dir / "checkpoints" / "best.pt")
-    clean = {split: correct(pd.read_csv(run_dir / "eval" / f"predictions_{split}.csv.gz")) for split in ("val", "test")}
-    row = {"model": label}
-    for split, c in clean.items():
-        row.update(with_ci(split, bootstrap_ci(c.to_numpy(), seed=cfg.seed)))
-    grids = {"scrambled test": (t1.scramble_grid, "kept")}   # column -> (grid, its kept column)
-    same_px = same_tile_grid(data.image_size, t1.scramble_grid, t1.get("report_tile_px"))
-    if same_px:  # the report's tile size in pixels (its 4x4 grid on 224 px images = 56 px tiles)
-        scrambled_column, kept_column = tile_columns(t1.report_tile_px)
-        grids[scrambled_column] = (same_px, kept_column)
-    scrambled, per_image = {}, {"test": clean["test"]}
-    for column, (g, kept) in grids.items():
-        m, scr_df = evaluate_model(model, data, ["test"], as_dict(sub.cfg), ctx.device,
-                                   transform=scramble_transform(g, cfg.seed, data.mean, data.std),
-                                   suffix=f" scrambled {g}x{g}")["test"]
-        if ctx.dist.is_main:   # the one process that writes, holding the run dir's lock as its training did
-            with io.dir_lock(run_dir):
-                io.write_predictions(scr_df, run_dir / "eval" / f"predictions_test_scrambled{g}.csv.gz")
-        s = correct(scr_df).reindex(clean["test"].index)
-        row.update(with_ci(column, bootstrap_ci(s.to_numpy(), seed=cfg.seed)))
-        row.update(with_ci(kept, ratio_ci(s.to_numpy(), clean["test"].to_numpy(), seed=cfg.seed)))
-        scrambled[column] = m
-        per_image[column] = s
-    pub = REPORT_TABLE1.get(label, (None, None, None))
-    m = as_dict(sub.cfg.model)
-    pretrained = bool(m.get("pretrained") or m.get("weights"))
-    loaded = locate_weights(m["name"], **model_kwargs(m)) if pretrained else None
-    row.update({"report val": pub[0], "report test": pub[1], "report scrambled": pub[2],
-                "report kept": round(pub[2] / pub[1], 4) if pub[2] and pub[1] else None,
-                "init": "imagenet" if pretrained else "scratch",
-                "epochs": summary["epochs"], "stopped early": summary.get("stopped_early"),
-                "image_size": data.image_size, "width": sub.cfg.model.get("width", "torchvision"),
-                "patch_size": model.patch_size if is_bagnet(model) else None,   # q; None: not a BagNet
-                "report_tile_px": t1.report_tile_px if same_px else None,      # the `(N px tiles)` columns' N
-                "train_s": round(summary["train_wall_s"]), "run_dir": str(run_dir)})
-    raw = {"run_dir": str(run_dir), "eval": summary["eval"], "scrambled": scrambled,
-           "weights_file": str(loaded) if loaded else None,
-           "summary": {k: v for k, v in summary.items() if k != "eval"},
-           "wall_s": time.perf_counter() - started}
-    return row, raw, pd.DataFrame(per_image)
-
-
 def _kept_diff(a, b, axis: int = 0):
     """(scrambled / clean accuracy of a) - (the same of b); a, b: [..., images, 2] = (scrambled, clean)."""
     ma, mb = np.mean(a, axis=axis), np.mean(b, axis=axis)
@@ -203,17 +156,17 @@ def contrasts(per_image: dict, reference: str, seed: int, pairs=()) -> pd.DataFr
     """Every model against ``reference`` (and each ``[model, minus]`` of ``pairs``) on the same test
     images: the clean top-1 difference and the difference in the share of clean accuracy kept when
     scrambled (the report's signature: a BagNet keeps more), each with a paired bootstrap 95% CI over
-    images and a two-sided verdict."""
+    images and a two-sided verdict. ``per_image``: label -> frame of :func:`per_image_correctness`."""
     rows = []
     todo = [(label, reference) for label in per_image if label != reference]
     todo += [(a, b) for a, b in pairs if a in per_image and b in per_image]
     for label, minus in todo:
-        df, ref = per_image[label], per_image[minus]
-        a, b = df.to_numpy(float), ref.reindex(df.index).to_numpy(float)
-        stats = {"test": paired_bootstrap_ci(a[:, 0], b[:, 0], seed=seed)}
-        for j, column in enumerate(df.columns[1:], start=1):
-            kept = "kept" + column.removeprefix("scrambled test")
-            stats[kept] = paired_bootstrap_ci(a[:, [j, 0]], b[:, [j, 0]], _kept_diff, seed=seed)
+        df, ref = per_image[label], per_image[minus].reindex(per_image[label].index)
+        stats = {"test": paired_bootstrap_ci(df["test"].to_numpy(float), ref["test"].to_numpy(float), seed=seed)}
+        for column in [c for c in df.columns if c.startswith("scrambled test")]:
+            pair = [column, f"clean for {column}"]
+            stats["kept" + column.removeprefix("scrambled test")] = paired_bootstrap_ci(
+                df[pair].to_numpy(float), ref[pair].to_numpy(float), _kept_diff, seed=seed)
         for metric, ci in stats.items():
             rows.append({"model": label, "minus": minus, "metric": metric, "difference": ci.estimate,
                          "lo": ci.lo, "hi": ci.hi, "verdict": reading(*ci)})
@@ -227,19 +180,6 @@ def seed_spread(seeds: pd.DataFrame) -> pd.DataFrame:
     out = long.groupby(["model", "metric"], sort=False)["value"].agg(
         n_seeds="count", mean="mean", sd="std", min="min", max="max").reset_index()
     return out
-
-
-def same_tile_grid(image_size: int, grid: int, tile_px: int | None) -> int | None:
-    """The grid whose tiles are closest to ``tile_px`` pixels, if ``grid`` gives other tiles (else None).
-
-    Scrambling destroys every patch that straddles a tile border; with tiles smaller than q (e.g. the 4x4
-    grid on the cpu profile's 112 px images: 28 px < 33) a BagNet-q loses all its intact patches, which the
-    report's 56 px tiles never caused. So the table adds the report's tile size in pixels.
-    """
-    if not tile_px:
-        return None
-    g = round(image_size / tile_px)
-    return g if g != grid and g >= 2 else None   # one tile (or none) per image: nothing to scramble
 
 
 def tile_columns(px: int) -> tuple[str, str]:
@@ -294,15 +234,15 @@ def table1_figure(df: pd.DataFrame):
 
 
 def tile_note(cfg: DictConfig) -> str:
-    t1, size = cfg.table1, cfg.data.image_size
-    g, tile = t1.scramble_grid, size // t1.scramble_grid
+    s, size = cfg.signatures.scrambling, int(cfg.data.image_size)
+    g, tile = int(s.grids[0]), size // int(s.grids[0])
     rem = size - g * tile
     note = (f" ({tile} px tiles, remainder {rem} px black as in the report's scrambling notebook)" if rem else
             f" ({tile} px tiles, no remainder, as the report's 224 px / 4 = 56 px)")
-    alt = same_tile_grid(size, g, t1.get("report_tile_px"))
+    alt = tile_grid(size, list(s.grids), s.get("tile_px"))
     if alt:
-        note += (f"; the report's tiles were {t1.report_tile_px} px: the column `scrambled test "
-                 f"({t1.report_tile_px} px tiles)` uses a {alt}x{alt} grid, the report's tile size in pixels")
+        note += (f"; the report's tiles were {s.tile_px} px: the column `scrambled test "
+                 f"({s.tile_px} px tiles)` uses a {alt}x{alt} grid, the report's tile size in pixels")
     return note
 
 
@@ -337,8 +277,9 @@ def table1_header(cfg: DictConfig, prov: dict) -> str:
     return (f"Table 1 of the 15-Scene reproducibility report, reproduced with `experiment=table1` ({recipe}), "
             f"profile `{cfg.profile_name}`, `init={init}`: {start}; {protocol_note(cfg)}; BagNet width "
             f"{'64' if init == 'imagenet' else cfg.bagnet_width}, seed {cfg.seed}. Scrambled = test images cut "
-            f"into a {cfg.table1.scramble_grid}x{cfg.table1.scramble_grid} grid, tiles permuted (seeded)"
-            f"{tile_note(cfg)}. `report *` columns are the published numbers; `init` says how each model of ours "
+            f"into a {cfg.signatures.scrambling.grids[0]}x{cfg.signatures.scrambling.grids[0]} grid, tiles permuted (seeded)"
+            f"{tile_note(cfg)}; scrambled test and `kept` come from one forward pass of each model on the clean and the "
+            f"scrambled images (`kept` = scrambled / that clean top-1). `report *` columns are the published numbers; `init` says how each model of ours "
             f"started, `weights` from which release file. This task took {prov['wall_s'] / 60:.1f} min on "
             f"{prov['device']} (training included only for runs it had to train; each run's own time: `train_s`).")
 
@@ -353,7 +294,9 @@ def table1_overview(root: str | Path) -> tuple[pd.DataFrame, str] | None:
     for raw_path in sorted(Path(root).glob("*/raw.json")):
         blob = io.read_result(raw_path)
         prov = blob.get("provenance") or {}
-        if (prov.get("config") or {}).get("task") != "table1" or "table1" not in (blob.get("tables") or {}):
+        config = prov.get("config") or {}
+        made_by_table1 = config.get("task") == "table1" or (config.get("pipeline") or {}).get("report") == "table1"
+        if not made_by_table1 or "table1" not in (blob.get("tables") or {}):   # task=table1: before the config pipeline
             continue
         df = pd.DataFrame(blob["tables"]["table1"])
         df["profile"] = raw_path.parent.name

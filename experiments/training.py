@@ -6,7 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
+from bagnet.errors import WeightsError
+from bagnet.models.releases import check_weights
 from bagnet.tasks import finished_summary, fit_run
 from bagnet.estimate import estimate_train_seconds
 
@@ -67,3 +70,28 @@ def train_models(ctx, models: Mapping, *extra: str) -> dict:
     other overrides (``extra`` ones, e.g. ``seed=1``, replace this run's value of that key); returns
     label -> (the sub-run's Context, its summary)."""
     return {label: (sub, fit_run(sub)) for label, sub in sub_runs(ctx, models, *extra).items()}
+
+
+def check_all_weights(ctx, models: Mapping) -> dict:
+    """Fetch the weights of every pretrained ``label -> model entry`` before anything trains; all missing files
+    in one error, one line each (each file's url and where to put it above it, on stdout). Returns label ->
+    release file name (None: random init)."""
+    files, missing = {}, []
+    for label, sub in sub_runs(ctx, models).items():
+        m = as_dict(sub.cfg.model)
+        files[label] = None
+        if m.get("pretrained") or m.get("weights"):
+            try:
+                files[label] = check_weights(m["name"], **model_kwargs(m))
+            except WeightsError as e:
+                missing.append(f"{label}: {e}")
+    if missing:
+        init = ctx.cfg.get("init")
+        where = f"init={init}: " if init else ""
+        print(f"{where}weights files missing:\n" + "\n".join(f"  {m}" for m in missing), flush=True)
+        scratch = (", or train from random weights with init=scratch (make reproduce-table1 INIT=scratch)"
+                   if init == "imagenet" else "")
+        raise WeightsError(f"{where}{len(missing)} of {len(models)} weights files missing, nothing was trained "
+                           f"(missing: {', '.join(m.split(':')[0] for m in missing)}; their urls are listed above): "
+                           f"put them in $BAGNET_WEIGHTS_DIR{scratch}")
+    return files

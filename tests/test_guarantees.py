@@ -177,7 +177,7 @@ def probe_task(ctx) -> Result:
 @pytest.mark.parametrize("extra", [[], ["experiment=table1"], ["experiment=demo"], ["experiment=signatures"],
                                    ["experiment=eval_imagenet"]], ids=["plain", "table1", "demo", "signatures", "imagenet"])
 def test_debug_fast_writes_results_under_runs(tmp_path, extra, compose_config):
-    for task in ("train", "heatmaps", "scrambling", "table1", "demo", "pipeline"):
+    for task in ("train", "heatmaps", "scrambling", "demo", "pipeline"):
         cfg = compose_config(f"task={task}", *extra, "debug=fast")
         assert Path(cfg.out_dir).is_relative_to(Path(cfg.paths.runs_dir)), (task, cfg.out_dir)
         assert not Path(cfg.out_dir).is_relative_to(tmp_path / "results"), (task, cfg.out_dir)

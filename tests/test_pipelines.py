@@ -22,10 +22,9 @@ TINY = ["data=synthetic", "data.image_size=64", "data.samples_per_class=6", "dat
         "trainer.batch_size=4", "device=cpu", "bagnet_width=4"]
 
 
-TABLE1 = ["task=table1", "experiment=table1", "init=scratch", *TINY, "table1.extra_seeds=[1]",
-          "table1.seed_models=[BagNet-33]"]
+TABLE1 = ["experiment=table1", "init=scratch", *TINY, "pipeline.extra_seeds=[1]", "pipeline.seed_models=[BagNet-33]"]
 # the fast suite's Table 1: the reference, and the two BagNets of a contrast pair and of the seed runs
-THREE = [f"~table1.models.{label}" for label in ("DenseNet-121", "DenseNet-169", "CBAM-ResNet-50", "BagNet-9")]
+THREE = [f"~table1.models.scratch.{label}" for label in ("DenseNet-121", "DenseNet-169", "CBAM-ResNet-50", "BagNet-9")]
 
 
 def test_table1_pipeline_on_three_models(tmp_path, run_in_process):
@@ -44,15 +43,19 @@ def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str
     """Every cell, contrast and seed row of a tiny Table 1 recomputed from the files its runs wrote."""
     table = result.tables["table1"]
     assert list(table["model"]) == labels
-    # every cell is recomputed from the per-image prediction files the runs wrote (a wrong split, a
-    # clean file read as scrambled, or a ratio of the wrong columns fails here)
-    g = cfg.table1.scramble_grid
+    # every cell is recomputed from the per-image prediction files the runs wrote and the scrambling experiment's
+    # per-image table of each model (a wrong split, a clean file read as scrambled, a ratio of the wrong columns
+    # or a scrambled image of another model fails here)
+    g = cfg.signatures.scrambling.grids[0]
     for _, row in table.iterrows():
         ev = Path(row["run_dir"]) / "eval"
-        acc = {name: pd.read_csv(ev / f"predictions_{name}.csv.gz").eval("pred == label").mean()
-               for name in ("val", "test", f"test_scrambled{g}")}
+        acc = {name: pd.read_csv(ev / f"predictions_{name}.csv.gz").eval("pred == label").mean() for name in ("val", "test")}
+        per_image = pd.read_csv(next((Path(cfg.run_dir) / "scrambling" / "all").glob("per_image.csv*")))
+        per_image = per_image[per_image["model"] == row["model"]]
+        for name in ("clean", f"scrambled_{g}x{g}"):
+            acc[name] = (per_image.query("condition == @name").eval("pred == label")).mean()
         assert (row["val"], row["test"], row["scrambled test"], row["kept"]) == pytest.approx(
-            (acc["val"], acc["test"], acc[f"test_scrambled{g}"], acc[f"test_scrambled{g}"] / acc["test"]),
+            (acc["val"], acc["test"], acc[f"scrambled_{g}x{g}"], acc[f"scrambled_{g}x{g}"] / acc["clean"]),
             nan_ok=True), row["model"]
         for col in ("val", "test", "scrambled test", "kept"):
             assert np.isnan(row[f"{col}_lo"]) or row[f"{col}_lo"] <= row[col] <= row[f"{col}_hi"], (row["model"], col)
@@ -79,7 +82,7 @@ def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str
     overview, _ = table1_overview(out.parent)  # every profile's table side by side (make render-results)
     assert list(overview["profile"]) == [out.name] * len(labels) and list(overview["model"]) == labels
     raw = json.loads((out / "raw.json").read_text())
-    assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["task"] == "table1"
+    assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["pipeline"]["report"] == "table1"
     for label, entry in raw["raw"].items():  # every cell comes from a run dir with its config
         assert (Path(entry["run_dir"]) / "config.yaml").is_file(), label
     assert Image.open(out / "table1.png").size[0] > 100
@@ -388,11 +391,10 @@ def test_signatures_find_the_table1_runs_of_their_init(init, profile):
     """make signatures INIT=... reads exactly the run dirs make reproduce-table1 INIT=... trains (and the
     VGG-16 run of make signatures' own training step), at either profile; results go to <profile>-<init>."""
     from experiments.training import model_overrides
-    from experiments.table1 import table1_models
     common = [f"init={init}", f"profile={profile}", "data=scene15"]
     t1 = compose(["experiment=table1", *common])
     expected = {label: compose(["task=train", "experiment=table1", *common, *model_overrides(spec)]).run_dir
-                for label, spec in table1_models(t1).items()}
+                for label, spec in t1.pipeline.train.items()}
     vgg = ["model=vgg16", "model.pretrained=true"] if init == "imagenet" else ["model=vgg16_bn"]   # the Makefile's
     expected["VGG-16"] = compose(["task=train", "experiment=table1", *common, *vgg]).run_dir
     sig = compose(["experiment=signatures", *common])

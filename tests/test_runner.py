@@ -187,7 +187,7 @@ def test_a_user_error_is_one_line_with_exit_code_2(tmp_path, args, expect, run_c
 @pytest.mark.parametrize("args, expect", [
     (["model=bagnet34"], "Could not find 'model/bagnet34'"),
     (["data=imagenet2"], "Could not find 'data/imagenet2'"),
-    (["task=table1", "experiment=table1", "init=scrach"], "Could not find 'init/scrach'"),
+    (["experiment=table1", "init=scrach"], "Could not find 'init/scrach'"),
     (["task=scrambling", "experiment=signatures", "init=scrach"], "Could not find 'init/scrach'"),
     (["model.patch_sizee=9"], "Could not override 'model.patch_sizee'"),
 ])

@@ -215,20 +215,24 @@ def test_squash_without_augmentation_is_the_notebooks_transform(tmp_path):
 
 
 def test_table1_scrambling_blackens_the_remainder_as_the_notebook():
-    from experiments.table1 import scramble_transform
+    from experiments.scrambling import _manipulate
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    cfg = as_dict(compose(["experiment=table1"]).signatures.scrambling) | {"seed": 0}
     black = (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
     x = torch.randn(2, 3, 66, 66)
-    out = scramble_transform(4, 0, mean, std)(x, [0, 1])          # 16 px tiles, 2 px remainder
+    out = _manipulate("scrambled_4x4", 4, x, [0, 1], cfg, mean, std)    # 16 px tiles, 2 px remainder
     assert torch.equal(out[..., 64:, :], black.expand(2, 3, 2, 66))
     assert torch.equal(out[..., :, 64:], black.expand(2, 3, 66, 2))
     tiles = lambda im: sorted(im[:, r:r + 16, c:c + 16].sum().item() for r in range(0, 64, 16)  # noqa: E731
                               for c in range(0, 64, 16))
     assert tiles(out[0]) == pytest.approx(tiles(x[0]))             # the core is a permutation of the tiles
     assert not torch.equal(out[0, :, :64, :64], x[0, :, :64, :64])
+    # the signatures' default keeps the remainder in place
+    kept = _manipulate("scrambled_4x4", 4, x, [0, 1], {**cfg, "remainder": "keep"}, mean, std)
+    assert torch.equal(kept[..., 64:, :], x[..., 64:, :]) and torch.equal(kept[..., :64, :64], out[..., :64, :64])
     # 224 / 4 (the report's) and 64 / 4 have no remainder: nothing is blackened
     y = torch.randn(1, 3, 64, 64)
-    assert tiles(scramble_transform(4, 0, mean, std)(y, [0])[0]) == pytest.approx(tiles(y[0]))
+    assert tiles(_manipulate("scrambled_4x4", 4, y, [0], cfg, mean, std)[0]) == pytest.approx(tiles(y[0]))
 
 
 # ---------------------------------------------------------------- end to end with release-format weights
@@ -285,7 +289,7 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
 
 
-E2E = ["task=table1", "experiment=table1", "init=imagenet", "data=imagefolder", "data.image_size=64",
+E2E = ["experiment=table1", "init=imagenet", "data=imagefolder", "data.image_size=64",
        "data.val_fraction=0.4", "device=cpu", "trainer.epochs=2", "trainer.max_steps_per_epoch=1",
        "trainer.progress=false", "trainer.eval_batch_size=16", "trainer.channels_last=false", "run_name=e2e"]
 
@@ -314,7 +318,7 @@ def reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, subset_of_
             cfg.trainer.schedule, cfg.trainer.patience, cfg.trainer.early_stop, cfg.trainer.factor,
             cfg.data.resize, cfg.data.train_augment) == ("adam", 4e-5, 4, 0.0, "plateau_halving", 3, 16, 0.5,
                                                          "squash", False)
-    labels = list(cfg.table1.models)
+    labels = list(cfg.pipeline.train)
     result = run_task(cfg, overrides)
     table = result.tables["table1"]
     assert list(table["model"]) == labels
@@ -349,9 +353,9 @@ def test_reproduce_table1_imagenet_on_two_models(tmp_path, monkeypatch, offline,
     """BagNet-9 (the authors' release format) and ResNet-50 (pytorchcv's), no extra seeds, no time estimate (its
     table1 path: test_table1_pipeline_on_three_models); every model and the extra seeds:
     test_reproduce_table1_imagenet_end_to_end."""
-    others = [f"~table1.models.{label}" for label in RELEASES if label not in ("ResNet-50", "BagNet-9")]
-    reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, subset_of_scene15, "table1.extra_seeds=[]",
-                              "table1.estimate=false", *others)
+    others = [f"~table1.models.imagenet.{label}" for label in RELEASES if label not in ("ResNet-50", "BagNet-9")]
+    reproduce_table1_imagenet(tmp_path, monkeypatch, release_weights, subset_of_scene15, "pipeline.extra_seeds=[]",
+                              "pipeline.estimate=false", *others)
 
 
 @pytest.mark.slow   # minutes on 2 cores: make test-slow / test-full (CI runs both); 2 models: the test above
@@ -428,14 +432,15 @@ REPORT_PROTOCOL = {"optimizer": "adam", "lr": 4.0e-5, "weight_decay": 0.0, "batc
 
 @pytest.mark.parametrize("profile, epochs", [("cpu", 20), ("gpu", 40)])
 def test_init_scratch_composes_its_own_recipe_not_the_fine_tuning_one(profile, epochs):
-    base = ["task=table1", "experiment=table1", f"profile={profile}"]
+    base = ["experiment=table1", f"profile={profile}"]
     scratch = as_dict(compose(base + ["init=scratch"]))
     assert scratch["init"] == "scratch" and scratch["run_name"] == "table1-scratch-seed0"
     assert {k: scratch["trainer"][k] for k in SCRATCH_RECIPE} == SCRATCH_RECIPE
     assert scratch["trainer"]["epochs"] == epochs
     assert scratch["data"]["train_augment"] is True and scratch["data"]["crop_scale"] == [0.35, 1.0]
     assert scratch["data"]["resize"] == "squash"   # the report's eval images stay
-    assert scratch["table1"]["scramble_grid"] == 4
+    assert scratch["signatures"]["scrambling"]["grids"] == [4]
+    assert scratch["signatures"]["scrambling"]["remainder"] == "black"
     # the fine-tuning protocol is untouched for the report's starting points (and is the default)
     for cfg in (as_dict(compose(base + ["init=imagenet"])), as_dict(compose(base))):
         assert cfg["init"] == "imagenet"
