@@ -112,6 +112,26 @@ def test_scrambling_known_answers():
     assert set(res.figures) == {"accuracy_vs_grid", "examples"}
 
 
+def test_scrambling_per_image_rows_and_the_grid_of_a_tile_size():
+    """Table 1's use: per-image rows that add up to the accuracy table, and ``tile_px`` adding the grid whose tiles
+    have that many pixels (16 px on 32 px images: 2x2) beside the 4x4 grid, never twice."""
+    ds = corner_dataset()
+    res = scrambling.run({"corner": CornerNet()}, ds, {"grids": [4], "tile_px": 16, "texture": False,
+                                                       "num_images": None, "per_image": True, **NO_BAR})
+    t = res.tables["accuracy"].set_index("condition")
+    assert list(t.index) == ["clean", "scrambled_4x4", "scrambled_2x2"]
+    rows = res.tables["per_image"]
+    assert len(rows) == 3 * len(ds) and sorted(set(rows["index"])) == list(range(len(ds)))
+    assert (rows["correct"] == (rows["pred"] == rows["label"])).all()
+    for condition, acc in rows.groupby("condition")["correct"].mean().items():
+        assert acc == pytest.approx(t.loc[condition, "top1"]), condition
+    assert t.loc["scrambled_2x2", "top1"] == pytest.approx(1 / 3)     # the corner tile always moves (derangement)
+    same = scrambling.run({"corner": CornerNet()}, ds, {"grids": [2], "tile_px": 16, "texture": False,
+                                                        "num_images": None, **NO_BAR})
+    assert list(same.tables["accuracy"]["condition"]) == ["clean", "scrambled_2x2"]
+    assert scrambling.tile_grid(112, [4], 56) == 2 and scrambling.tile_grid(224, [4], 56) is None
+
+
 def test_scramble_moves_every_tile():
     g = 2
     x = torch.arange(4.0).view(1, 1, 2, 2).repeat(50, 1, 1, 1)       # tile t has value t
