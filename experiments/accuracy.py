@@ -108,4 +108,5 @@ def check(cfg: Mapping, classes, image_size) -> None:
 
 
 register(Experiment("accuracy", Config, run, inputs="predictions", check=check,
+                    models_named=lambda c: [m for pair in c["contrasts"] for m in pair] + [c["reference"]] * bool(c["reference"]),
                     summary="top-1/top-5 with intervals, paired contrasts, top-1 per class"))

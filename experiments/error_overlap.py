@@ -234,5 +234,6 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame], metric: str = "top5"
 
 
 register(Experiment("error_overlap", Config, run, inputs="predictions",
+                    models_named=lambda c: [m for pair in (c["pairs"] or []) for m in pair] + list(c["reference"] or []),
                     figures=lambda tables, raw: figures_from_tables(tables),
                     summary="signature 3: class-wise accuracy correlation, shared errors and kappa per model pair"))

@@ -68,14 +68,20 @@ def task(ctx) -> Result:
     if not p["experiments"]:
         raise ConfigError("pipeline.experiments is empty; name registered experiments: "
                           + ", ".join(registry.registered()))
-    for name in p["experiments"]:   # a typo, or a key outside its range, fails before anything trains
-        registry.check(name, signature_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size))
+    labels = [*p["train"], *ctx.cfg.models]
+    for name in p["experiments"]:   # a typo, a key outside its range or a model it names but lacks fails before training
+        registry.check(name, signature_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size), labels)
     report = registry.report(p["report"]) if p["report"] else None
     unknown = sorted(set(p["seed_models"]) - set(p["train"])) if p["extra_seeds"] else []
     if unknown:
         raise ConfigError(f"pipeline.seed_models: {unknown} are not labels of pipeline.train ({', '.join(p['train'])}); "
                           "remove them, or set pipeline.extra_seeds=[]")
     seeded = {label: p["train"][label] for label in p["seed_models"]} if p["extra_seeds"] else {}
+    naming = [e.name for e in map(registry.get, p["experiments"])
+              if seeded and e.models_named and e.models_named(registry.check(e, signature_cfg(ctx, e.name)))]
+    if naming:   # the seed runs get the experiments among themselves: a model named by label is not there
+        raise ConfigError(f"pipeline.extra_seeds: {naming} name models by label, which the runs at other seeds "
+                          "are not; leave those keys unset or set pipeline.extra_seeds=[]")
     seed_runs = {seed: seed_overrides(ctx, seed) for seed in p["extra_seeds"] if seeded}
     releases = check_all_weights(ctx, p["train"]) if p["train"] else {}   # every missing file named before training
     if p["train"] and p["estimate"] and ctx.dist.is_main:

@@ -52,6 +52,9 @@ class Experiment:
     # run(..., cache=) receives the suite's cache of intermediate products (cache(name, key, compute) -> dict of
     # tensors, kept beside its units and reused while the key holds): work worth keeping inside one unit
     cached: bool = False
+    # (cfg) -> the model labels its keys name (e.g. sensitivity's targets): each must be a model it runs on, refused
+    # before anything trains (:func:`check` with ``models``)
+    models_named: Callable[[Mapping], list] | None = None
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -106,12 +109,14 @@ def get(name: str) -> Experiment:
     return experiments[name]
 
 
-def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: int | None = None) -> dict:
+def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: int | None = None,
+          models: list | None = None) -> dict:
     """Refuse a config of ``experiment`` before any work (before models are trained or loaded): unknown keys, wrong
     types, a value outside its key's range (declared beside the key in its ``Config``, :func:`experiments.keys.
     ranged`; the bounds on the image side with ``image_size``, the side of the images the models see, or the
-    experiment's own ``image_size`` key when set), then the experiment's own ``check``. Every error is one ConfigError naming ``signatures.<name>.<key>``. Returns the
-    typed config."""
+    experiment's own ``image_size`` key when set), then the experiment's own ``check``, and with ``models`` (the
+    labels it will run on) every label its keys name. Every error is one ConfigError naming ``signatures.<name>``.
+    Returns the typed config."""
     exp = get(experiment) if isinstance(experiment, str) else experiment
     where = f"signatures.{exp.name}"
     typed = typed_cfg(exp.schema, cfg, where)
@@ -123,6 +128,10 @@ def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: in
     check_keys(exp.schema, typed, where, image_size)
     if exp.check is not None:
         exp.check(typed, list(classes or []), image_size)
+    if models is not None and exp.models_named is not None:
+        unknown = [m for m in dict.fromkeys(exp.models_named(typed)) if m not in models]
+        if unknown:
+            raise ConfigError(f"{where}: {unknown} are not models of this run ({', '.join(map(str, models))})")
     return typed
 
 

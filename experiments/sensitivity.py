@@ -380,5 +380,6 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
 
 
 register(Experiment("sensitivity", Config, run, units=units, version=2,   # 2: regions from q, padded-only excluded
+                    models_named=lambda c: list(c["targets"] or []) + [c["bagnet"]] * bool(c["bagnet"]),
                     figures=lambda tables, raw: figures_from_tables(tables),
                     summary="signature 4: logit drop when occluding the regions each method ranks first"))

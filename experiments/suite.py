@@ -189,7 +189,7 @@ def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) ->
     store = Store(Path(cfg.run_dir), progress=False) if known else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
     for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded
-        registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size))   # its own size wins
+        registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size), list(specs))
     if store is not None:
         check_writable(Path(cfg.run_dir), "run_dir")
     def load(name: str) -> nn.Module:

@@ -51,7 +51,18 @@ def test_pipeline_refuses_a_bad_list_before_anything_trains(tmp_path, run_in_pro
                           r"heatmaps.classes: \['nope'\] are not classes"),
                          (["pipeline.experiments=[accuracy]", "signatures.accuracy.image_size=96"],
                           "signatures.accuracy.image_size"),
-                         (["pipeline.experiments=[accuracy]", "pipeline.report=nope"], "unknown pipeline.report")):
+                         (["pipeline.experiments=[accuracy]", "pipeline.report=nope"], "unknown pipeline.report"),
+                         # a model a key names but the run lacks (a misspelt label) is found before the training
+                         (["pipeline.experiments=[accuracy]", "signatures.accuracy.reference=B33"],
+                          r"signatures.accuracy: \['B33'\] are not models of this run \(B9\)"),
+                         (["pipeline.experiments=[error_overlap]", "signatures.error_overlap.reference=[B9,CNN]"],
+                          r"signatures.error_overlap: \['CNN'\] are not models"),
+                         (["pipeline.experiments=[sensitivity]", "signatures.sensitivity.targets=[resnet]"],
+                          r"signatures.sensitivity: \['resnet'\] are not models"),
+                         (["pipeline.experiments=[sensitivity]", "signatures.sensitivity.bagnet=B9",
+                           "pipeline.seed_models=[B9]", "pipeline.extra_seeds=[1]"], "name models by label"),
+                         (["pipeline.experiments=[accuracy]", "pipeline.seed_models=[B33]", "pipeline.extra_seeds=[1]"],
+                          r"pipeline.seed_models: \['B33'\] are not labels of pipeline.train")):
         with pytest.raises(ConfigError, match=message):
             run_in_process("task=pipeline", *tiny_overrides, "+pipeline.train.B9=bagnet9", *bad)
         assert not (tmp_path / "runs" / "train").exists(), bad
