@@ -112,6 +112,30 @@ def test_scrambling_known_answers():
     assert set(res.figures) == {"accuracy_vs_grid", "examples"}
 
 
+def test_texture_known_answers_with_a_synthesis_of_known_effect():
+    """The texture experiment's bookkeeping (which texture goes with which image and label, each condition's row),
+    proven with a stand-in synthesis whose effect is known: a cyclic shift by half the image. A pixel-statistics
+    model (GapNet) keeps exactly its clean accuracy on it and on the tiles; the corner reader loses the corner and
+    is right on exactly the class-0 third, as on the tiles (a derangement always moves the corner tile). The
+    synthesis itself: tests/test_texture_synthesis.py."""
+    from experiments import texture
+    ds = corner_dataset()
+    asked = []
+
+    def shifted(name, key, compute):   # the suite's cache, answering every chunk with its images shifted
+        asked.append(key["indices"])
+        images = torch.stack([ds[i][0] for i in key["indices"]])
+        return {"textures": images.roll((16, 16), (-2, -1)), "loss": torch.ones(len(images), 2)}
+    res = texture.run({"gap": GapNet(), "corner": CornerNet()}, ds,
+                      {"num_images": None, "chunk": 5, "steps": 1, "scramble_grid": 2, "num_examples": 2}, cache=shifted)
+    assert asked == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]       # every image once, in chunks
+    t = res.tables["accuracy"].set_index(["model", "condition"])
+    for condition in (texture.TEXTURE, "tiles 2x2"):
+        assert t.loc[("gap", condition), "top1"] == t.loc[("gap", "clean"), "top1"], condition
+        assert t.loc[("corner", condition), "top1"] == pytest.approx(1 / 3), condition
+    assert t.loc[("corner", "clean"), "top1"] == 1.0 and t["n"].eq(12).all()
+    assert t.loc[("corner", texture.TEXTURE), "top5_rel"] == 1.0        # 3 classes: top-5 is every class
+
 def test_scrambling_per_image_rows_and_the_grid_of_a_tile_size():
     """Table 1's use: per-image rows that add up to the accuracy table, and ``tile_px`` adding the grid whose tiles
     have that many pixels (16 px on 32 px images: 2x2) beside the 4x4 grid, never twice."""
