@@ -39,7 +39,9 @@ from .identity import identity_diff, results_identity
 from .loggers import check_overrides
 from .provenance import git_commit, model_provenance, provenance
 from .result import Result
-from .tasks import Context, check_writable, evaluate, train
+from .checks import check_writable
+from .context import Context
+from .tasks import evaluate, train
 
 def tasks() -> dict:
     """Task name -> function(ctx) -> Result: the library's own, then the registry's experiments and pipelines."""

@@ -33,7 +33,8 @@ from bagnet.errors import ConfigError
 from bagnet.identity import data_key, is_release, model_key
 from bagnet.provenance import git_commit
 from bagnet.result import Result
-from bagnet.tasks import check_run_data, check_writable
+from bagnet.checks import check_writable
+from bagnet.context import check_run_data
 from bagnet.train import evaluate_model
 from bagnet.utils import jsonable, refused_content
 
@@ -122,7 +123,7 @@ def signature_cfg(ctx, name: str) -> dict:
 
 def model_specs(ctx) -> dict:
     """``cfg.models`` (name -> run dir / checkpoint / model config), or the config's own model (None: the
-    ``model=`` config, from ``checkpoint=`` when given; :meth:`bagnet.tasks.Context.model`)."""
+    ``model=`` config, from ``checkpoint=`` when given; :meth:`bagnet.context.Context.model`)."""
     return dict(ctx.cfg.models) or {ctx.cfg.model.tag: None}
 
 

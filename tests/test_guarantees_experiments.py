@@ -32,7 +32,7 @@ def nothing_written(tmp_path: Path, *besides: str) -> None:
 @pytest.fixture
 def no_model(monkeypatch):
     """Loading a model fails the test: what is refused must be refused before any model is loaded."""
-    from bagnet.tasks import Context
+    from bagnet.context import Context
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the config was refused")

@@ -175,13 +175,14 @@ def test_sigterm_stops_training_with_one_line_and_the_rerun_resumes(tmp_path, ti
 
 
 def test_a_read_only_finished_run_is_reused(tmp_path, monkeypatch, run_in_process, tiny_overrides):
+    import bagnet.checks as checks
     import bagnet.tasks as tasks
     cfg, _ = run_in_process(*tiny_overrides)
 
     def cannot_lock(directory, what="run dir"):     # what creating .lock in a read-only folder does
         raise PermissionError(13, "Permission denied", str(Path(directory) / io.LOCK_NAME))
     monkeypatch.setattr(tasks.io, "dir_lock", cannot_lock)
-    monkeypatch.setattr(tasks.os, "access", lambda path, mode: False)   # read-only even for root
+    monkeypatch.setattr(checks.os, "access", lambda path, mode: False)   # read-only even for root
     _, result = run_in_process(*tiny_overrides)
     assert "best val top-1" in result.summary
 

@@ -88,7 +88,7 @@ def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict, *
     experiment call it, for the run only)."""
     if not (IMAGENETTE / "val").is_dir():
         pytest.fail(f"CI=true but imagenette-mini is missing at {IMAGENETTE}")
-    import bagnet.tasks
+    import bagnet.context
     import experiments.texture
     from bagnet.models.releases import pretrained_model
     weights_dir = release_weights(tmp_path_factory.mktemp("weights"), models)
@@ -111,7 +111,7 @@ def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict, *
                  f"signatures.sensitivity.targets=[{','.join(targets)}]",
                  *[f"~models.{label}" for label in MODELS if label not in models], *extra]
     with monkeypatch.context() as mp, tf32(True):     # both restored after, whatever happens
-        mp.setattr(bagnet.tasks, "pretrained_model", watched)
+        mp.setattr(bagnet.context, "pretrained_model", watched)
         mp.setattr(experiments.texture, "pretrained_model", watched)
         cfg = compose(overrides)
         result = run_task(cfg, overrides)

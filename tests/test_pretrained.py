@@ -1,4 +1,4 @@
-"""Released models as published: the one loader (``bagnet.tasks.pretrained_model``) finds the release file in
+"""Released models as published: the one loader (``bagnet.models.releases.pretrained_model``) finds the release file in
 ``weights_dir`` and refuses data the release was not trained on, before any weight is read."""
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from bagnet.config import CONFIG_DIR, store_schemas, validate
 from bagnet.errors import Interrupted, UserError
 from bagnet.models import list_models
 from bagnet.seeding import seed_everything
-from bagnet.tasks import Context, fit_run
+from bagnet.context import Context
+from bagnet.tasks import fit_run
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
