@@ -73,7 +73,7 @@ signatures: setup
 # IMAGES=<file or folder>: your own image files instead (a figure each; a folder named like a class is its label)
 IMAGES ?=
 heatmaps: setup
-	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),signatures.heatmaps.images=$(abspath $(IMAGES))) $(ARGS)
+	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),experiments.heatmaps.images=$(abspath $(IMAGES))) $(ARGS)
 	$(RUN) task=patches experiment=demo out_dir=runs/patches/demo $(ARGS)
 
 # Imagenette2 from scratch (configs/experiment/imagenette.yaml): the four models one after the other, ~1 h each on

@@ -3,7 +3,7 @@
 Hydra composes ``configs/``; the dataclasses below are the schemas of the ``trainer`` and ``data``
 groups (OmegaConf structured configs): an unknown key, a value of the wrong type or an impossible
 value is a :class:`ConfigError` that names the key, raised before anything is written.
-Experiments validate their own ``signatures.<name>`` block the same way (``experiments.keys``).
+Experiments validate their own ``experiments.<name>`` block the same way (``experiments.keys``).
 """
 from __future__ import annotations
 

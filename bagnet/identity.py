@@ -101,9 +101,29 @@ RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "traine
                    "data.workers", "tasks", "schemas", "logger", "trainer.log_every_n_steps")
 
 
+# top-level keys renamed since results were saved: a saved config is read under today's names (the block of every
+# experiment's settings was called ``signatures`` until it held more than the four signatures)
+RENAMED = {"signatures": "experiments"}
+
+
+def current_names(config: Mapping) -> dict:
+    """``config`` with its top-level keys under today's names (:data:`RENAMED`)."""
+    return {RENAMED.get(k, k): v for k, v in dict(config).items()}
+
+
+def experiment_settings(config: Mapping) -> dict:
+    """The ``experiments`` block (every experiment's settings) of a saved or composed config."""
+    return dict(current_names(config).get("experiments") or {})
+
+
 def results_identity(config: Mapping) -> dict:
-    """``config`` without the keys of :data:`RESULTS_IGNORED`."""
-    out = copy.deepcopy(dict(config))
+    """``config`` (under today's key names) without the keys of :data:`RESULTS_IGNORED`; a model that is a run
+    under ``paths.runs_dir`` named relative to it (the same runs in another runs folder are the same models)."""
+    out = copy.deepcopy(current_names(config))
+    runs_dir = str((out.get("paths") or {}).get("runs_dir") or "").rstrip("/")
+    if runs_dir and isinstance(out.get("models"), dict):
+        out["models"] = {k: "<runs_dir>" + v[len(runs_dir):] if isinstance(v, str) and v.startswith(runs_dir + "/")
+                         else v for k, v in out["models"].items()}
     for key in RESULTS_IGNORED:
         *parents, last = key.split(".")
         d = out

@@ -38,7 +38,7 @@ class Config(ExperimentConfig):
 
 
 def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Result:
-    c = typed_cfg(Config, cfg, "signatures.accuracy")
+    c = typed_cfg(Config, cfg, "experiments.accuracy")
     labels, _, top1, top5 = correctness(predictions)      # aligned by image index; same images, same labels
     names = list(predictions)
     pairs = [list(p) for p in c["contrasts"]]
@@ -46,7 +46,7 @@ def run(predictions: Mapping[str, pd.DataFrame], classes, cfg: Mapping) -> Resul
         pairs += [[m, c["reference"]] for m in names if m != c["reference"]]
     unknown = sorted({m for p in pairs for m in p} - set(names))
     if unknown or any(len(p) != 2 for p in pairs):
-        raise ConfigError(f"signatures.accuracy: contrasts must be [model_a, model_b] pairs of {names}; "
+        raise ConfigError(f"experiments.accuracy: contrasts must be [model_a, model_b] pairs of {names}; "
                           f"unknown: {unknown}")
     rows = []
     for m in names:
@@ -103,7 +103,7 @@ def check(cfg: Mapping, classes, image_size) -> None:
         try:
             published.section(cfg["published"])
         except KeyError:
-            raise ConfigError(f"signatures.accuracy.published: no section '{cfg['published']}' in "
+            raise ConfigError(f"experiments.accuracy.published: no section '{cfg['published']}' in "
                               "experiments/published.yaml") from None
 
 

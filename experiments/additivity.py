@@ -82,7 +82,7 @@ def check(cfg: Mapping, classes, image_size: int | None) -> None:
     """``distance_bins``: at least one bin, edges strictly increasing."""
     bins = list(cfg["distance_bins"])
     if len(bins) < 2 or any(b <= a for a, b in zip(bins, bins[1:])):
-        raise ConfigError(f"signatures.additivity.distance_bins: must be at least two strictly increasing edges, "
+        raise ConfigError(f"experiments.additivity.distance_bins: must be at least two strictly increasing edges, "
                           f"got {bins}")
 
 
@@ -149,7 +149,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
 
     Keys and defaults: :class:`Config`.
     """
-    cfg = typed_cfg(Config, cfg, "signatures.additivity")
+    cfg = typed_cfg(Config, cfg, "experiments.additivity")
     check(cfg, classes, None)
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
@@ -157,7 +157,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
     placements = ["random", "parts"] if cfg["placement"] == "both" else [cfg["placement"]]
     if "parts" in placements and not hasattr(dataset, "parts"):
-        raise ConfigError("signatures.additivity.placement=parts needs data that knows where its parts are "
+        raise ConfigError("experiments.additivity.placement=parts needs data that knows where its parts are "
                           "(a parts(index) method: the synthetic probe); use placement=random")
     # records[(model, size, placement)] -> lists of per-pair arrays
     rec = {(m, s, p): {"bin": [], "gap": [], "joint": [], "summed": []}

@@ -34,7 +34,7 @@ def report(ctx, result: Result, trained: dict) -> Result:
     checks = demo_checks(preds, data.classes, data.info.get("class_kinds", {}), parts["scrambling"].tables["accuracy"],
                          list(d.bagnets), d.cnn, seed=cfg.seed,
                          by_group=parts["scrambling"].tables.get("accuracy_by_group"),
-                         grid=intact_patch_grid(cfg.signatures.scrambling.grids, data.image_size, q),
+                         grid=intact_patch_grid(cfg.experiments.scrambling.grids, data.image_size, q),
                          logit_drop=parts["sensitivity"].tables.get("logit_drop"))
     acc_part = parts["accuracy"]
     acc_part.tables["checks"] = pd.DataFrame(checks)

@@ -101,7 +101,7 @@ def run(predictions: dict[str, pd.DataFrame], classes: Sequence[str] | None = No
 
     Keys and defaults: :class:`Config`.
     """
-    cfg = typed_cfg(Config, cfg, "signatures.error_overlap")
+    cfg = typed_cfg(Config, cfg, "experiments.error_overlap")
     labels, pred, top1, top5 = correctness(predictions)
     models = list(predictions)
     n_classes = len(classes) if classes is not None else int(labels.max()) + 1
@@ -169,7 +169,7 @@ def versus_reference(top1: Mapping[str, np.ndarray], reference: Sequence[str], s
     errors beyond chance than the two reference models do."""
     ref = tuple(reference)
     if len(ref) != 2 or not set(ref) <= set(top1):
-        raise ConfigError(f"signatures.error_overlap.reference: {list(ref)} must be two of the models {list(top1)}")
+        raise ConfigError(f"experiments.error_overlap.reference: {list(ref)} must be two of the models {list(top1)}")
     b = np.stack([top1[ref[0]], top1[ref[1]]], axis=1)
     rows = []
     for x, y in itertools.combinations(top1, 2):

@@ -151,9 +151,9 @@ class HeatmapsConfig(ExperimentConfig):
 
 
 def check_classes(cfg: Mapping, classes, name: str) -> None:
-    """A misspelt class in ``signatures.<name>.classes`` is refused before anything trains, not after."""
+    """A misspelt class in ``experiments.<name>.classes`` is refused before anything trains, not after."""
     if cfg.get("classes") and classes:
-        class_indices(cfg["classes"], classes, f"signatures.{name}.classes")
+        class_indices(cfg["classes"], classes, f"experiments.{name}.classes")
 
 
 def check_heatmaps(cfg: Mapping, classes, image_size: int | None) -> None:
@@ -167,19 +167,19 @@ def check_heatmaps(cfg: Mapping, classes, image_size: int | None) -> None:
             with Image.open(path):   # the header: not an image, or beyond PIL's decompression-bomb limit, fails
                 pass
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ConfigError(f"signatures.heatmaps.images: {path} cannot be read as an image "
+            raise ConfigError(f"experiments.heatmaps.images: {path} cannot be read as an image "
                               f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
 
 
 def run_heatmaps(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     """Exact heatmaps of the BagNets among ``models`` on ``num_images`` images of the split, or, with
     ``images=<file, folder or list>``, on those image files (a figure each)."""
-    c = typed_cfg(HeatmapsConfig, cfg, "signatures.heatmaps")
+    c = typed_cfg(HeatmapsConfig, cfg, "experiments.heatmaps")
     if c["images"] is not None:
         images = c["images"] if isinstance(c["images"], (str, Path)) else list(c["images"])
         return images_result(models, image_files(images), data.classes, data.mean, data.std,
                              int(data.image_size), c["device"], evidence=c["evidence"])
-    of_classes = class_indices(c["classes"], data.classes, "signatures.heatmaps.classes") if c["classes"] else None
+    of_classes = class_indices(c["classes"], data.classes, "experiments.heatmaps.classes") if c["classes"] else None
     return heatmaps_result(models, data.dataset, data.classes, data.mean, data.std, num_images=c["num_images"],
                            seed=c["seed"], device=c["device"], stride=c["stride"], evidence=c["evidence"],
                            of_classes=of_classes, per_class=c["per_class"])
@@ -200,8 +200,8 @@ class PatchesConfig(ExperimentConfig):
 
 def run_patches(models: Mapping[str, nn.Module], data, cfg: Mapping) -> Result:
     """Per class, the most predictive patches of the largest-q BagNet among ``per_class_images`` images of it."""
-    c = typed_cfg(PatchesConfig, cfg, "signatures.patches")
-    ids = class_indices(c["classes"], data.classes, "signatures.patches.classes") if c["classes"] else None
+    c = typed_cfg(PatchesConfig, cfg, "experiments.patches")
+    ids = class_indices(c["classes"], data.classes, "experiments.patches.classes") if c["classes"] else None
     return patches_result(models, data.dataset, data.classes, data.mean, data.std, k=c["k"],
                           per_class_images=c["per_class_images"], device=c["device"],
                           max_per_image=c["max_per_image"], evidence=c["evidence"], class_ids=ids,
@@ -220,7 +220,7 @@ def image_files(images) -> list[Path]:
     """``images``: a file, a folder (its image files, recursively, sorted) or a list of either."""
     items = [images] if isinstance(images, (str, Path)) else list(images)
     if not items or any(not str(item).strip() for item in items):
-        raise ConfigError(f"signatures.heatmaps.images: {images!r} names no file; give an image file, a folder or a "
+        raise ConfigError(f"experiments.heatmaps.images: {images!r} names no file; give an image file, a folder or a "
                           "list of them (null: the split's images)")
     files = []
     for item in map(Path, items):
@@ -229,9 +229,9 @@ def image_files(images) -> list[Path]:
         elif item.is_file():
             files.append(item)
         else:
-            raise ConfigError(f"signatures.heatmaps.images: {item} is neither an image file nor a folder")
+            raise ConfigError(f"experiments.heatmaps.images: {item} is neither an image file nor a folder")
     if not files:
-        raise ConfigError(f"signatures.heatmaps.images: no image files in {', '.join(map(str, items))}")
+        raise ConfigError(f"experiments.heatmaps.images: no image files in {', '.join(map(str, items))}")
     return files
 
 
@@ -254,7 +254,7 @@ def load_image(path: Path, size: int, mean, std) -> torch.Tensor:
     try:
         img = load_rgb(path)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ConfigError(f"signatures.heatmaps.images: {path} cannot be read as an image "
+        raise ConfigError(f"experiments.heatmaps.images: {path} cannot be read as an image "
                           f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     img = img.resize(explained_size(img.width, img.height, size), Image.BILINEAR)
     return ToNormalizedTensor(mean, std)(img)

@@ -1,5 +1,5 @@
 """The keys of an experiment: its typed config (a dataclass over :class:`ExperimentConfig`), every key's range
-(:func:`ranged`), checked in one line naming ``signatures.<name>.<key>`` before any work."""
+(:func:`ranged`), checked in one line naming ``experiments.<name>.<key>`` before any work."""
 from __future__ import annotations
 
 import copy
@@ -90,8 +90,8 @@ def check_keys(schema: type, cfg: Mapping, where: str, image_size: int | None = 
 
 @dataclass
 class ExperimentConfig:
-    """Keys every experiment understands; each experiment's ``Config`` extends it. The signatures
-    config group (configs/signatures/default.yaml) holds the values; this is their schema. Every key has a
+    """Keys every experiment understands; each experiment's ``Config`` extends it. The experiments
+    config group (configs/experiments/default.yaml) holds the values; this is their schema. Every key has a
     range (:func:`ranged`), checked before any work (``experiments.registry.check``) and again by :func:`typed_cfg`."""
     seed: int = ranged(0, ge=0, lt=2 ** 63)
     device: str = "cpu"

@@ -1,4 +1,4 @@
-"""epsilon-LRP, one of the sensitivity experiment's methods (``lrp`` in ``signatures.sensitivity.methods``;
+"""epsilon-LRP, one of the sensitivity experiment's methods (``lrp`` in ``experiments.sensitivity.methods``;
 Brendel & Bethge 2019, Sec. 4, Fig. 8): the same regions, masking and occluder as every other method.
 
 captum's ``LRP`` (epsilon rule on every Conv2d / Linear / pooling / BatchNorm2d layer, ReLU and Dropout

@@ -2,7 +2,7 @@
 
 The pipeline itself is a config (configs/experiment/paper.yaml): the released models (the authors' BagNets,
 torchvision's CNNs) under ``models:``, the registered experiments accuracy, texture, additivity, error_overlap,
-sensitivity, heatmaps and patches with the paper's settings under ``signatures:``, TF32 off and every forward
+sensitivity, heatmaps and patches with the paper's settings under ``experiments:``, TF32 off and every forward
 guarded (``pipeline.tf32: false``), units kept in ``run_dir`` (a killed run resumes). This module only reads
 what they returned.
 """

@@ -59,12 +59,12 @@ class Config(ExperimentConfig):
 def check(cfg: Mapping, classes, image_size: int | None) -> None:
     """At least one patch size, and every patch (``patch_share``'s too) smaller than the image."""
     if not cfg["patch_px"] and not cfg["patch_share"]:
-        raise ConfigError("signatures.patch_robustness.patch_px: no patch size (patch_px and patch_share are both "
+        raise ConfigError("experiments.patch_robustness.patch_px: no patch size (patch_px and patch_share are both "
                           "empty)")
     if image_size is not None:
         large = [s for s in cfg["patch_share"] if max(1, round(math.sqrt(s) * image_size)) >= image_size]
         if large:
-            raise ConfigError(f"signatures.patch_robustness.patch_share: {large} give a patch as large as the "
+            raise ConfigError(f"experiments.patch_robustness.patch_share: {large} give a patch as large as the "
                               f"{image_size} px image (data.image_size); must be below its area")
 
 
@@ -146,7 +146,7 @@ def attack(model, dataset, rows: list[dict], cfg: Mapping, defences, device, lo,
 
 def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, classes=None, mean=None,
         std=None) -> Result:
-    cfg = typed_cfg(Config, cfg, "signatures.patch_robustness")
+    cfg = typed_cfg(Config, cfg, "experiments.patch_robustness")
     check(cfg, classes, None)
     dataset, classes, mean, std = resolve_data(data, classes, mean, std)
     device = torch.device(cfg["device"])

@@ -27,7 +27,7 @@ from . import registry
 from .keys import typed_cfg
 from .training import check_all_weights, estimate_training, train_models
 from .registry import register_pipeline
-from .suite import combine, run_experiments, signature_cfg
+from .suite import combine, run_experiments, experiment_cfg
 
 
 @dataclass
@@ -70,7 +70,7 @@ def task(ctx) -> Result:
                           + ", ".join(registry.registered()))
     labels = [*p["train"], *ctx.cfg.models]
     for name in p["experiments"]:   # a typo, a key outside its range or a model it names but lacks fails before training
-        registry.check(name, signature_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size), labels)
+        registry.check(name, experiment_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size), labels)
     report = registry.report(p["report"]) if p["report"] else None
     unknown = sorted(set(p["seed_models"]) - set(p["train"])) if p["extra_seeds"] else []
     if unknown:
@@ -78,7 +78,7 @@ def task(ctx) -> Result:
                           "remove them, or set pipeline.extra_seeds=[]")
     seeded = {label: p["train"][label] for label in p["seed_models"]} if p["extra_seeds"] else {}
     naming = [e.name for e in map(registry.get, p["experiments"])
-              if seeded and e.models_named and e.models_named(registry.check(e, signature_cfg(ctx, e.name)))]
+              if seeded and e.models_named and e.models_named(registry.check(e, experiment_cfg(ctx, e.name)))]
     if naming:   # the seed runs get the experiments among themselves: a model named by label is not there
         raise ConfigError(f"pipeline.extra_seeds: {naming} name models by label, which the runs at other seeds "
                           "are not; leave those keys unset or set pipeline.extra_seeds=[]")

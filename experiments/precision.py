@@ -50,7 +50,7 @@ def check(cfg: Mapping, classes, image_size: int | None) -> None:
     """At least one mode of ``modes`` must run on the device (the others are listed as skipped)."""
     device = torch.device(cfg["device"])
     if not any(runnable(m, device) for m in cfg["modes"]):
-        raise ConfigError(f"signatures.precision.modes: none of {', '.join(cfg['modes'])} can run on {device.type} "
+        raise ConfigError(f"experiments.precision.modes: none of {', '.join(cfg['modes'])} can run on {device.type} "
                           "(fp16 and tf32 need CUDA); add fp32 or bf16, or run on a GPU")
 
 
@@ -77,7 +77,7 @@ def logits_in(model: nn.Module, dataset, indices, mode: str, device, batch_size:
 
 def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, classes=None, mean=None,
         std=None) -> Result:
-    cfg = typed_cfg(Config, cfg, "signatures.precision")
+    cfg = typed_cfg(Config, cfg, "experiments.precision")
     check(cfg, classes, None)
     dataset, classes, mean, std = resolve_data(data, classes, mean, std)
     device = torch.device(cfg["device"])

@@ -1,6 +1,6 @@
 """The registry: every unit of work of the suite, by name. Two kinds:
 
-* an **experiment**: a name, the schema of its ``signatures.<name>`` block, ``run(models, data, cfg) ->
+* an **experiment**: a name, the schema of its ``experiments.<name>`` block, ``run(models, data, cfg) ->
   Result`` and the figures its tables determine. :mod:`experiments.suite` runs any of them on any models
   and data, unit by unit, saved and reused; ``task=<name>`` runs one.
 * a **pipeline**: ``task(ctx) -> Result`` that trains or loads models and runs experiments (``make demo``,
@@ -10,8 +10,8 @@ The modules that register are imported by ``experiments/__init__.py`` (the one l
 are derived from this registry (:func:`experiments.tasks`), never named as dotted strings.
 
 The schema (a dataclass) is the only home of an experiment's defaults: :func:`store_schemas` puts every
-schema into Hydra's ConfigStore as ``signatures/schema`` (the library calls it before every compose), and
-``configs/signatures/default.yaml`` states only where the suite's defaults differ.
+schema into Hydra's ConfigStore as ``experiments/schema`` (the library calls it before every compose), and
+``configs/experiments/default.yaml`` states only where the suite's defaults differ.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Unit:
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    schema: type                                   # the dataclass of ``signatures.<name>``
+    schema: type                                   # the dataclass of ``experiments.<name>``
     run: Callable[..., Result]                     # run(models, data, cfg) or run(predictions, classes, cfg)
     inputs: str = "models"                         # "models" | "predictions" (per-image predictions)
     per_model: bool = False                        # one model at a time gives the same rows: resumable per model
@@ -115,10 +115,10 @@ def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: in
     types, a value outside its key's range (declared beside the key in its ``Config``, :func:`experiments.keys.
     ranged`; the bounds on the image side with ``image_size``, the side of the images the models see, or the
     experiment's own ``image_size`` key when set), then the experiment's own ``check``, and with ``models`` (the
-    labels it will run on) every label its keys name. Every error is one ConfigError naming ``signatures.<name>``.
+    labels it will run on) every label its keys name. Every error is one ConfigError naming ``experiments.<name>``.
     Returns the typed config."""
     exp = get(experiment) if isinstance(experiment, str) else experiment
-    where = f"signatures.{exp.name}"
+    where = f"experiments.{exp.name}"
     typed = typed_cfg(exp.schema, cfg, where)
     if typed.get("image_size") is not None:
         if exp.inputs == "predictions":
@@ -135,12 +135,12 @@ def check(experiment: Experiment | str, cfg: Mapping, classes=(), image_size: in
     return typed
 
 
-# keys an experiment takes from the run (``seed=``, ``device=``), not from its ``signatures.<name>`` block
+# keys an experiment takes from the run (``seed=``, ``device=``), not from its ``experiments.<name>`` block
 RUN_KEYS = ("seed", "device", "weights_dir")
 
 
 def config_node(name: str, schema: type) -> type:
-    """``schema`` without :data:`RUN_KEYS`, as the ConfigStore node of ``signatures.<name>``; a module-level
+    """``schema`` without :data:`RUN_KEYS`, as the ConfigStore node of ``experiments.<name>``; a module-level
     class of this module, so composed configs pickle (sweeps, the SLURM launcher)."""
     hints = typing.get_type_hints(schema)
     cls_name = "".join(w.title() for w in name.split("_")) + "Node"
@@ -155,11 +155,11 @@ def _default(f: dataclasses.Field):
     return field(default=f.default)
 
 
-def signatures_schema() -> type:
-    """The dataclass of the whole ``signatures`` block: one field per registered experiment."""
+def experiments_schema() -> type:
+    """The dataclass of the whole ``experiments`` block: one field per registered experiment."""
     fields = [(name, node, field(default_factory=node))
               for name, node in ((n, config_node(n, e.schema)) for n, e in registered().items())]
-    return _module_level(make_dataclass("SignaturesConfig", fields))
+    return _module_level(make_dataclass("ExperimentsConfig", fields))
 
 
 def _module_level(cls: type) -> type:
@@ -170,9 +170,9 @@ def _module_level(cls: type) -> type:
 
 
 def store_schemas() -> None:
-    """``signatures/schema`` in Hydra's ConfigStore (configs/signatures/default.yaml extends it)."""
+    """``experiments/schema`` in Hydra's ConfigStore (configs/experiments/default.yaml extends it)."""
     from hydra.core.config_store import ConfigStore
-    ConfigStore.instance().store(group="signatures", name="schema", node=signatures_schema())
+    ConfigStore.instance().store(group="experiments", name="schema", node=experiments_schema())
 
 
 add_schema_store(store_schemas)   # the library's compose stores the experiments' schemas too

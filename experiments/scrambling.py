@@ -86,7 +86,7 @@ def group_ids(cfg: Mapping, classes) -> dict[str, list[int]]:
     for group, members in cfg["groups"].items():
         unknown = [c for c in members if c not in names]
         if unknown:
-            raise ConfigError(f"signatures.scrambling.groups.{group}: {unknown} are not classes of the data")
+            raise ConfigError(f"experiments.scrambling.groups.{group}: {unknown} are not classes of the data")
         out[group] = [names.index(c) for c in members]
     return out
 
@@ -223,7 +223,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
 
     Keys and defaults: :class:`Config`.
     """
-    cfg = typed_cfg(Config, cfg, "signatures.scrambling")
+    cfg = typed_cfg(Config, cfg, "experiments.scrambling")
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}
     indices = eval_indices(len(dataset), cfg["num_images"], cfg["seed"])
@@ -343,7 +343,7 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
 def check(cfg: Mapping, classes, image_size) -> None:
     group_ids(cfg, classes)
     if cfg["remainder"] not in ("keep", "black"):
-        raise ConfigError(f"signatures.scrambling.remainder: '{cfg['remainder']}' is neither keep nor black")
+        raise ConfigError(f"experiments.scrambling.remainder: '{cfg['remainder']}' is neither keep nor black")
 
 
 register(Experiment("scrambling", Config, run, figures=lambda tables, raw: figures_from_tables(tables),

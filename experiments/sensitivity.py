@@ -245,7 +245,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
 
     Keys and defaults: :class:`Config`.
     """
-    cfg = typed_cfg(Config, cfg, "signatures.sensitivity")
+    cfg = typed_cfg(Config, cfg, "experiments.sensitivity")
     seed_everything(cfg["seed"])
     dataset, classes, mean, std = resolve_data(dataset, classes, mean, std)
     models = {k: prepare_model(m, cfg["device"], cfg["dtype"]) for k, m in models.items()}

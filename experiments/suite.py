@@ -115,9 +115,9 @@ def combine(exp: registry.Experiment, results: list[Result]) -> Result:
 
 
 # ---------------------------------------------------------------- what a task's experiments run on
-def signature_cfg(ctx, name: str) -> dict:
-    """``signatures.<name>`` plus the run's keys (:data:`experiments.registry.RUN_KEYS`): seed, device, weights_dir."""
-    return {**as_dict(ctx.cfg.signatures.get(name, {})), "seed": ctx.cfg.seed, "device": str(ctx.device),
+def experiment_cfg(ctx, name: str) -> dict:
+    """``experiments.<name>`` plus the run's keys (:data:`experiments.registry.RUN_KEYS`): seed, device, weights_dir."""
+    return {**as_dict(ctx.cfg.experiments.get(name, {})), "seed": ctx.cfg.seed, "device": str(ctx.device),
             "weights_dir": ctx.cfg.get("weights_dir")}
 
 
@@ -190,7 +190,7 @@ def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) ->
     store = Store(Path(cfg.run_dir), progress=False) if known else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
     for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded
-        registry.check(e, signature_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size), list(specs))
+        registry.check(e, experiment_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size), list(specs))
     if store is not None:
         check_writable(Path(cfg.run_dir), "run_dir")
     def load(name: str) -> nn.Module:
@@ -202,8 +202,8 @@ def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) ->
     preds = Predictions(ctx, specs, lambda name: models[name] if name in models else load(name), store,
                         key["model_keys"]) if any(e.inputs == "predictions" for e in experiments) else None
     return {e.name: run_experiment(e, models or {m: None for m in specs},
-                                   split_data(ctx, image_size=signature_cfg(ctx, e.name).get("image_size")),
-                                   signature_cfg(ctx, e.name), predictions=preds, store=store, key=key)
+                                   split_data(ctx, image_size=experiment_cfg(ctx, e.name).get("image_size")),
+                                   experiment_cfg(ctx, e.name), predictions=preds, store=store, key=key)
             for e in experiments}
 
 

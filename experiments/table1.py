@@ -71,7 +71,7 @@ def report(ctx, result: Result, trained: dict) -> Result:
 def scrambled_columns(cfg: DictConfig) -> dict[int, tuple[str, str]]:
     """grid -> (its scrambled column, its kept column): the report's grid, and the grid of the report's tile
     size in pixels when the images are not the report's 224 px."""
-    s = cfg.signatures.scrambling
+    s = cfg.experiments.scrambling
     out = {int(s.grids[0]): ("scrambled test", "kept")}
     extra = tile_grid(int(cfg.data.image_size), list(s.grids), s.get("tile_px"))
     if extra:
@@ -115,7 +115,7 @@ def table1_row(cfg: DictConfig, label: str, sub, summary: dict, per_image: pd.Da
                 "epochs": summary["epochs"], "stopped early": summary.get("stopped_early"),
                 "image_size": int(cfg.data.image_size), "width": sub.cfg.model.get("width", "torchvision"),
                 "patch_size": sub.cfg.model.get("patch_size") if m["name"] == "bagnet" else None,   # q; None: not a BagNet
-                "report_tile_px": int(cfg.signatures.scrambling.tile_px) if extra else None,   # the `(N px tiles)` columns' N
+                "report_tile_px": int(cfg.experiments.scrambling.tile_px) if extra else None,   # the `(N px tiles)` columns' N
                 "train_s": round(summary["train_wall_s"]), "run_dir": str(run_dir)})
     return row
 
@@ -234,7 +234,7 @@ def table1_figure(df: pd.DataFrame):
 
 
 def tile_note(cfg: DictConfig) -> str:
-    s, size = cfg.signatures.scrambling, int(cfg.data.image_size)
+    s, size = cfg.experiments.scrambling, int(cfg.data.image_size)
     g, tile = int(s.grids[0]), size // int(s.grids[0])
     rem = size - g * tile
     note = (f" ({tile} px tiles, remainder {rem} px black as in the report's scrambling notebook)" if rem else
@@ -277,7 +277,7 @@ def table1_header(cfg: DictConfig, prov: dict) -> str:
     return (f"Table 1 of the 15-Scene reproducibility report, reproduced with `experiment=table1` ({recipe}), "
             f"profile `{cfg.profile_name}`, `init={init}`: {start}; {protocol_note(cfg)}; BagNet width "
             f"{'64' if init == 'imagenet' else cfg.bagnet_width}, seed {cfg.seed}. Scrambled = test images cut "
-            f"into a {cfg.signatures.scrambling.grids[0]}x{cfg.signatures.scrambling.grids[0]} grid, tiles permuted (seeded)"
+            f"into a {cfg.experiments.scrambling.grids[0]}x{cfg.experiments.scrambling.grids[0]} grid, tiles permuted (seeded)"
             f"{tile_note(cfg)}; scrambled test and `kept` come from one forward pass of each model on the clean and the "
             f"scrambled images (`kept` = scrambled / that clean top-1). `report *` columns are the published numbers; `init` says how each model of ours "
             f"started, `weights` from which release file. This task took {prov['wall_s'] / 60:.1f} min on "

@@ -78,7 +78,7 @@ def textures(dataset, indices: list[int], c: Mapping, mean, std, cache) -> dict[
             if extractor is None:   # the texture model's features only: its classes are never used
                 spec = {**c["texture_model"], "pretrained": True}
                 vgg = pretrained_model(spec, SimpleNamespace(mean=mean, std=std, num_classes=1000),
-                                       "signatures.texture.texture_model", c["weights_dir"])
+                                       "experiments.texture.texture_model", c["weights_dir"])
                 extractor = tc.extractor(vgg.features.to(c["device"]))
             t, h = replace(tc, seed=c["seed"] + start).synthesize(images.to(c["device"]), extractor, mean=mean, std=std)
             return {"textures": t.detach().cpu(), "loss": h}
@@ -91,7 +91,7 @@ def textures(dataset, indices: list[int], c: Mapping, mean, std, cache) -> dict[
 
 
 def run(models: Mapping[str, nn.Module], data, cfg: Mapping, cache=None) -> Result:
-    c = typed_cfg(Config, cfg, "signatures.texture")
+    c = typed_cfg(Config, cfg, "experiments.texture")
     dataset, classes, mean, std = resolve_data(data)
     indices = eval_indices(len(dataset), c["num_images"], c["seed"])
     t = textures(dataset, indices, c, mean, std, cache or (lambda name, key, compute: compute()))

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from bagnet.identity import experiment_settings
 from bagnet.io import read_result, results_files, to_markdown
 from bagnet.stats import fmt_ci
 from bagnet.verdicts import WORDS, emphasis, learned_floor, of_check, reading, word
@@ -90,7 +91,7 @@ def block_signatures(root: Path, folder: str = SIGNATURES) -> str:
              "r joint vs sum": f"{g['pearson_r'].min():.4f}–{g['pearson_r'].max():.4f}",
              "largest interaction from q-1 px apart (logits)": _exact_zero(it, m, p)}
             for (m, p), g in far.groupby(["model", "patch_size"], sort=False)]
-    out += [f"**Additivity** ({prov.get('config', {}).get('signatures', {}).get('additivity', {}).get('occluder')} "
+    out += [f"**Additivity** ({experiment_settings(prov.get('config', {})).get('additivity', {}).get('occluder')} "
             "occluder; normalised interaction = mean |Δ(A∪B) − Δ(A) − Δ(B)| / mean |Δ(A∪B)|, 95% CI over pairs):",
             "", to_markdown(pd.DataFrame(rows)), "", source(prov, f"{folder}/additivity"), ""]
     t, prov = load(root, f"{folder}/error_overlap")

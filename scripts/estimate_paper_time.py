@@ -40,7 +40,7 @@ def seconds_per_image(model, size=224, batch=2, reps=2) -> float:
 def work(cfg) -> dict[str, dict[str, float]]:
     """experiment -> {model label: forward-equivalents}; '__vgg19_evals' for texture synthesis."""
     from experiments.sensitivity import region_for
-    models, sig = cfg.models, cfg.signatures
+    models, sig = cfg.models, cfg.experiments
     labels = list(models)
     cnns = [m for m in labels if not str(models[m].name).startswith("bagnet")]
     n_val = 50000
@@ -90,10 +90,10 @@ def main() -> None:
     for _ in range(2):
         sum(g.sum() for g in ext(x).values()).backward()
     sec["__vgg19_evals"] = (time.perf_counter() - t) / 2
-    bag = create_model(**release(cfg.models[cfg.signatures.sensitivity.bagnet])).eval()
+    bag = create_model(**release(cfg.models[cfg.experiments.sensitivity.bagnet])).eval()
     t = time.perf_counter()
     with torch.no_grad():
-        heatmap(bag, torch.randn(1, 3, 224, 224), target=0, stride=cfg.signatures.sensitivity.heatmap_stride)
+        heatmap(bag, torch.randn(1, 3, 224, 224), target=0, stride=cfg.experiments.sensitivity.heatmap_stride)
     sec["__bagnet_heatmaps"] = time.perf_counter() - t
     print(f"  texture L-BFGS evaluation: {sec['__vgg19_evals']:.2f} s; BagNet heatmap: "
           f"{sec['__bagnet_heatmaps']:.1f} s", flush=True)

@@ -245,10 +245,10 @@ def test_pgd_at_every_location_never_flips_any_certified_image(fitted, reach, na
 # results/paper/README.md's command (model=bagnet33 there; BagNet-9 here, at 64 px, so the test is fast), the
 # weights found as a user's are: $BAGNET_WEIGHTS_DIR holding the release file under its own sha256.
 IMAGENET_COMMAND = ["task=patch_robustness", "data=imagenet", "model=bagnet9", "model.pretrained=true",
-                    "signatures.patch_robustness.patch_share=[0.02]", "signatures.patch_robustness.num_images=null"]
-SHRUNK = ["data.image_size=64", "data.workers=0", "device=cpu", "signatures.patch_robustness.attack_steps=2",
-          "signatures.patch_robustness.cleanser_masks=2",
-          "signatures.patch_robustness.attack_locations=1", "signatures.patch_robustness.progress=false"]
+                    "experiments.patch_robustness.patch_share=[0.02]", "experiments.patch_robustness.num_images=null"]
+SHRUNK = ["data.image_size=64", "data.workers=0", "device=cpu", "experiments.patch_robustness.attack_steps=2",
+          "experiments.patch_robustness.cleanser_masks=2",
+          "experiments.patch_robustness.attack_locations=1", "experiments.patch_robustness.progress=false"]
 WNIDS = {"n01440764": 0, "n03888257": 701}          # tench, parachute: their ImageNet-1k indices
 CONTEST = {"clear": 0, "contested": 4, "wrong": 6}   # per image: side of the block of patches voting for the other
 

@@ -209,6 +209,27 @@ def test_results_of_another_config_are_not_replaced(tmp_path, capsys, monkeypatc
     assert not (Path(cfg.out_dir) / ".lock").exists()
 
 
+def test_results_saved_under_a_renamed_key_are_read_under_todays_name():
+    """The block of every experiment's settings was called ``signatures``; results saved then are the same config
+    (make demo on a fresh clone replaces the committed demo), a changed setting inside it is not."""
+    from bagnet.identity import experiment_settings, identity_diff, results_identity
+    today = {"seed": 0, "experiments": {"scrambling": {"grids": [2, 4]}}}
+    saved = {"seed": 0, "signatures": {"scrambling": {"grids": [2, 4]}}}
+    assert identity_diff(results_identity(saved), results_identity(today)) == []
+    assert experiment_settings(saved) == experiment_settings(today) == {"scrambling": {"grids": [2, 4]}}
+    other = {"seed": 0, "signatures": {"scrambling": {"grids": [8]}}}
+    assert identity_diff(results_identity(other), results_identity(today))
+
+
+def test_the_committed_demo_is_the_demo_config_of_today(compose_config):
+    """make demo on a fresh clone replaces results/demo without overwrite=true, also with another runs folder
+    (here the test's; BAGNET_RUNS_DIR): the committed results were made by today's demo config (re-make them when a
+    demo setting changes)."""
+    from bagnet.run import check_results_dir
+    repo = Path(__file__).resolve().parents[1]
+    cfg = compose_config("experiment=demo", f"out_dir={repo / 'results' / 'demo'}")
+    assert check_results_dir(cfg, repo / "results" / "demo").startswith("replacing the results in")
+
 # ---------------------------------------------------------------- 6. the smaller promises
 def test_zero_epochs_is_refused_before_writing(tmp_path, run_in_process, compose_config, tiny_overrides):
     cfg = compose_config(*tiny_overrides, "trainer.epochs=0")
@@ -238,8 +259,8 @@ def test_experiment_records_its_models_and_refuses_an_unfinished_run_dir(tmp_pat
     cfg, _ = run_in_process(*tiny_overrides)
     run_dir = Path(cfg.run_dir)
     best = run_dir / "checkpoints" / "best.pt"
-    exp = [*tiny_overrides, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
-           "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1"]
+    exp = [*tiny_overrides, "task=scrambling", "experiments.scrambling.num_images=4", "experiments.scrambling.grids=[2]",
+           "experiments.scrambling.texture=false", "experiments.scrambling.num_examples=1"]
     ecfg, _ = run_in_process(*exp, f"+models.B9={run_dir}")
     recorded = json.loads((Path(ecfg.out_dir) / "raw.json").read_text())["provenance"]["models"]["B9"]
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -2,7 +2,7 @@
 
 Every key of every registered experiment has a range, declared beside it in its ``Config`` and checked before any
 model is loaded (the bounds on the image side once the data are known); a value outside it is one line naming
-``signatures.<experiment>.<key>``. Bad image files, run names, seeds and folders end in one line and leave nothing
+``experiments.<experiment>.<key>``. Bad image files, run names, seeds and folders end in one line and leave nothing
 behind; a long strip of an image is explained at a bounded size; ``data=imagenette`` holds wnid folders only.
 Each test failed before its fix.
 """
@@ -60,7 +60,7 @@ def _without_range(schema: type, where: str) -> list[str]:
 def test_every_numeric_experiment_key_declares_a_range():
     """Every registered experiment's: a new key cannot be added without its range."""
     from experiments import registry
-    missing = [k for name, exp in registry.registered().items() for k in _without_range(exp.schema, f"signatures.{name}")]
+    missing = [k for name, exp in registry.registered().items() for k in _without_range(exp.schema, f"experiments.{name}")]
     assert not missing, f"keys without a range (declare one with experiments.keys.ranged): {missing}"
 
 
@@ -89,16 +89,16 @@ def test_every_numeric_experiment_key_declares_a_range():
 def test_experiment_keys_out_of_range_are_refused_before_any_work(tmp_path, no_model, task, setting, key,
                                                                   run_in_process, tiny_overrides):
     with pytest.raises(ConfigError) as e:
-        run_in_process(*tiny_overrides, f"task={task}", f"signatures.{task}.{setting}")
+        run_in_process(*tiny_overrides, f"task={task}", f"experiments.{task}.{setting}")
     msg = str(e.value)
-    assert msg.startswith(f"signatures.{task}.{key}:") and "\n" not in msg, msg
+    assert msg.startswith(f"experiments.{task}.{key}:") and "\n" not in msg, msg
     nothing_written(tmp_path)
 
 
 def test_a_pipeline_refuses_a_key_out_of_range_before_training(tmp_path, run_in_process, tiny_overrides):
-    with pytest.raises(ConfigError, match=r"^signatures\.sensitivity\.region: must be >= 1 and <= 64 \(the image "):
+    with pytest.raises(ConfigError, match=r"^experiments\.sensitivity\.region: must be >= 1 and <= 64 \(the image "):
         run_in_process(*tiny_overrides, "task=pipeline", "+pipeline.train.A=bagnet9",
-                       "pipeline.experiments=[sensitivity]", "signatures.sensitivity.region=100")
+                       "pipeline.experiments=[sensitivity]", "experiments.sensitivity.region=100")
     nothing_written(tmp_path)
 
 
@@ -108,11 +108,11 @@ def test_ranges_hold_at_their_bounds():
           "scrambling": {"grids": [2, 64]}, "precision": {"modes": ["fp32", "fp16"]}}
     for name, cfg in ok.items():
         registry.check(name, {**cfg, "device": "cpu"}, [], 64)
-    with pytest.raises(ConfigError, match=r"signatures\.scrambling\.grids: must be >= 2 and <= 64"):
+    with pytest.raises(ConfigError, match=r"experiments\.scrambling\.grids: must be >= 2 and <= 64"):
         registry.check("scrambling", {"grids": [65]}, [], 64)
-    with pytest.raises(ConfigError, match=r"signatures\.additivity\.distance_bins: .*strictly increasing"):
+    with pytest.raises(ConfigError, match=r"experiments\.additivity\.distance_bins: .*strictly increasing"):
         registry.check("additivity", {"distance_bins": [8, 4]}, [], 64)
-    with pytest.raises(ConfigError, match=r"signatures\.sensitivity\.num_images: must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"experiments\.sensitivity\.num_images: must be >= 1, got 0"):
         sensitivity.run({}, None, {"num_images": 0})   # the library's own entry point refuses too
 
 
@@ -146,15 +146,15 @@ def test_bad_image_files_given_to_heatmaps_end_in_one_line(tmp_path, kind, run_i
     (tmp_path / "mine").mkdir()
     path = bad_image(tmp_path / "mine", kind)
     with pytest.raises(ConfigError) as e:
-        run_in_process(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={path}")
+        run_in_process(*tiny_overrides, "task=heatmaps", f"experiments.heatmaps.images={path}")
     msg = str(e.value)
-    assert msg.startswith("signatures.heatmaps.images: ") and str(path) in msg and "\n" not in msg, msg
+    assert msg.startswith("experiments.heatmaps.images: ") and str(path) in msg and "\n" not in msg, msg
     nothing_written(tmp_path, "mine")
 
 
 def test_a_bad_image_file_is_one_error_line_with_exit_code_2(tmp_path, run_cli, tiny_overrides, one_error_line):
     path = bad_image(tmp_path, "bomb")
-    r = run_cli(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={path}", f"paths.root_dir={tmp_path}")
+    r = run_cli(*tiny_overrides, "task=heatmaps", f"experiments.heatmaps.images={path}", f"paths.root_dir={tmp_path}")
     assert r.returncode == 2, r.stderr[-2000:]
     assert str(path) in one_error_line(r.stderr)
     nothing_written(tmp_path, "huge.png")
@@ -224,7 +224,7 @@ def test_a_long_strip_is_explained_at_a_bounded_size(tmp_path, run_in_process, t
     assert max(load_image(strip, 64, mean, std).shape[1:]) <= MAX_ASPECT * 64     # was 64 x 32000
     assert tuple(load_image(wide, 64, mean, std).shape[1:]) == (64, 192)          # within the cap: short side 64
     with pytest.raises(ConfigError, match=f"{strip}: .* smaller than"):           # 1 x 256 px: below a patch
-        run_in_process(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={strip}")
+        run_in_process(*tiny_overrides, "task=heatmaps", f"experiments.heatmaps.images={strip}")
     nothing_written(tmp_path, "mine")
 
 

@@ -20,8 +20,8 @@ from bagnet.result import Result
 from experiments import suite
 
 matplotlib.use("Agg")
-SCRAMBLE = ["task=scrambling", "model=bagnet9", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
-            "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1"]
+SCRAMBLE = ["task=scrambling", "model=bagnet9", "experiments.scrambling.num_images=4", "experiments.scrambling.grids=[2]",
+            "experiments.scrambling.texture=false", "experiments.scrambling.num_examples=1"]
 
 
 def result(value: float, figures=("f",)) -> Result:
@@ -139,7 +139,7 @@ def test_heatmaps_give_one_figure_per_input_file(tmp_path, run_in_process, tiny_
     rng = np.random.default_rng(0)
     for name in ("img.000.png", "img.001.png", "x.png", "x.jpg"):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / name)
-    cfg, res = run_in_process(*tiny_overrides, "task=heatmaps", f"signatures.heatmaps.images={folder}")
+    cfg, res = run_in_process(*tiny_overrides, "task=heatmaps", f"experiments.heatmaps.images={folder}")
     per_model = [n for n in res.figures]
     assert len(per_model) == 4 and len(set(per_model)) == 4
     assert len(list(Path(cfg.out_dir).glob("explain_*.png"))) == 4

@@ -191,7 +191,7 @@ def test_wandb_and_mlflow_get_the_figure_and_the_config(tmp_path, name, run_in_p
         assert list(mlruns.glob("*/*/artifacts/figures/heatmaps_step*.png"))
         assert list(mlruns.glob("*/*/artifacts/config.yaml"))
         assert (next(mlruns.glob("*/*/params/model.tag"))).read_text() == "bagnet9_w4"
-        assert not list(mlruns.glob("*/*/params/signatures.*"))   # params: model, data, trainer, seed
+        assert not list(mlruns.glob("*/*/params/experiments.*"))   # params: model, data, trainer, seed
 
 
 def test_a_bad_logger_name_is_one_error_line(tmp_path, run_in_process, run_cli, tiny_overrides, one_error_line):

@@ -119,7 +119,7 @@ def test_heatmaps_of_a_users_own_image_files(tmp_path, run_in_process, make_imag
     PILImage.new("RGB", (61, 40), (200, 30, 30)).save(mine / "wide.png")     # any size, not square
     PILImage.new("RGB", (40, 40), (30, 200, 30)).save(tmp_path / "mine" / "loose.jpg")
     _, result = run_in_process("task=heatmaps", *data, f"checkpoint={cfg.run_dir}",
-                               f"signatures.heatmaps.images={tmp_path / 'mine'}", f"out_dir={tmp_path / 'out'}")
+                               f"experiments.heatmaps.images={tmp_path / 'mine'}", f"out_dir={tmp_path / 'out'}")
     table = result.tables["images"].set_index(result.tables["images"]["file"].map(lambda f: f.rsplit("/", 1)[-1]))
     assert set(table.index) == {"wide.png", "loose.jpg"}
     assert table.loc["wide.png", "true"] == "dog" and pd.isna(table.loc["loose.jpg", "true"])

@@ -53,7 +53,7 @@ def test_the_installed_wheel_trains_and_runs_an_experiment(installed, tmp_path):
     assert train.returncode == 0, train.stderr[-2000:]
     run_dir = next(tmp_path.glob("runs/train/synthetic/bagnet9_w4/debug-seed0"))
     heat = bagnet_run(installed, tmp_path, "task=heatmaps", "debug=fast", *small, f"checkpoint={run_dir}",
-                      "signatures.heatmaps.num_images=2")
+                      "experiments.heatmaps.num_images=2")
     assert heat.returncode == 0, heat.stderr[-2000:]
     assert (tmp_path / "runs" / "debug" / "results" / "heatmaps" / "heatmaps.png").is_file()
     # the code ran from the wheel, not from the checkout, and says so in its provenance

@@ -36,18 +36,18 @@ MODELS = {"BagNet-9": {"name": "bagnet", "patch_size": 9}, "BagNet-17": {"name":
           "DenseNet-169": {"name": "densenet169"}}
 
 SHRUNK = ["data.image_size=64", "data.workers=0", "trainer.eval_batch_size=50",
-          "signatures.texture.num_images=2", "signatures.texture.steps=3", "signatures.texture.chunk=1",
-          "signatures.texture.num_examples=2",
-          "signatures.additivity.patch_sizes=[16]", "signatures.additivity.distance_bins=[0,16,48]",
-          "signatures.additivity.pairs_per_bin=1", "signatures.additivity.num_images=2",
-          "signatures.sensitivity.num_images=2", "signatures.sensitivity.region=16",
-          "signatures.sensitivity.max_regions=3", "signatures.sensitivity.report_n=[1,3]",
-          "signatures.sensitivity.ig_steps=2", "signatures.sensitivity.batch_size=2",
-          "signatures.sensitivity.internal_batch_size=4", "signatures.sensitivity.heatmap_stride=4",
-          "signatures.heatmaps.classes=[n01440764,n03888257]", "signatures.heatmaps.num_images=2",
-          "signatures.heatmaps.stride=8",
-          "signatures.patches.classes=[n01440764,n03888257]", "signatures.patches.k=2",
-          "signatures.patches.per_class_images=2", "signatures.patches.distractor_images=4"]
+          "experiments.texture.num_images=2", "experiments.texture.steps=3", "experiments.texture.chunk=1",
+          "experiments.texture.num_examples=2",
+          "experiments.additivity.patch_sizes=[16]", "experiments.additivity.distance_bins=[0,16,48]",
+          "experiments.additivity.pairs_per_bin=1", "experiments.additivity.num_images=2",
+          "experiments.sensitivity.num_images=2", "experiments.sensitivity.region=16",
+          "experiments.sensitivity.max_regions=3", "experiments.sensitivity.report_n=[1,3]",
+          "experiments.sensitivity.ig_steps=2", "experiments.sensitivity.batch_size=2",
+          "experiments.sensitivity.internal_batch_size=4", "experiments.sensitivity.heatmap_stride=4",
+          "experiments.heatmaps.classes=[n01440764,n03888257]", "experiments.heatmaps.num_images=2",
+          "experiments.heatmaps.stride=8",
+          "experiments.patches.classes=[n01440764,n03888257]", "experiments.patches.k=2",
+          "experiments.patches.per_class_images=2", "experiments.patches.distractor_images=4"]
 
 
 def _save_release(obj, folder: Path, release_file: str) -> Path:
@@ -107,8 +107,8 @@ def run_paper(tmp_path_factory, monkeypatch: pytest.MonkeyPatch, models: dict, *
     overrides = ["experiment=paper", "data=imagenette", f"data.root={IMAGENETTE}",
                  "data.label_space=imagenet1k", "device=cpu", f"paths.root_dir={root}",
                  f"weights_dir={weights_dir}", *SHRUNK,
-                 f"signatures.error_overlap.pairs=[{','.join(pairs)}]",
-                 f"signatures.sensitivity.targets=[{','.join(targets)}]",
+                 f"experiments.error_overlap.pairs=[{','.join(pairs)}]",
+                 f"experiments.sensitivity.targets=[{','.join(targets)}]",
                  *[f"~models.{label}" for label in MODELS if label not in models], *extra]
     with monkeypatch.context() as mp, tf32(True):     # both restored after, whatever happens
         mp.setattr(bagnet.context, "pretrained_model", watched)
@@ -187,7 +187,7 @@ def test_paper_on_two_models(tmp_path_factory, monkeypatch):
     """make reproduce-paper on BagNet-33 and AlexNet: every experiment's tables and figures, TF32 off in every
     forward, a killed run resumed (the BagNet-as-its-own-target control off: it alone takes minutes). On all
     eight models, with the control: the slow tests below."""
-    run = run_paper(tmp_path_factory, monkeypatch, TWO, "signatures.sensitivity.bagnet_control=false")
+    run = run_paper(tmp_path_factory, monkeypatch, TWO, "experiments.sensitivity.bagnet_control=false")
     assert_every_part_written(run, TWO)
     drops = run["result"].parts["sensitivity"].tables["logit_drop"]
     assert set(drops["target"]) == {"AlexNet"} and set(drops[drops.method == "lrp"]["target"]) == {"AlexNet"}

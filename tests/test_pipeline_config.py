@@ -43,23 +43,23 @@ def test_accuracy_known_answer_and_paired_contrast():
 def test_pipeline_refuses_a_bad_list_before_anything_trains(tmp_path, run_in_process, tiny_overrides):
     for bad, message in ((["pipeline.experiments=[accuracy,scramblin]"], "unknown experiment 'scramblin'"),
                          (["pipeline.experiments=[]"], "pipeline.experiments is empty"),
-                         (["pipeline.experiments=[scrambling]", "+signatures.scrambling.groups={g: [nope]}"],
+                         (["pipeline.experiments=[scrambling]", "+experiments.scrambling.groups={g: [nope]}"],
                           r"groups.g: \['nope'\] are not classes"),
-                         (["pipeline.experiments=[patches]", "signatures.patches.classes=[tench]"],
+                         (["pipeline.experiments=[patches]", "experiments.patches.classes=[tench]"],
                           r"patches.classes: \['tench'\] are not classes"),
-                         (["pipeline.experiments=[heatmaps]", "signatures.heatmaps.classes=[nope]"],
+                         (["pipeline.experiments=[heatmaps]", "experiments.heatmaps.classes=[nope]"],
                           r"heatmaps.classes: \['nope'\] are not classes"),
-                         (["pipeline.experiments=[accuracy]", "signatures.accuracy.image_size=96"],
-                          "signatures.accuracy.image_size"),
+                         (["pipeline.experiments=[accuracy]", "experiments.accuracy.image_size=96"],
+                          "experiments.accuracy.image_size"),
                          (["pipeline.experiments=[accuracy]", "pipeline.report=nope"], "unknown pipeline.report"),
                          # a model a key names but the run lacks (a misspelt label) is found before the training
-                         (["pipeline.experiments=[accuracy]", "signatures.accuracy.reference=B33"],
-                          r"signatures.accuracy: \['B33'\] are not models of this run \(B9\)"),
-                         (["pipeline.experiments=[error_overlap]", "signatures.error_overlap.reference=[B9,CNN]"],
-                          r"signatures.error_overlap: \['CNN'\] are not models"),
-                         (["pipeline.experiments=[sensitivity]", "signatures.sensitivity.targets=[resnet]"],
-                          r"signatures.sensitivity: \['resnet'\] are not models"),
-                         (["pipeline.experiments=[sensitivity]", "signatures.sensitivity.bagnet=B9",
+                         (["pipeline.experiments=[accuracy]", "experiments.accuracy.reference=B33"],
+                          r"experiments.accuracy: \['B33'\] are not models of this run \(B9\)"),
+                         (["pipeline.experiments=[error_overlap]", "experiments.error_overlap.reference=[B9,CNN]"],
+                          r"experiments.error_overlap: \['CNN'\] are not models"),
+                         (["pipeline.experiments=[sensitivity]", "experiments.sensitivity.targets=[resnet]"],
+                          r"experiments.sensitivity: \['resnet'\] are not models"),
+                         (["pipeline.experiments=[sensitivity]", "experiments.sensitivity.bagnet=B9",
                            "pipeline.seed_models=[B9]", "pipeline.extra_seeds=[1]"], "name models by label"),
                          (["pipeline.experiments=[accuracy]", "pipeline.seed_models=[B33]", "pipeline.extra_seeds=[1]"],
                           r"pipeline.seed_models: \['B33'\] are not labels of pipeline.train")):
@@ -71,8 +71,8 @@ def test_pipeline_refuses_a_bad_list_before_anything_trains(tmp_path, run_in_pro
 def test_pipeline_trains_then_runs_the_listed_experiments(tmp_path, run_in_process, tiny_overrides):
     cfg, result = run_in_process("task=pipeline", *tiny_overrides, "+pipeline.train.B9=bagnet9",
                                  "+pipeline.train.B17={option: bagnet17, width: 4}",
-                                 "pipeline.experiments=[accuracy,heatmaps]", "signatures.heatmaps.num_images=2",
-                                 "signatures.accuracy.contrasts=[[B17,B9]]", f"out_dir={tmp_path / 'out'}")
+                                 "pipeline.experiments=[accuracy,heatmaps]", "experiments.heatmaps.num_images=2",
+                                 "experiments.accuracy.contrasts=[[B17,B9]]", f"out_dir={tmp_path / 'out'}")
     assert list(result.parts) == ["accuracy", "heatmaps"]
     assert list(result.tables["training"]["model"]) == ["B9", "B17"]
     assert set(result.parts["accuracy"].tables["accuracy"]["model"]) == {"B9", "B17"}

@@ -46,7 +46,7 @@ def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str
     # every cell is recomputed from the per-image prediction files the runs wrote and the scrambling experiment's
     # per-image table of each model (a wrong split, a clean file read as scrambled, a ratio of the wrong columns
     # or a scrambled image of another model fails here)
-    g = cfg.signatures.scrambling.grids[0]
+    g = cfg.experiments.scrambling.grids[0]
     for _, row in table.iterrows():
         ev = Path(row["run_dir"]) / "eval"
         acc = {name: pd.read_csv(ev / f"predictions_{name}.csv.gz").eval("pred == label").mean() for name in ("val", "test")}
@@ -107,8 +107,8 @@ def test_table1_pipeline_tiny(tmp_path, run_in_process):
                             "trainer.fused_optimizer=true")
     labels = set(table["model"]) | {"VGG-16"}
     sig, res = run_in_process("experiment=signatures", *TINY, "pipeline.experiments=[error_overlap,scrambling]",
-                              "signatures.scrambling.grids=[2]", "signatures.scrambling.num_images=4",
-                              "signatures.scrambling.texture=false")
+                              "experiments.scrambling.grids=[2]", "experiments.scrambling.num_images=4",
+                              "experiments.scrambling.texture=false")
     assert {str(v) for v in sig.models.values()} == set(table["run_dir"]) | {vgg.run_dir}
     # debug=fast (in TINY) writes under runs/, never over results/; each experiment into a folder of its own
     out = tmp_path / "runs" / "debug" / "results" / "signatures" / "synthetic" / "default-scratch"
@@ -124,8 +124,8 @@ def test_pipeline_runs_each_experiment_and_resumes_from_its_units(tmp_path, run_
     b9, _ = run_in_process("task=train", "model=bagnet9", *TINY)
     cnn, _ = run_in_process("task=train", "model=small_cnn", "model.width=4", *TINY)
     args = ["task=pipeline", *TINY, f"+models.B9={b9.run_dir}", f"+models.CNN={cnn.run_dir}",
-            "pipeline.experiments=[additivity,error_overlap]", "signatures.additivity.num_images=2",
-            "signatures.additivity.patch_sizes=[8]", "out_dir=" + str(tmp_path / "sig")]
+            "pipeline.experiments=[additivity,error_overlap]", "experiments.additivity.num_images=2",
+            "experiments.additivity.patch_sizes=[8]", "out_dir=" + str(tmp_path / "sig")]
     run_in_process(*args)
     units = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")}
     assert {p.parent.name for p in units if p.parent.parent.name == "additivity"} == {"B9", "CNN"}
@@ -137,11 +137,11 @@ def test_pipeline_runs_each_experiment_and_resumes_from_its_units(tmp_path, run_
 
 def test_demo_pipeline_tiny(tmp_path, run_in_process):
     """make demo at 64 px, width 4, one step per model (seconds), and its documents rebuilt from raw.json."""
-    cfg, demo = run_in_process("experiment=demo", *TINY, "signatures.heatmaps.num_images=2",
-                               "signatures.patches.k=2", "signatures.patches.per_class_images=4",
-                               "signatures.scrambling.num_images=16", "signatures.additivity.num_images=2",
-                               "signatures.sensitivity.num_images=2", "signatures.sensitivity.ig_steps=4",
-                               "signatures.scrambling.texture_patch=9")
+    cfg, demo = run_in_process("experiment=demo", *TINY, "experiments.heatmaps.num_images=2",
+                               "experiments.patches.k=2", "experiments.patches.per_class_images=4",
+                               "experiments.scrambling.num_images=16", "experiments.additivity.num_images=2",
+                               "experiments.sensitivity.num_images=2", "experiments.sensitivity.ig_steps=4",
+                               "experiments.scrambling.texture_patch=9")
     results = demo.parts
     out = Path(cfg.out_dir)
     promised = {"accuracy": ["accuracy", "checks"], "scrambling": ["accuracy"], "additivity": ["interaction"],
@@ -354,7 +354,7 @@ def test_eval_imagenet_without_weights_says_what_it_needs(tmp_path, monkeypatch,
 def test_explain_tasks_on_a_trained_bagnet(tmp_path, name, run_in_process):
     train, _ = run_in_process("task=train", "model=bagnet17", *TINY)
     cfg, result = run_in_process(f"task={name}", "model=bagnet17", *TINY, f"checkpoint={train.run_dir}",
-                                 "signatures.heatmaps.num_images=2", "signatures.patches.per_class_images=2")
+                                 "experiments.heatmaps.num_images=2", "experiments.patches.per_class_images=2")
     out = Path(cfg.out_dir)
     assert result.figures and all((out / f"{f}.png").is_file() for f in result.figures)
     assert (out / f"{name}.csv").is_file()
@@ -423,14 +423,14 @@ def test_demo_seed_spread_reads_every_seed(tmp_path):
 
 
 def test_an_experiment_runs_at_its_own_image_size(run_in_process, tiny_overrides):
-    """``signatures.<name>.image_size``: that experiment's images at another side than the models were trained on
+    """``experiments.<name>.image_size``: that experiment's images at another side than the models were trained on
     (BagNets run at any size); an experiment on saved predictions refuses it (they were made at data.image_size)."""
     cfg, _ = run_in_process(*tiny_overrides)
-    exp = [*tiny_overrides, "task=scrambling", "signatures.scrambling.num_images=4", "signatures.scrambling.grids=[2]",
-           "signatures.scrambling.texture=false", "signatures.scrambling.num_examples=1", f"+models.B9={cfg.run_dir}"]
+    exp = [*tiny_overrides, "task=scrambling", "experiments.scrambling.num_images=4", "experiments.scrambling.grids=[2]",
+           "experiments.scrambling.texture=false", "experiments.scrambling.num_examples=1", f"+models.B9={cfg.run_dir}"]
     _, own = run_in_process(*exp)
-    _, larger = run_in_process(*exp, "signatures.scrambling.image_size=96", "overwrite=true")
+    _, larger = run_in_process(*exp, "experiments.scrambling.image_size=96", "overwrite=true")
     tiles = lambda r: set(r.tables["accuracy"]["tile"].dropna())
     assert tiles(own) == {"64x64", "32x32"} and tiles(larger) == {"96x96", "48x48"}   # clean, and 2 x 2 tiles
-    with pytest.raises(ConfigError, match="signatures.accuracy.image_size"):
-        run_in_process(*tiny_overrides, "task=accuracy", f"+models.B9={cfg.run_dir}", "signatures.accuracy.image_size=96")
+    with pytest.raises(ConfigError, match="experiments.accuracy.image_size"):
+        run_in_process(*tiny_overrides, "task=accuracy", f"+models.B9={cfg.run_dir}", "experiments.accuracy.image_size=96")

@@ -217,7 +217,7 @@ def test_squash_without_augmentation_is_the_notebooks_transform(tmp_path):
 def test_table1_scrambling_blackens_the_remainder_as_the_notebook():
     from experiments.scrambling import _manipulate
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    cfg = as_dict(compose(["experiment=table1"]).signatures.scrambling) | {"seed": 0}
+    cfg = as_dict(compose(["experiment=table1"]).experiments.scrambling) | {"seed": 0}
     black = (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
     x = torch.randn(2, 3, 66, 66)
     out = _manipulate("scrambled_4x4", 4, x, [0, 1], cfg, mean, std)    # 16 px tiles, 2 px remainder
@@ -439,8 +439,8 @@ def test_init_scratch_composes_its_own_recipe_not_the_fine_tuning_one(profile, e
     assert scratch["trainer"]["epochs"] == epochs
     assert scratch["data"]["train_augment"] is True and scratch["data"]["crop_scale"] == [0.35, 1.0]
     assert scratch["data"]["resize"] == "squash"   # the report's eval images stay
-    assert scratch["signatures"]["scrambling"]["grids"] == [4]
-    assert scratch["signatures"]["scrambling"]["remainder"] == "black"
+    assert scratch["experiments"]["scrambling"]["grids"] == [4]
+    assert scratch["experiments"]["scrambling"]["remainder"] == "black"
     # the fine-tuning protocol is untouched for the report's starting points (and is the default)
     for cfg in (as_dict(compose(base + ["init=imagenet"])), as_dict(compose(base))):
         assert cfg["init"] == "imagenet"
