@@ -89,6 +89,7 @@ def test_keep_freed_cpu_memory_applies_on_glibc():
     assert keep_freed_cpu_memory() is True
 
 
+@pytest.mark.slow   # 10 s of subprocesses: make test-slow / test-full (CI runs both); keeps make test under 4 min
 def test_gpu_profile_refuses_without_cuda_and_runs_as_a_smoke_test_on_cpu(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts/bench_gpu.py")]
     refused = subprocess.run(cmd + ["--device", "cpu"], capture_output=True, text=True, timeout=60)
