@@ -71,7 +71,7 @@ def task(ctx) -> Result:
     labels = [*p["train"], *ctx.cfg.models]
     for name in p["experiments"]:   # a typo, a key outside its range or a model it names but lacks fails before training
         registry.check(name, experiment_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size), labels)
-    report = registry.report(p["report"]) if p["report"] else None
+    report = registry.report(p["report"], ctx.cfg) if p["report"] else None
     unknown = sorted(set(p["seed_models"]) - set(p["train"])) if p["extra_seeds"] else []
     if unknown:
         raise ConfigError(f"pipeline.seed_models: {unknown} are not labels of pipeline.train ({', '.join(p['train'])}); "

@@ -80,20 +80,29 @@ def register_pipeline(name: str):
     return add
 
 
-def register_report(name: str):
+REPORT_CHECKS: dict[str, Callable] = {}      # name -> check(cfg): refuse the report's own settings before training
+
+
+def register_report(name: str, check: Callable | None = None):
     """Decorator: ``report(ctx, result, trained) -> Result`` as ``pipeline.report=<name>``: it receives the
-    pipeline's Result (a part per experiment) and its trained runs (label -> (sub-run Context, summary))."""
+    pipeline's Result (a part per experiment) and its trained runs (label -> (sub-run Context, summary)).
+    ``check(cfg)``: refuses the report's own settings before anything trains."""
     def add(fn: Callable) -> Callable:
         if name in REPORTS:
             raise ValueError(f"report '{name}' is registered twice")
         REPORTS[name] = fn
+        if check is not None:
+            REPORT_CHECKS[name] = check
         return fn
     return add
 
 
-def report(name: str) -> Callable:
+def report(name: str, cfg=None) -> Callable:
+    """The report ``name``; with ``cfg``, its settings checked first (a ConfigError before any work)."""
     if name not in REPORTS:
         raise ConfigError(f"unknown pipeline.report '{name}'; registered: {', '.join(REPORTS) or 'none'}")
+    if cfg is not None and name in REPORT_CHECKS:
+        REPORT_CHECKS[name](cfg)
     return REPORTS[name]
 
 

@@ -1,0 +1,93 @@
+"""make reproduce-imagenette: its targets read off the result tables (known tables, known readings), its report's
+settings refused before training, and the real config shrunk and run end to end on imagenette-mini."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bagnet.errors import ConfigError
+from bagnet.result import Result
+from experiments.imagenette import parse_order, targets_table
+
+SETTINGS = {"top1": {"ResNet-50": 0.85, "BagNet-33": 0.75}, "order": "BagNet-9 < BagNet-17 <= BagNet-33 < ResNet-50"}
+
+
+def parts(r50=(0.80, 0.78, 0.82), b33=(0.77, 0.75, 0.79), contrasts=None, control=0.9) -> dict:
+    acc = pd.DataFrame([{"model": m, "top1": t, "top1_lo": lo, "top1_hi": hi}
+                        for m, (t, lo, hi) in (("ResNet-50", r50), ("BagNet-33", b33))])
+    con = pd.DataFrame(contrasts or [
+        {"model": "BagNet-17", "minus": "BagNet-9", "metric": "top1", "difference": 0.05, "lo": 0.02, "hi": 0.08},
+        {"model": "BagNet-33", "minus": "BagNet-17", "metric": "top1", "difference": -0.01, "lo": -0.03, "hi": 0.01},
+        {"model": "ResNet-50", "minus": "BagNet-33", "metric": "top1", "difference": 0.03, "lo": -0.01, "hi": 0.07}])
+    drop = pd.DataFrame([{"target": "BagNet-33", "method": m, "control": True, "auc": a, "auc_vs_occlusion": a / 2.0}
+                         for m, a in (("bagnet", 2 * control), ("occlusion", 2.0))])
+    return {"accuracy": Result(tables={"accuracy": acc, "contrasts": con}),
+            "sensitivity": Result(tables={"logit_drop": drop})}
+
+
+def test_targets_are_read_off_the_tables_with_the_chains_relations():
+    t = targets_table(parts(), SETTINGS).set_index("target")
+    r50 = t.loc["ResNet-50 test top-1 >= 0.85"]
+    assert not r50["met"] and r50["missed_by"] == pytest.approx(0.05) and r50["reading"] == "contradicted"
+    b33 = t.loc["BagNet-33 test top-1 >= 0.75"]
+    assert b33["met"] and pd.isna(b33["missed_by"]) and b33["reading"] == "not shown"   # the interval touches 0.75
+    links = t[t.index.str.contains("paired difference")]
+    # '<' needs the difference's interval above 0; '<=' only that it is not below 0
+    assert list(links["met"]) == [True, True, False]
+    assert list(links["reading"]) == ["supported", "not shown", "not shown"]
+    ctrl = t.loc[t.index.str.startswith("sensitivity control")].iloc[0]
+    assert ctrl["met"] and ctrl["measured"] == pytest.approx(0.9)
+    failed = targets_table(parts(control=0.6), SETTINGS).iloc[-1]
+    assert not failed["met"] and failed["missed_by"] == pytest.approx(0.2) and failed["reading"] == "contradicted"
+    # '<=' is missed when the smaller model is better beyond its interval
+    worse = parts(contrasts=[{"model": "BagNet-33", "minus": "BagNet-17", "metric": "top1", "difference": -0.05,
+                              "lo": -0.08, "hi": -0.02}])
+    row = targets_table(worse, {"order": "BagNet-17 <= BagNet-33"}).iloc[0]
+    assert not row["met"] and row["reading"] == "contradicted"
+    # a link whose contrast was not computed cannot be read
+    assert targets_table(worse, {"order": "BagNet-9 < BagNet-17"}).iloc[0]["reading"] == "cannot test"
+
+
+def test_a_bad_chain_is_refused():
+    assert parse_order("A < B <= C") == [("A", "<", "B"), ("B", "<=", "C")]
+    for bad in ("A", "A <", "A > B", "A < B C"):
+        with pytest.raises(ConfigError, match="imagenette.order"):
+            parse_order(bad)
+
+
+IMAGENETTE_MINI_SHRUNK = [
+    "experiment=imagenette", "data.image_size=64", "data.cache=false", "device=cpu", "bagnet_width=4",
+    "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.batch_size=4", "trainer.eval_batch_size=32",
+    "trainer.progress=false", "~pipeline.train.DenseNet-169", "~pipeline.train.BagNet-17", "~pipeline.train.BagNet-9",
+    "pipeline.train.ResNet-50=resnet18", "pipeline.experiments=[accuracy,sensitivity]",
+    "experiments.accuracy.contrasts=[[ResNet-50,BagNet-33]]", "imagenette.order='BagNet-33 < ResNet-50'",
+    "experiments.sensitivity.targets=[ResNet-50]", "experiments.sensitivity.num_images=2",
+    "experiments.sensitivity.methods=[bagnet,saliency,occlusion,random]", "experiments.sensitivity.max_regions=3",
+    "experiments.sensitivity.report_n=[1,3]", "experiments.sensitivity.heatmap_stride=8"]
+
+
+def test_a_target_naming_a_model_the_pipeline_lacks_is_refused_before_training(tmp_path, run_in_process, real_data):
+    root = real_data("imagenette-mini", "val")
+    with pytest.raises(ConfigError, match=r"imagenette: \['BagNet-9'\] are not models of the pipeline"):
+        run_in_process(*IMAGENETTE_MINI_SHRUNK, f"data.root={root}", "imagenette.order='BagNet-9 < ResNet-50'")
+    assert not (tmp_path / "runs" / "train").exists()
+
+
+@pytest.mark.slow   # a minute on 2 cores: make test-slow / test-full (CI runs both)
+def test_reproduce_imagenette_shrunk_on_imagenette_mini(tmp_path, run_in_process, real_data):
+    """The real config, shrunk: trains, runs the experiments, writes the targets and the README."""
+    root = real_data("imagenette-mini", "val")
+    cfg, result = run_in_process(*IMAGENETTE_MINI_SHRUNK, f"data.root={root}", f"out_dir={tmp_path / 'out'}")
+    targets = pd.read_csv(tmp_path / "out" / "targets.csv")
+    assert list(targets["target"])[:2] == ["ResNet-50 test top-1 >= 0.85", "BagNet-33 test top-1 >= 0.75"]
+    acc = result.parts["accuracy"].tables["accuracy"].set_index("model")
+    assert targets.iloc[0]["measured"] == pytest.approx(acc.loc["ResNet-50", "top1"])
+    assert "paired difference ResNet-50 - BagNet-33" in targets.iloc[2]["target"]
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "## Targets" in readme and "`sensitivity/`" in readme
+    raw = json.loads((tmp_path / "out" / "raw.json").read_text())
+    assert raw["provenance"]["config"]["pipeline"]["report"] == "imagenette"
+    assert Path(cfg.out_dir) == tmp_path / "out"
