@@ -39,10 +39,12 @@ def _value(v) -> str:
 
 
 def sub_runs(ctx, models: Mapping, *extra: str) -> dict:
-    """label -> the ``task=train`` Context of every ``label -> model entry`` (this run's other overrides;
-    ``extra`` ones, e.g. ``seed=1``, replace this run's value of that key)."""
-    keys = {o.split("=", 1)[0] for o in extra}
-    base = [o for o in ctx.overrides if not o.lstrip("+~").startswith("model") and o.split("=", 1)[0] not in keys]
+    """label -> the ``task=train`` Context of every ``label -> model entry`` (this run's other overrides but its
+    folders; ``extra`` ones, e.g. ``seed=1``, replace this run's value of that key)."""
+    # the pipeline's own folders (run_dir=, out_dir=) are not its trainings': each training has a run dir of its own
+    keys = {o.split("=", 1)[0] for o in extra} | {"run_dir", "out_dir"}
+    base = [o for o in ctx.overrides
+            if not o.lstrip("+~").startswith("model") and o.split("=", 1)[0].lstrip("+~") not in keys]
     return {label: replace(ctx, overrides=base).with_overrides("task=train", *extra, *model_overrides(spec))
             for label, spec in models.items()}
 

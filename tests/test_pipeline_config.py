@@ -80,3 +80,13 @@ def test_pipeline_trains_then_runs_the_listed_experiments(tmp_path, run_in_proce
     assert (out / "training.csv").is_file() and (out / "accuracy" / "contrasts.csv").is_file()
     assert (out / "heatmaps" / "heatmaps.png").is_file()
     assert {p.parent.name for p in (tmp_path / "runs" / "train").rglob("summary.json")} == {"debug-seed0"}
+
+
+def test_the_pipelines_own_run_dir_is_not_its_trainings(tmp_path, run_in_process, tiny_overrides):
+    """run_dir= on a pipeline's command line names the pipeline's store: each model still trains into a run dir
+    of its own (it was inherited, and the second model was refused as another run in the first one's dir)."""
+    own = tmp_path / "pipeline-store"
+    run_in_process("task=pipeline", *tiny_overrides, "+pipeline.train.B9=bagnet9", "+pipeline.train.B17=bagnet17",
+                   "pipeline.experiments=[accuracy]", f"run_dir={own}", f"out_dir={tmp_path / 'out'}")
+    trained = sorted(p.parent for p in (tmp_path / "runs" / "train").rglob("summary.json"))
+    assert len(trained) == 2 and own not in trained and trained[0] != trained[1]
