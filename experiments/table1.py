@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from bagnet import io
 from bagnet.checkpoint import model_kwargs
 from bagnet.config import as_dict
+from bagnet.errors import ConfigError
 from bagnet.models.releases import locate_weights
 from bagnet.result import Result
 from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci
@@ -33,7 +34,17 @@ from .scrambling import tile_grid
 REPORT_TABLE1 = published.report_table1()   # the 15-Scene report's Table 1: model -> (val, test, scrambled test)
 
 
-@register_report("table1")
+def check(cfg) -> None:
+    """Before anything trains: the scrambled test runs on every test image, with a per-image table to read."""
+    s = cfg.experiments.scrambling
+    if "scrambling" not in cfg.pipeline.experiments or s.num_images is not None or not s.per_image:
+        raise ConfigError("table1: Table 1 reads the scrambling experiment on every test image, image by image; keep "
+                          "scrambling in pipeline.experiments with experiments.scrambling.num_images=null and per_image=true")
+    if cfg.split != "test":
+        raise ConfigError(f"table1: the scrambled test is on the test split; split={cfg.split}")
+
+
+@register_report("table1", check=check)
 def report(ctx, result: Result, trained: dict) -> Result:
     """Table 1 (val / test / scrambled-test top-1 with 95% bootstrap intervals over images, beside the report's
     numbers), the contrasts against ``table1.reference`` and ``table1.contrast_pairs``, and with extra seeds the

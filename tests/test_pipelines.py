@@ -39,6 +39,13 @@ def test_table1_pipeline_on_three_models(tmp_path, run_in_process):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")} == mtimes
 
 
+def test_table1_refuses_a_scrambled_test_it_cannot_read_before_training(tmp_path, run_in_process):
+    for bad in ("experiments.scrambling.num_images=10", "experiments.scrambling.per_image=false",
+                "pipeline.experiments=[accuracy]", "split=val"):
+        with pytest.raises(ConfigError, match="^table1: "):
+            run_in_process(*TABLE1, *THREE, bad)
+    assert not (tmp_path / "runs" / "train").exists()
+
 def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str, str]]) -> None:
     """Every cell, contrast and seed row of a tiny Table 1 recomputed from the files its runs wrote."""
     table = result.tables["table1"]
