@@ -194,6 +194,35 @@ def block_patch_robustness(root: Path, folder: str = "patch_robustness/demo") ->
             + "\n\n".join(notes))
 
 
+# ------------------------------------------------------------------------------------------------ imagenette
+def block_imagenette(root: Path, folder: str = "imagenette") -> str:
+    """make reproduce-imagenette: every model's test top-1 / top-5 with intervals, each target met or missed (by how
+    much) with its reading, and every pair's error consistency against the CNN-CNN reference pair."""
+    tables, prov = load(root, folder)
+    acc, _ = load(root, f"{folder}/accuracy")
+    a = acc["accuracy"]
+    lines = ["Test top-1 / top-5 (" + f"{int(a['n'].max())} Imagenette2 val photos): " + "; ".join(
+        f"{r['model']} {ci(r, 'top1')} / {ci(r, 'top5')}" for _, r in a.iterrows()) + ".", ""]
+    t = tables["targets"]
+    shown = pd.DataFrame({
+        "target": t["target"],
+        "measured": [fmt_ci(m, lo, hi) if pd.notna(lo) else (f"{m:.3f}" if pd.notna(m) else "–")
+                     for m, lo, hi in zip(t["measured"], t["lo"], t["hi"])],
+        "met": ["–" if pd.isna(m) else "yes" if m else "**no**" for m in t["met"]],
+        "missed by": ["–" if pd.isna(x) else f"{x:.3f}" for x in t["missed_by"]],
+        "reading": [emphasis(r) for r in t["reading"]]})
+    lines += [to_markdown(shown), ""]
+    if (Path(root) / folder / "error_overlap" / "raw.json").is_file():
+        eo, _ = load(root, f"{folder}/error_overlap")
+        if "versus_reference" in eo:
+            v = eo["versus_reference"]
+            lines += ["Error consistency (Cohen's kappa of the two models' per-image errors) minus the reference "
+                      "pair's, paired over the same photos: " + "; ".join(
+                          f"{r['model_a']} vs {r['model_b']} {fmt_ci(r['difference'], r['lo'], r['hi'])} "
+                          f"({word(r['verdict'])})" for _, r in v.iterrows()) + ".", ""]
+    return "\n".join(lines) + source(prov, folder)
+
+
 # ------------------------------------------------------------------------------------------------ timings, bench
 def block_photos(root: Path, folder: str = "photos/patches") -> str:
     """The model behind the real-photo figures: what it is and how well it learned (from its provenance)."""
@@ -333,7 +362,7 @@ BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder un
     "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
     "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
     "signature-models": block_signature_models, "photos": block_photos, "bench": block_bench,
-    "patch-robustness": block_patch_robustness,
+    "patch-robustness": block_patch_robustness, "imagenette": block_imagenette,
 }
 
 
