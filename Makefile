@@ -76,7 +76,7 @@ heatmaps: setup
 	$(RUN) task=heatmaps experiment=demo out_dir=runs/heatmaps/demo $(if $(IMAGES),experiments.heatmaps.images=$(abspath $(IMAGES))) $(ARGS)
 	$(RUN) task=patches experiment=demo out_dir=runs/patches/demo $(ARGS)
 
-# Imagenette2 from scratch (configs/experiment/imagenette.yaml): the four models one after the other, ~1 h each on
+# Imagenette2 from scratch (configs/experiment/imagenette.yaml): the five models one after the other, ~1 h each on
 # 2 cores; resumable (run it again after an interruption). BAGNET_RUNS_DIR=/outside/the/clone keeps the runs for a later clone.
 IMAGENETTE_MODELS ?= resnet50,bagnet33,bagnet17,bagnet9,densenet169
 IMAGENETTE_ARG := $(if $(DATA_ROOT),data.root=$(abspath $(DATA_ROOT)))
