@@ -65,23 +65,9 @@ add_schema_store(store_schema)
 def task(ctx) -> Result:
     """Train ``pipeline.train``, then run ``pipeline.experiments`` on those runs and ``cfg.models``."""
     p = typed_cfg(PipelineConfig, as_dict(ctx.cfg).get("pipeline"), "pipeline")
-    if not p["experiments"]:
-        raise ConfigError("pipeline.experiments is empty; name registered experiments: "
-                          + ", ".join(registry.registered()))
-    labels = [*p["train"], *ctx.cfg.models]
-    for name in p["experiments"]:   # a typo, a key outside its range or a model it names but lacks fails before training
-        registry.check(name, experiment_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size), labels)
-    report = registry.report(p["report"], ctx.cfg) if p["report"] else None
-    unknown = sorted(set(p["seed_models"]) - set(p["train"])) if p["extra_seeds"] else []
-    if unknown:
-        raise ConfigError(f"pipeline.seed_models: {unknown} are not labels of pipeline.train ({', '.join(p['train'])}); "
-                          "remove them, or set pipeline.extra_seeds=[]")
+    refuse_before_training(ctx, p)
+    report = registry.report(p["report"]) if p["report"] else None
     seeded = {label: p["train"][label] for label in p["seed_models"]} if p["extra_seeds"] else {}
-    naming = [e.name for e in map(registry.get, p["experiments"])
-              if seeded and e.models_named and e.models_named(registry.check(e, experiment_cfg(ctx, e.name)))]
-    if naming:   # the seed runs get the experiments among themselves: a model named by label is not there
-        raise ConfigError(f"pipeline.extra_seeds: {naming} name models by label, which the runs at other seeds "
-                          "are not; leave those keys unset or set pipeline.extra_seeds=[]")
     seed_runs = {seed: seed_overrides(ctx, seed) for seed in p["extra_seeds"] if seeded}
     releases = check_all_weights(ctx, p["train"]) if p["train"] else {}   # every missing file named before training
     if p["train"] and p["estimate"] and ctx.dist.is_main:
@@ -116,6 +102,31 @@ def task(ctx) -> Result:
                                                    "release_files": releases},
                     summary=f"{len(specs)} models; ran {', '.join(parts)}")
     return report(ctx, result, trained) if report else result
+
+
+def refuse_before_training(ctx, p: dict) -> None:
+    """Every mistake that needs no training, refused before any: an unknown experiment, a key outside its range, a
+    model label an experiment's keys name but the pipeline lacks, the report's own settings, seed models that are
+    not trained, extra seeds with experiments that name models (the seed runs get the experiments among themselves)."""
+    if not p["experiments"]:
+        raise ConfigError("pipeline.experiments is empty; name registered experiments: "
+                          + ", ".join(registry.registered()))
+    labels = [*p["train"], *ctx.cfg.models]
+    typed = {name: registry.check(name, experiment_cfg(ctx, name), ctx.data.classes, int(ctx.data.image_size), labels)
+             for name in p["experiments"]}
+    if p["report"]:
+        registry.report(p["report"], ctx.cfg)
+    if not p["extra_seeds"]:
+        return
+    unknown = sorted(set(p["seed_models"]) - set(p["train"]))
+    if unknown:
+        raise ConfigError(f"pipeline.seed_models: {unknown} are not labels of pipeline.train ({', '.join(p['train'])}); "
+                          "remove them, or set pipeline.extra_seeds=[]")
+    naming = [name for name, cfg in typed.items()
+              if registry.get(name).models_named is not None and registry.get(name).models_named(cfg)]
+    if p["seed_models"] and naming:
+        raise ConfigError(f"pipeline.extra_seeds: {naming} name models by label, which the runs at other seeds "
+                          "are not; leave those keys unset or set pipeline.extra_seeds=[]")
 
 
 def seed_label(label: str, seed: int) -> str:
