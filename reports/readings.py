@@ -223,6 +223,22 @@ def block_imagenette(root: Path, folder: str = "imagenette") -> str:
     return "\n".join(lines) + source(prov, folder)
 
 
+def imagenette_headline(root: Path, folder: str = "imagenette") -> tuple[str, str, str, str]:
+    """The README headline's row of make reproduce-imagenette: every model's test top-1, the targets met."""
+    tables, prov = load(root, folder)
+    acc, _ = load(root, f"{folder}/accuracy")
+    t = tables["targets"]
+    missed = [f"{r['target']} missed by {r['missed_by']:.3f}" if pd.notna(r["missed_by"]) else f"{r['target']} not met"
+              for _, r in t.iterrows() if r["met"] is False or r["met"] == 0]
+    met = int(t["met"].fillna(False).astype(bool).sum())
+    size = ((prov.get("config") or {}).get("data") or {}).get("image_size")
+    return (f"Imagenette2 (real ImageNet photos, 10 classes): models trained from scratch at {size} px "
+            f"(`results/{folder}/`)",
+            "test top-1 " + ", ".join(f"{r['model']} {ci(r, 'top1')}" for _, r in acc["accuracy"].iterrows())
+            + f"; targets met: {met}/{len(t)}" + (f" ({'; '.join(missed)})" if missed else ""),
+            "–", "`make reproduce-imagenette DATA_ROOT=...`")
+
+
 # ------------------------------------------------------------------------------------------------ timings, bench
 def block_photos(root: Path, folder: str = "photos/patches") -> str:
     """The model behind the real-photo figures: what it is and how well it learned (from its provenance)."""
@@ -354,6 +370,8 @@ def block_headline(root: Path) -> str:
          f"BagNet-33 {percent(paper['BagNet-33']['top5']):g}%, BagNet-17 {percent(paper['BagNet-17']['top5']):g}%",
          "`make eval-imagenet IMAGENET_ROOT=...`"),
     ]
+    if (Path(root) / "imagenette" / "raw.json").is_file():   # once make reproduce-imagenette has run
+        rows.insert(2, imagenette_headline(root))
     table = to_markdown(pd.DataFrame(rows, columns=["what", "measured", "paper / report", "command"]))
     return (table + "\n\nDemo: " + source(dprov, "demo/accuracy")[8:] + " Table 1: " + source(tprov, TABLE1)[8:])
 

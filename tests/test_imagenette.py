@@ -93,25 +93,44 @@ def test_reproduce_imagenette_shrunk_on_imagenette_mini(tmp_path, run_in_process
     assert Path(cfg.out_dir) == tmp_path / "out"
 
 
-def test_the_readme_block_renders_the_targets_from_the_files(tmp_path):
-    """The README's Imagenette block (reports/readings.py) holds what the result files hold: each target met or
-    missed and by how much, every model's interval, every pair against the reference pair."""
+def write_imagenette_results(root: Path) -> None:
+    """results/imagenette as the pipeline writes it (accuracy, error_overlap's reference table, the targets), from
+    known tables."""
     from bagnet.io import write_result
-    from reports.readings import render_document
-    from experiments.imagenette import targets_table
-    prov = {"device": "cpu: test", "git_commit": "abc", "time": "2026-12-06T00:00", "wall_s": 60.0}
+    prov = {"device": "cpu: test", "git_commit": "abc", "time": "2026-12-06T00:00", "wall_s": 60.0,
+            "config": {"data": {"image_size": 112}}}
     acc = pd.DataFrame([{"model": m, "n": 3925, "top1": t, "top1_lo": t - 0.01, "top1_hi": t + 0.01,
                          "top5": 0.97, "top5_lo": 0.96, "top5_hi": 0.98} for m, t in (("ResNet-50", 0.819),
                                                                                    ("BagNet-33", 0.774))])
-    write_result(Result(tables={"accuracy": acc}), tmp_path / "imagenette" / "accuracy", prov)
+    write_result(Result(tables={"accuracy": acc}), root / "imagenette" / "accuracy", prov)
     ref = pd.DataFrame([{"model_a": "ResNet-50", "model_b": "BagNet-33", "kappa": 0.55, "reference": "ResNet-50 vs X",
                          "reference_kappa": 0.6, "difference": -0.05, "lo": -0.08, "hi": -0.02,
                          "verdict": "contradicted (95% CI excludes 0 on the other side)"}])
-    write_result(Result(tables={"versus_reference": ref}), tmp_path / "imagenette" / "error_overlap", prov)
+    write_result(Result(tables={"versus_reference": ref}), root / "imagenette" / "error_overlap", prov)
     write_result(Result(tables={"targets": targets_table(parts(r50=(0.819, 0.809, 0.829)), SETTINGS)}),
-                 tmp_path / "imagenette", prov)
+                 root / "imagenette", prov)
+
+
+def test_the_readme_block_renders_the_targets_from_the_files(tmp_path):
+    """The README's Imagenette block (reports/readings.py) holds what the result files hold: each target met or
+    missed and by how much, every model's interval, every pair against the reference pair."""
+    from reports.readings import render_document
+    write_imagenette_results(tmp_path)
     text = render_document("<!-- render: imagenette -->\n<!-- /render -->\n", tmp_path)
     assert "ResNet-50 0.819 [0.809, 0.829] / 0.970 [0.960, 0.980]" in text
     assert "| ResNet-50 test top-1 >= 0.85 | 0.819 [0.809, 0.829] | **no** | 0.031 | **contradicted** |" in text
     assert "ResNet-50 vs BagNet-33 -0.050 [-0.080, -0.020] (contradicted)" in text
     assert "Source: `results/imagenette/`" in text
+
+
+def test_the_headline_gains_the_imagenette_row_once_its_results_exist(tmp_path):
+    import shutil
+    from reports.readings import block_headline
+    root = Path(__file__).resolve().parents[1] / "results"
+    shutil.copytree(root, tmp_path / "results")
+    assert "Imagenette2" not in block_headline(tmp_path / "results")      # not run yet: no row
+    write_imagenette_results(tmp_path / "results")
+    row = next(line for line in block_headline(tmp_path / "results").splitlines() if "Imagenette2" in line)
+    assert "models trained from scratch at 112 px" in row
+    assert "ResNet-50 0.819 [0.809, 0.829], BagNet-33 0.774 [0.764, 0.784]" in row
+    assert "targets met: 4/6 (ResNet-50 test top-1 >= 0.85 missed by 0.031" in row
