@@ -73,7 +73,7 @@ def targets_table(parts: Mapping[str, Result], settings: Mapping) -> pd.DataFram
     rows = []
     acc = parts["accuracy"].tables["accuracy"].set_index("model") if "accuracy" in parts else pd.DataFrame()
     for model, threshold in (settings.get("top1") or {}).items():
-        if model in acc.index:
+        if model in acc.index and pd.notna(acc.loc[model, "top1"]):
             r = acc.loc[model]
             met = bool(r["top1"] >= threshold)
             rows.append(_row(f"{model} test top-1 >= {threshold:g}", r["top1"], r["top1_lo"], r["top1_hi"], met,
@@ -91,13 +91,14 @@ def targets_table(parts: Mapping[str, Result], settings: Mapping) -> pd.DataFram
                 continue
             c = con.loc[(high, low, "top1")]
             word = by_interval(c["lo"], c["hi"], 0.0, "greater")
-            met = word == SUPPORTED if rel == "<" else word != CONTRADICTED
+            met = None if word == CANNOT_TEST else word == SUPPORTED if rel == "<" else word != CONTRADICTED
             rows.append(_row(what, c["difference"], c["lo"], c["hi"], met, None, word))
     if "sensitivity" in parts and "logit_drop" in parts["sensitivity"].tables:
         drop = parts["sensitivity"].tables["logit_drop"]
         own = drop[drop["control"].astype(bool)].set_index("method")
-        if "bagnet" in own.index and "occlusion" in own.index:
-            target, value = own["target"].iloc[0], float(own.at["bagnet", "auc_vs_occlusion"])
+        value = float(own.at["bagnet", "auc_vs_occlusion"]) if "bagnet" in own.index else float("nan")
+        if "occlusion" in own.index and value == value:      # NaN: not measured, no row
+            target = own["target"].iloc[0]
             rows.append(_row(f"sensitivity control: {target}'s heatmap scored on {target} reaches {CONTROL_PASS:g} of "
                              "occlusion's AUC", value, None, None, bool(value >= CONTROL_PASS),
                              None if value >= CONTROL_PASS else CONTROL_PASS - value,

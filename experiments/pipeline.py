@@ -90,9 +90,12 @@ def task(ctx) -> Result:
     with nullcontext() if p["tf32"] is None else tf32(p["tf32"]):
         numerics = numerics_state()
         parts = run_experiments(ctx, p["experiments"], specs, hook=guard)
-        for seed, extra in seed_runs.items():   # on their own seed's data (a split may depend on the seed)
+        # the runs at other seeds: on their own seed's data (a split may depend on the seed), with the experiments'
+        # randomness (scrambles, picks) of the first seed, so that their spread is the training's alone
+        for seed, extra in seed_runs.items():
             again = run_experiments(ctx.with_overrides(*extra), p["experiments"],
-                                    {seed_label(label, seed): runs[seed_label(label, seed)] for label in seeded}, hook=guard)
+                                    {seed_label(label, seed): runs[seed_label(label, seed)] for label in seeded},
+                                    hook=guard, seed=ctx.cfg.seed)
             parts = {name: combine(registry.get(name), [parts[name], again[name]]) for name in parts}
     numerics["restored_after"] = numerics_state()
     if guard is not None:

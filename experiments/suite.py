@@ -178,19 +178,23 @@ def split_data(ctx, split: str | None = None, image_size: int | None = None) -> 
                      int(data.image_size))
 
 
-def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) -> dict[str, Result]:
+def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None,
+                    seed: int | None = None) -> dict[str, Result]:
     """The registered experiments ``names`` on the models ``specs`` (name -> run dir / checkpoint / model
     config) and ``cfg.split``, one Result each. Units are saved in the run dir only when every model's weights
     are known: a trained run (keyed by its checkpoint's content) or a release (by its file); a bare model
-    config may be random weights. ``hook``: a forward pre-hook put on every model (e.g. a TF32 guard)."""
+    config may be random weights. ``hook``: a forward pre-hook put on every model (e.g. a TF32 guard);
+    ``seed``: the experiments' own seed instead of the run's (runs trained at other seeds are read with the
+    same scrambles, occluder placements and image picks as the first)."""
     cfg = ctx.cfg
+    settings = {name: {**experiment_cfg(ctx, name), **({"seed": seed} if seed is not None else {})} for name in names}
     trained = {m: (s if s is not None else cfg.checkpoint or None) for m, s in specs.items()}
     key = {**data_key(ctx.cfg), "model_keys": {m: model_key(s, ctx.cfg.get("weights_dir")) for m, s in trained.items()}}
     known = all(isinstance(s, str) or is_release(s) for s in trained.values())
     store = Store(Path(cfg.run_dir), progress=False) if known else None
     experiments = [registry.get(name) for name in names]       # an unknown name fails before any work
     for e in experiments:     # and every key outside its range (the image side's too), before a model is loaded
-        registry.check(e, experiment_cfg(ctx, e.name), ctx.data.classes, int(ctx.data.image_size), list(specs))
+        registry.check(e, settings[e.name], ctx.data.classes, int(ctx.data.image_size), list(specs))
     if store is not None:
         check_writable(Path(cfg.run_dir), "run_dir")
     def load(name: str) -> nn.Module:
@@ -202,8 +206,8 @@ def run_experiments(ctx, names, specs: Mapping, hook: Callable | None = None) ->
     preds = Predictions(ctx, specs, lambda name: models[name] if name in models else load(name), store,
                         key["model_keys"]) if any(e.inputs == "predictions" for e in experiments) else None
     return {e.name: run_experiment(e, models or {m: None for m in specs},
-                                   split_data(ctx, image_size=experiment_cfg(ctx, e.name).get("image_size")),
-                                   experiment_cfg(ctx, e.name), predictions=preds, store=store, key=key)
+                                   split_data(ctx, image_size=settings[e.name].get("image_size")),
+                                   settings[e.name], predictions=preds, store=store, key=key)
             for e in experiments}
 
 

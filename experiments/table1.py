@@ -42,6 +42,16 @@ def check(cfg) -> None:
                           "scrambling in pipeline.experiments with experiments.scrambling.num_images=null and per_image=true")
     if cfg.split != "test":
         raise ConfigError(f"table1: the scrambled test is on the test split; split={cfg.split}")
+    if s.get("image_size") is not None:
+        raise ConfigError("table1: the scrambled test is at the models' size, data.image_size; leave "
+                          "experiments.scrambling.image_size null")
+    # a misspelt label, not a row left out of this run (its contrasts are then left out too)
+    rows = {label for entries in cfg.table1.models.values() for label in entries}
+    named = [cfg.table1.get("reference")] + [m for pair in cfg.table1.get("contrast_pairs") or [] for m in pair]
+    unknown = sorted({m for m in named if m} - rows)
+    if unknown:
+        raise ConfigError(f"table1: reference / contrast_pairs name {unknown}, not rows of table1.models "
+                          f"({', '.join(sorted(rows))})")
 
 
 @register_report("table1", check=check)
@@ -74,7 +84,13 @@ def report(ctx, result: Result, trained: dict) -> Result:
         seeds = pd.DataFrame(seed_rows)
         seeds = seeds[["model", "seed", *metric_columns(seeds), "run_dir"]]
         tables["seeds"], tables["seed_spread"] = seeds.sort_values(["model", "seed"]), seed_spread(seeds)
-    return Result(tables=tables, figures={"table1": table1_figure(df)}, raw=raw,
+    # the scrambling part as written: without its per-image table (tens of thousands of rows; kept with the units
+    # in the run dir, <run_dir>/scrambling/all/per_image.csv.gz)
+    scrambling = result.parts["scrambling"]
+    written = Result(tables={k: v for k, v in scrambling.tables.items() if k != "per_image"}, figures=scrambling.figures,
+                     raw=scrambling.raw, summary=scrambling.summary, header=scrambling.header)
+    return Result(tables={**result.tables, **tables}, figures={"table1": table1_figure(df)},
+                  raw={**raw, "pipeline": result.raw}, parts={"scrambling": written},
                   header=lambda prov: table1_header(cfg, prov),
                   summary=" | ".join(f"{r['model']} {r['test']:.3f}/{r['scrambled test']:.3f}" for r in rows))
 
@@ -96,6 +112,10 @@ def per_image_correctness(sub, label: str, per_image: pd.DataFrame, cfg: DictCon
     test = correct(pd.read_csv(Path(sub.cfg.run_dir) / "eval" / "predictions_test.csv.gz"))
     mine = per_image[per_image["model"] == label]
     clean = mine[mine["condition"] == "clean"].set_index("index")["correct"].astype(float)
+    if len(test) != len(clean) or set(test.index) != set(clean.index):   # e.g. trainer.max_eval_images capped the run's
+        raise ConfigError(f"table1: {label}'s test predictions cover {len(test)} images, the scrambled test "
+                          f"{len(clean)}: the run evaluated a subset (trainer.max_eval_images="
+                          f"{sub.cfg.trainer.get('max_eval_images')}); Table 1 reads both on the same images")
     out = {"test": test.astype(float)}
     for g, (column, _) in scrambled_columns(cfg).items():
         s = mine[mine["condition"] == f"scrambled_{g}x{g}"].set_index("index")["correct"].astype(float)
@@ -248,7 +268,9 @@ def tile_note(cfg: DictConfig) -> str:
     s, size = cfg.experiments.scrambling, int(cfg.data.image_size)
     g, tile = int(s.grids[0]), size // int(s.grids[0])
     rem = size - g * tile
-    note = (f" ({tile} px tiles, remainder {rem} px black as in the report's scrambling notebook)" if rem else
+    kept = ("black as in the report's scrambling notebook" if s.get("remainder", "black") == "black"
+            else "left in place (the report's notebook blackens it)")
+    note = (f" ({tile} px tiles, remainder {rem} px {kept})" if rem else
             f" ({tile} px tiles, no remainder, as the report's 224 px / 4 = 56 px)")
     alt = tile_grid(size, list(s.grids), s.get("tile_px"))
     if alt:

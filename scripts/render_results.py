@@ -29,9 +29,11 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def figure_makers(raw_path: Path):
-    task = ((io.read_result(raw_path).get("provenance") or {}).get("config") or {}).get("task")
-    # A task's own output (task=scrambling) or one part of a pipeline's (results/demo/scrambling/)
-    for name in (task, raw_path.parent.name):
+    config = (io.read_result(raw_path).get("provenance") or {}).get("config") or {}
+    report = (config.get("pipeline") or {}).get("report") if config.get("task") == "pipeline" else None
+    # A task's own output (task=scrambling), a pipeline's report (results/table1/<profile>/: report table1) or one
+    # part of a pipeline's (results/demo/scrambling/)
+    for name in (config.get("task"), report, raw_path.parent.name):
         try:
             module = importlib.import_module(f"experiments.{name}")
         except (ImportError, TypeError, ValueError):

@@ -146,7 +146,13 @@ def test_scrambling_per_image_rows_and_the_grid_of_a_tile_size():
     assert list(t.index) == ["clean", "scrambled_4x4", "scrambled_2x2"]
     rows = res.tables["per_image"]
     assert len(rows) == 3 * len(ds) and sorted(set(rows["index"])) == list(range(len(ds)))
-    assert (rows["correct"] == (rows["pred"] == rows["label"])).all()
+    # known answers image by image: the corner reader is right on every clean image, and on a 2x2-scrambled one
+    # exactly when the image is of class 0 (the corner tile always moves; it then sees background, read as class 0)
+    clean = rows[rows["condition"] == "clean"]
+    assert clean["correct"].all() and (clean["pred"] == clean["label"]).all()
+    moved = rows[rows["condition"] == "scrambled_2x2"]
+    assert list(moved["correct"]) == [label == 0 for label in moved["label"]]
+    assert (moved["pred"] == 0).all()
     for condition, acc in rows.groupby("condition")["correct"].mean().items():
         assert acc == pytest.approx(t.loc[condition, "top1"]), condition
     assert t.loc["scrambled_2x2", "top1"] == pytest.approx(1 / 3)     # the corner tile always moves (derangement)
@@ -154,6 +160,10 @@ def test_scrambling_per_image_rows_and_the_grid_of_a_tile_size():
                                                         "num_images": None, **NO_BAR})
     assert list(same.tables["accuracy"]["condition"]) == ["clean", "scrambled_2x2"]
     assert scrambling.tile_grid(112, [4], 56) == 2 and scrambling.tile_grid(224, [4], 56) is None
+    from bagnet.errors import ConfigError
+    from experiments import registry
+    with pytest.raises(ConfigError, match="remainder: 'grey' is neither keep nor black"):
+        registry.check("scrambling", {"remainder": "grey"})
 
 
 def test_scramble_moves_every_tile():

@@ -134,3 +134,20 @@ def test_the_headline_gains_the_imagenette_row_once_its_results_exist(tmp_path):
     assert "models trained from scratch at 112 px" in row
     assert "ResNet-50 0.819 [0.809, 0.829], BagNet-33 0.774 [0.764, 0.784]" in row
     assert "targets met: 4/6 (ResNet-50 test top-1 >= 0.85 missed by 0.031" in row
+
+
+def test_the_targets_are_checked_against_the_pipelines_models_without_data():
+    """experiments.imagenette.check on the composed config alone (no photos needed): a target naming a model the
+    pipeline does not train, or a chain that does not parse, is refused."""
+    from bagnet.config import compose
+    from experiments.imagenette import check
+    check(compose(["experiment=imagenette"]))                       # the config as committed
+    with pytest.raises(ConfigError, match=r"imagenette: \['BagNet-50'\] are not models of the pipeline"):
+        check(compose(["experiment=imagenette", "+imagenette.top1.BagNet-50=0.9"]))
+    with pytest.raises(ConfigError, match="imagenette.order"):
+        check(compose(["experiment=imagenette", "imagenette.order='BagNet-9 > BagNet-17'"]))
+    # a link the run could not read is neither met nor missed
+    t = targets_table(parts(contrasts=[{"model": "BagNet-33", "minus": "BagNet-17", "metric": "top1",
+                                        "difference": float("nan"), "lo": float("nan"), "hi": float("nan")}]),
+                      {"order": "BagNet-17 <= BagNet-33"})
+    assert t.iloc[0]["reading"] == "cannot test" and t.iloc[0]["met"] is None

@@ -41,10 +41,29 @@ def test_table1_pipeline_on_three_models(tmp_path, run_in_process):
 
 def test_table1_refuses_a_scrambled_test_it_cannot_read_before_training(tmp_path, run_in_process):
     for bad in ("experiments.scrambling.num_images=10", "experiments.scrambling.per_image=false",
-                "pipeline.experiments=[accuracy]", "split=val"):
+                "pipeline.experiments=[accuracy]", "split=val", "experiments.scrambling.image_size=96",
+                "table1.reference=ResNet50", "table1.contrast_pairs=[[BagNet-33,BagNet9]]"):
         with pytest.raises(ConfigError, match="^table1: "):
             run_in_process(*TABLE1, *THREE, bad)
     assert not (tmp_path / "runs" / "train").exists()
+
+def test_table1_refuses_runs_evaluated_on_a_subset(tmp_path):
+    """A run whose test predictions cover other images than the scrambled test (trainer.max_eval_images numbers a
+    capped subset by its own positions) is refused: Table 1 reads test and scrambled test on the same images."""
+    from types import SimpleNamespace
+    from bagnet.config import compose
+    from bagnet.io import write_predictions
+    from experiments.table1 import per_image_correctness
+    cfg = compose(["experiment=table1", "init=scratch", "data=synthetic", "data.image_size=64"])
+    write_predictions(pd.DataFrame({"index": range(4), "label": [0, 1, 0, 1], "pred": [0, 1, 1, 1]}),
+                      tmp_path / "eval" / "predictions_test.csv.gz")
+    sub = SimpleNamespace(cfg=SimpleNamespace(run_dir=str(tmp_path), trainer={"max_eval_images": 4}))
+    rows = pd.DataFrame([{"model": "R", "condition": c, "index": i, "correct": True}
+                         for c in ("clean", "scrambled_4x4") for i in range(6)])
+    with pytest.raises(ConfigError, match=r"^table1: R's test predictions cover 4 images, the scrambled test 6"):
+        per_image_correctness(sub, "R", rows, cfg)
+    same = per_image_correctness(sub, "R", rows[rows["index"] < 4], cfg)
+    assert list(same["test"]) == [1.0, 1.0, 0.0, 1.0] and same["scrambled test"].eq(1.0).all()
 
 def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str, str]]) -> None:
     """Every cell, contrast and seed row of a tiny Table 1 recomputed from the files its runs wrote."""
@@ -79,6 +98,15 @@ def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str
     bag = result.tables["seeds"].set_index("seed")
     assert list(bag["model"]) == ["BagNet-33"] * 2 and bag.loc[0, "run_dir"] == table["run_dir"].iloc[-1]
     assert "seed1" in bag.loc[1, "run_dir"]
+    # the seed run's scrambled cells are its own images' (read under its own label, in the seed run's store), with
+    # the first seed's scrambles
+    g = cfg.experiments.scrambling.grids[0]
+    stores = [pd.read_csv(f) for f in Path(cfg.paths.runs_dir).rglob("scrambling/all/per_image.csv*")]
+    seed1 = next(s for s in stores if "BagNet-33 seed 1" in set(s["model"]))
+    mine = seed1[seed1["model"] == "BagNet-33 seed 1"]
+    assert bag.loc[1, "scrambled test"] == pytest.approx(mine.query(f"condition == 'scrambled_{g}x{g}'")["correct"].mean())
+    assert bag.loc[1, "kept"] == pytest.approx(mine.query(f"condition == 'scrambled_{g}x{g}'")["correct"].mean()
+                                               / mine.query("condition == 'clean'")["correct"].mean(), nan_ok=True)
     assert spread.loc[("BagNet-33", "test"), "mean"] == pytest.approx(bag["test"].mean())
     assert spread.loc[("BagNet-33", "test"), "n_seeds"] == 2
     out = Path(cfg.out_dir)
@@ -91,7 +119,17 @@ def assert_table1(cfg, result, labels: list[str], contrast_pairs: list[tuple[str
     raw = json.loads((out / "raw.json").read_text())
     assert raw["provenance"]["git_commit"] and raw["provenance"]["config"]["pipeline"]["report"] == "table1"
     for label, entry in raw["raw"].items():  # every cell comes from a run dir with its config
-        assert (Path(entry["run_dir"]) / "config.yaml").is_file(), label
+        if label != "pipeline":                  # what the pipeline returned: models, numerics, seed runs
+            assert (Path(entry["run_dir"]) / "config.yaml").is_file(), label
+    assert set(raw["raw"]["pipeline"]["seed_runs"]) == {"BagNet-33 seed 1"}
+    # the scrambling part beside the table (its per-image table stays in the run dir: tens of thousands of rows)
+    assert (out / "scrambling" / "accuracy.csv").is_file() and not list((out / "scrambling").glob("per_image*"))
+    assert (out / "training.csv").is_file()
+    # scripts/render_results.py finds the report's figure maker from the saved config (task: pipeline, report: table1)
+    import runpy
+    makers = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"))["figure_makers"]
+    assert makers(out / "raw.json") is not None and "table1" in makers(out / "raw.json")(
+        {"table1": pd.read_csv(out / "table1.csv")})
     assert Image.open(out / "table1.png").size[0] > 100
 
 
