@@ -361,6 +361,7 @@ def test_get_scene15_from_local_zip(tmp_path):
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow   # 10 s of subprocesses: make test-slow / test-full (CI runs both); keeps make test under 4 min
 def test_get_imagenette_from_a_local_archive(tmp_path):
     """The published md5 is checked (a small local archive is refused against it, accepted with its own md5), the
     archive's imagenette2/train|val/<wnid>/ land in --out/train|val/<wnid>/, and a failed download is one line."""
