@@ -78,7 +78,7 @@ heatmaps: setup
 
 # Imagenette2 from scratch (configs/experiment/imagenette.yaml): the five models one after the other, ~1 h each on
 # 2 cores; resumable (run it again after an interruption). BAGNET_RUNS_DIR=/outside/the/clone keeps the runs for a later clone.
-IMAGENETTE_MODELS ?= resnet50,bagnet33,bagnet17,bagnet9,densenet169
+IMAGENETTE_MODELS ?= resnet50,bagnet33,bagnet17,bagnet9,resnet18
 IMAGENETTE_ARG := $(if $(DATA_ROOT),data.root=$(abspath $(DATA_ROOT)))
 train-imagenette: setup
 	$(RUN) -m task=train experiment=imagenette model=$(IMAGENETTE_MODELS) $(IMAGENETTE_ARG) $(ARGS)

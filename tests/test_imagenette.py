@@ -61,7 +61,7 @@ def test_a_bad_chain_is_refused():
 IMAGENETTE_MINI_SHRUNK = [
     "experiment=imagenette", "data.image_size=64", "data.cache=false", "device=cpu", "bagnet_width=4",
     "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.batch_size=4", "trainer.eval_batch_size=32",
-    "trainer.progress=false", "~pipeline.train.DenseNet-169", "~pipeline.train.BagNet-17", "~pipeline.train.BagNet-9",
+    "trainer.progress=false", "~pipeline.train.ResNet-18", "~pipeline.train.BagNet-17", "~pipeline.train.BagNet-9",
     "pipeline.train.ResNet-50=resnet18", "pipeline.experiments=[accuracy,sensitivity]",
     "experiments.accuracy.contrasts=[[ResNet-50,BagNet-33]]", "imagenette.order='BagNet-33 < ResNet-50'",
     "experiments.sensitivity.targets=[ResNet-50]", "experiments.sensitivity.num_images=2",
