@@ -53,7 +53,7 @@ from scipy.stats import DegenerateDataWarning
 __all__ = [
     "CI", "bootstrap_ci", "paired_bootstrap_ci", "independent_bootstrap_ci", "ratio_ci",
     "grouped_bootstrap_ci", "correlation_ci", "kappa", "kappa_ci", "mean_diff", "mean_ratio",
-    "pearson", "excludes", "derangement", "is_derangement", "fmt_ci",
+    "pearson", "kept_share_diff", "excludes", "derangement", "is_derangement", "fmt_ci",
 ]
 
 # Upper bound on the number of array elements one vectorised chunk of replicates may hold
@@ -84,6 +84,14 @@ def mean_ratio(a, b, axis: int = 0):
     num, den = np.mean(a, axis=axis), np.mean(b, axis=axis)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den == 0, np.nan, num / np.where(den == 0, 1, den))
+
+
+def kept_share_diff(a, b, axis: int = 0):
+    """(manipulated / clean accuracy of a) - (the same of b); a, b: [..., images, 2] = (manipulated, clean)
+    correctness of two models on the same images (the share of clean accuracy each keeps when scrambled)."""
+    ma, mb = np.mean(a, axis=axis), np.mean(b, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ma[..., 0] / ma[..., 1] - mb[..., 0] / mb[..., 1]
 
 
 def pearson(x, y, axis: int = 0):

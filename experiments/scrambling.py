@@ -34,6 +34,8 @@ manipulated outcomes of the same images together).
 Returns Result with
   tables: ``accuracy`` — model, condition, grid (1 for clean, g, NaN for texture), tile (px), and for
           k = 1, 5: top<k>, top<k>_lo, top<k>_hi, top<k>_rel, top<k>_rel_lo, top<k>_rel_hi; n
+          ``contrasts`` (with ``contrasts``) — model, minus, condition, difference (share of clean top-1 kept,
+          model minus minus), lo, hi, verdict: a paired bootstrap over the same images, read two-sided
   figures: ``accuracy_vs_grid`` (top-1 and top-5 vs g, texture as dashed line), ``examples``
   raw: accuracies per model and condition, n_images, tile sizes
 """
@@ -53,8 +55,9 @@ from bagnet.errors import ConfigError
 from bagnet.result import Result
 from bagnet.viz import to_rgb
 from bagnet.seeding import generator
-from bagnet.stats import bootstrap_ci, derangement, ratio_ci
+from bagnet.stats import bootstrap_ci, derangement, kept_share_diff, paired_bootstrap_ci, ratio_ci
 from bagnet.utils import jsonable
+from bagnet.verdicts import reading
 
 from .registry import Experiment, register
 from .inputs import eval_indices, forward, iter_batches, prepare_model, resolve_data, topk_correct
@@ -78,6 +81,9 @@ class Config(ExperimentConfig):
     # tiles at other image sizes: tiles smaller than q leave a BagNet-q no intact patch)
     tile_px: Optional[int] = ranged(None, ge=1)
     per_image: bool = False     # also table ``per_image``: every image's prediction in every condition
+    # [model, minus] pairs (table ``contrasts``): the share of clean top-1 that model keeps under each manipulation
+    # minus minus's, paired over the same images (the report's signature: a BagNet keeps more than a CNN)
+    contrasts: list[list[str]] = field(default_factory=list)
 
 
 def group_ids(cfg: Mapping, classes) -> dict[str, list[int]]:
@@ -268,6 +274,8 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     if cfg["per_image"]:
         tables["per_image"] = per_image_table(preds, indices, np.concatenate(seen_labels) if seen_labels else
                                               np.zeros(0, int), models, conds)
+    if cfg["contrasts"]:
+        tables["contrasts"] = kept_contrasts(hits, cfg["contrasts"], [c for c, _ in conds], cfg["seed"])
     if cfg["groups"]:
         tables["accuracy_by_group"] = group_table(hits, np.concatenate(seen_labels) if seen_labels else np.zeros(0),
                                                   models, conds, cfg, groups)
@@ -282,6 +290,20 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                            "examples": examples_figure(examples, mean, std)},
                   raw=jsonable(raw), summary=summary)
 
+
+
+def kept_contrasts(hits: Mapping, pairs, conditions, seed: int) -> pd.DataFrame:
+    """Per [model, minus] pair and manipulated condition: share of clean top-1 kept by model minus minus's, with a
+    paired bootstrap 95% CI (the same resampled images for both models and both conditions)."""
+    rows = []
+    for model, minus in pairs:
+        for cond in [c for c in conditions if c != "clean"]:
+            ci = paired_bootstrap_ci(np.stack([hits[model, cond, 1], hits[model, "clean", 1]], axis=1),
+                                     np.stack([hits[minus, cond, 1], hits[minus, "clean", 1]], axis=1),
+                                     kept_share_diff, seed=seed)
+            rows.append({"model": model, "minus": minus, "condition": cond, "difference": ci.estimate,
+                         "lo": ci.lo, "hi": ci.hi, "verdict": reading(*ci)})
+    return pd.DataFrame(rows, columns=["model", "minus", "condition", "difference", "lo", "hi", "verdict"])
 
 
 def _image_side(dataset, indices) -> int | None:
@@ -342,10 +364,13 @@ def figures_from_tables(tables: Mapping[str, pd.DataFrame]) -> dict:
 
 def check(cfg: Mapping, classes, image_size) -> None:
     group_ids(cfg, classes)
+    bad = [p for p in cfg["contrasts"] if len(p) != 2]
+    if bad:
+        raise ConfigError(f"experiments.scrambling.contrasts: {bad} are not [model, minus] pairs")
     if cfg["remainder"] not in ("keep", "black"):
         raise ConfigError(f"experiments.scrambling.remainder: '{cfg['remainder']}' is neither keep nor black")
 
 
 register(Experiment("scrambling", Config, run, figures=lambda tables, raw: figures_from_tables(tables),
                     summary="signature 1: accuracy on clean, g x g tile-scrambled and texturised images",
-                    check=check))
+                    check=check, models_named=lambda c: [m for pair in c["contrasts"] for m in pair]))

@@ -24,7 +24,7 @@ from bagnet.config import as_dict
 from bagnet.errors import ConfigError
 from bagnet.models.releases import locate_weights
 from bagnet.result import Result
-from bagnet.stats import bootstrap_ci, paired_bootstrap_ci, ratio_ci
+from bagnet.stats import bootstrap_ci, kept_share_diff, paired_bootstrap_ci, ratio_ci
 from bagnet.verdicts import reading
 
 from . import published
@@ -176,13 +176,6 @@ def with_ci(name: str, ci) -> dict:
     return {name: ci.estimate, f"{name}_lo": ci.lo, f"{name}_hi": ci.hi}
 
 
-def _kept_diff(a, b, axis: int = 0):
-    """(scrambled / clean accuracy of a) - (the same of b); a, b: [..., images, 2] = (scrambled, clean)."""
-    ma, mb = np.mean(a, axis=axis), np.mean(b, axis=axis)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ma[..., 0] / ma[..., 1] - mb[..., 0] / mb[..., 1]
-
-
 def contrasts(per_image: dict, reference: str, seed: int, pairs=()) -> pd.DataFrame:
     """Every model against ``reference`` (and each ``[model, minus]`` of ``pairs``) on the same test
     images: the clean top-1 difference and the difference in the share of clean accuracy kept when
@@ -197,7 +190,7 @@ def contrasts(per_image: dict, reference: str, seed: int, pairs=()) -> pd.DataFr
         for column in [c for c in df.columns if c.startswith("scrambled test")]:
             pair = [column, f"clean for {column}"]
             stats["kept" + column.removeprefix("scrambled test")] = paired_bootstrap_ci(
-                df[pair].to_numpy(float), ref[pair].to_numpy(float), _kept_diff, seed=seed)
+                df[pair].to_numpy(float), ref[pair].to_numpy(float), kept_share_diff, seed=seed)
         for metric, ci in stats.items():
             rows.append({"model": label, "minus": minus, "metric": metric, "difference": ci.estimate,
                          "lo": ci.lo, "hi": ci.hi, "verdict": reading(*ci)})

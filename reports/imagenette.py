@@ -8,9 +8,12 @@ import pandas as pd
 
 from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
-from bagnet.verdicts import emphasis, word
+from bagnet.verdicts import CONTRADICTED, NOT_SHOWN, SUPPORTED, emphasis, word
 
 from .files import ci, load, source
+from .verdicts import additivity_claims, at_chance, bagnet_models, by_interval, combine, learned, sensitivity_claims
+
+COLUMNS = ["claim", "source", "verdict (95% CI)", "evidence"]
 
 
 def block_imagenette(root: Path, folder: str = "imagenette") -> str:
@@ -55,3 +58,55 @@ def imagenette_headline(root: Path, folder: str = "imagenette") -> tuple[str, st
             "test top-1 " + ", ".join(f"{r['model']} {ci(r, 'top1')}" for _, r in acc["accuracy"].iterrows())
             + f"; targets met: {met}/{len(t)}" + (f" ({'; '.join(missed)})" if missed else ""),
             "–", "`make reproduce-imagenette DATA_ROOT=...`")
+
+
+def imagenette_claims(root: Path, folder: str = "imagenette") -> list[tuple[str, str, str, str]]:
+    """The paper's claims read on the Imagenette models: the ordering by q, scrambling (paired share kept),
+    additivity of the CNNs, image-level error consistency against the CNN-CNN pair, and sensitivity."""
+    skill = learned(root, folder)
+    rows = []
+    con = load(root, f"{folder}/accuracy")[0]["contrasts"]
+    con = con[con["metric"] == "top1"]
+    for r in con.itertuples():
+        rows.append((f"{r.model} more accurate than {r.minus} (test top-1, paired)", "paper Sec. 3, Fig. 3",
+                     at_chance([r.model, r.minus], skill) or by_interval(r.lo, r.hi),
+                     f"{r.model} − {r.minus}: {fmt_ci(r.difference, r.lo, r.hi)}"))
+    sc = load(root, f"{folder}/scrambling")[0]
+    for (model, minus), g in sc.get("contrasts", pd.DataFrame(columns=["model", "minus"])).groupby(
+            ["model", "minus"], sort=False):
+        rows.append((f"scrambling hurts {model} less than {minus} (share of clean top-1 kept, paired)",
+                     "paper Sec. 4; report Table 1", at_chance([model, minus], skill) or combine(
+                         [by_interval(r.lo, r.hi) for r in g.itertuples()]),
+                     "; ".join(f"{r.condition.replace('scrambled_', '')} {fmt_ci(r.difference, r.lo, r.hi)}"
+                               for r in g.itertuples())))
+    it = load(root, f"{folder}/additivity")[0]["interaction"]
+    rows += additivity_claims(it, skill, [m for m in it["model"].unique() if m not in bagnet_models(it)])
+    rows += kappa_claims(root, folder, bagnet_models(it), skill)
+    return rows + sensitivity_claims(root, folder, skill)
+
+
+def kappa_claims(root: Path, folder: str, bagnets: set, skill: dict) -> list[tuple[str, str, str, str]]:
+    """Each BagNet-CNN pair's image-level error consistency (Cohen's kappa) against the CNN-CNN reference pair's,
+    paired over the same photos: supported when the pair's kappa is above 0 and its difference to the reference's
+    reaches 0 (as consistent as two CNNs), contradicted when the difference lies below 0."""
+    t, _ = load(root, f"{folder}/error_overlap")
+    if "versus_reference" not in t:
+        return []
+    kappas = {frozenset((p.model_a, p.model_b)): p for p in t["pairs"].itertuples()}
+    rows = []
+    for r in t["versus_reference"].itertuples():
+        if (r.model_a in bagnets) == (r.model_b in bagnets):     # BagNet-CNN pairs only
+            continue
+        k = kappas[frozenset((r.model_a, r.model_b))]
+        verdict = CONTRADICTED if r.hi < 0 else SUPPORTED if k.kappa_lo > 0 else NOT_SHOWN
+        rows.append((f"{r.model_a} and {r.model_b} err on the same images as much as two CNNs do (error "
+                     "consistency, Cohen's kappa)", "paper Sec. 4; Geirhos et al. 2020",
+                     at_chance([r.model_a, r.model_b], skill) or emphasis(verdict),
+                     f"kappa {fmt_ci(k.kappa, k.kappa_lo, k.kappa_hi)}; minus {r.reference}'s "
+                     f"({r.reference_kappa:.3f}): {fmt_ci(r.difference, r.lo, r.hi)}"))
+    return rows
+
+
+def block_imagenette_verdicts(root: Path, folder: str = "imagenette") -> str:
+    """results/README: the paper's claims on the Imagenette models, each with its verdict and interval."""
+    return to_markdown(pd.DataFrame(imagenette_claims(root, folder), columns=COLUMNS))

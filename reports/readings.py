@@ -23,7 +23,7 @@ from experiments.demo_checks import checks_summary
 from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, ci, fmt_g, load, source
-from .imagenette import block_imagenette, imagenette_headline
+from .imagenette import block_imagenette, block_imagenette_verdicts, imagenette_headline
 from .verdicts import block_verdicts, signature_claims
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
@@ -337,6 +337,7 @@ BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder un
     "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
     "signature-models": block_signature_models, "photos": block_photos, "bench": block_bench,
     "patch-robustness": block_patch_robustness, "imagenette": block_imagenette,
+    "imagenette-verdicts": block_imagenette_verdicts,
 }
 
 

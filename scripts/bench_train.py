@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--cpu-profile-width", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out-root", default=None, help="default: results/bench")
+    ap.add_argument("--name", default="train", help="the bench's file name under results/bench/<machine>/ (another "
+                    "name keeps the default bench's file, e.g. imagenette_cnns for the CNNs a recipe chose between)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -88,22 +90,25 @@ def main() -> None:
             ratios.append({"size": size, "precision": prec, "train time ratio": fmt_spread(tr),
                            "inference time ratio": fmt_spread(inf), "_train": tr})
             headline[f"BagNet-33 / ResNet-50 train time, {size} px {prec}"] = fmt_spread(tr)
+    if args.name != "train":   # a named bench: every model's training throughput is its headline
+        headline.update({f"{r['model']} train img/s, {r['size']} px {r['precision']}": r["train img/s"] for r in rows})
     verdicts = [f"- {r['size']} px {r['precision']}: BagNet-33 takes {r['train time ratio']}x ResNet-50's training "
                 f"time per image (target <= {TARGET_RATIO:g} at 224 px): "
                 f"**{'holds' if r['_train']['median'] <= TARGET_RATIO else 'MISSED'}**"
                 for r in ratios if r["size"] == 224]
     ratio_df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios])
-    md = (f"# Training and inference throughput, BagNets vs ResNet-50\n\n"
+    md = (f"# Training and inference throughput: {', '.join(args.models)}\n\n"
           f"Batch {args.batch}, channels_last, SGD; {args.repeats} interleaved rounds, median [min, max]; BagNets at "
           f"width {args.cpu_profile_width} at sizes <= 128 (the cpu profile), full width at 224. "
           f"Command: `python scripts/bench_train.py --sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats} "
-          f"--batch {args.batch}`.\n\n" + "\n".join(verdicts) + "\n\n## BagNet-33 / ResNet-50 time ratio (per round)\n\n"
+          f"--batch {args.batch} --models {' '.join(args.models)} --precisions {' '.join(args.precisions)}"
+          f"{'' if args.name == 'train' else ' --name ' + args.name}`.\n\n" + "\n".join(verdicts) + "\n\n## BagNet-33 / ResNet-50 time ratio (per round)\n\n"
           + io.to_markdown(ratio_df) + "\n\n## Throughput\n\n" + io.to_markdown(pd.DataFrame(rows)) + "\n"
           + ("\n## Where the time goes\n\nShare of self CPU time by kind of op, one profiled training step each "
              "(torch.profiler, after the timed rounds).\n\n" + io.to_markdown(pd.DataFrame(profile_rows).fillna(""))
              + "\n" if profile_rows else ""))
     kwargs = {"out_root": args.out_root} if args.out_root else {}
-    path = write_bench("train", md, {"headline": headline, "rows": rows,
+    path = write_bench(args.name, md, {"headline": headline, "rows": rows,
                                      "ratios": [{k: v for k, v in r.items() if k != "_train"} | {"train": r["_train"]}
                                                 for r in ratios],
                                      "times_s": times, "profile": profile_rows}, device, vars(args), load=(load_before, load_after), **kwargs)

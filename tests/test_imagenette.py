@@ -151,3 +151,37 @@ def test_the_targets_are_checked_against_the_pipelines_models_without_data():
                                         "difference": float("nan"), "lo": float("nan"), "hi": float("nan")}]),
                       {"order": "BagNet-17 <= BagNet-33"})
     assert t.iloc[0]["reading"] == "cannot test" and t.iloc[0]["met"] is None
+
+
+def test_error_consistency_claims_read_each_bagnet_cnn_pair_against_the_cnn_pair(monkeypatch):
+    """Known tables, known verdicts: a pair whose kappa difference to the CNN-CNN pair lies below 0 is contradicted,
+    one that reaches 0 with kappa above 0 supported, one with kappa reaching 0 not shown; BagNet-BagNet pairs are
+    no claim; a model below the learned floor makes its pairs untestable."""
+    import reports.imagenette as ri
+    import reports.verdicts as rv
+    models = {"ResNet-50": 0.8, "ResNet-18": 0.78, "BagNet-33": 0.77, "BagNet-17": 0.74, "BagNet-9": 0.12}
+    clean = pd.DataFrame([{"model": m, "condition": "clean", "top1": t, "top1_lo": t - 0.02, "top1_hi": t + 0.02}
+                          for m, t in models.items()])
+    pairs = pd.DataFrame([{"model_a": a, "model_b": b, "kappa": k, "kappa_lo": k - 0.05, "kappa_hi": k + 0.05}
+                          for a, b, k in (("BagNet-33", "ResNet-50", 0.5), ("ResNet-18", "BagNet-17", 0.03),
+                                          ("BagNet-33", "BagNet-17", 0.6), ("BagNet-9", "ResNet-50", 0.4),
+                                          ("ResNet-50", "ResNet-18", 0.6))])
+    ref = pd.DataFrame([{"model_a": a, "model_b": b, "reference": "ResNet-50 vs ResNet-18", "reference_kappa": 0.6,
+                         "difference": d, "lo": d - 0.04, "hi": d + 0.04}
+                        for a, b, d in (("BagNet-33", "ResNet-50", -0.02), ("ResNet-18", "BagNet-17", -0.2),
+                                        ("BagNet-33", "BagNet-17", 0.0), ("BagNet-9", "ResNet-50", -0.2))])
+    files = {"imagenette/scrambling": {"accuracy": clean},
+             "imagenette/error_overlap": {"pairs": pairs, "versus_reference": ref,
+                                          "per_class": pd.DataFrame({"class": range(10)})}}
+    monkeypatch.setattr(rv, "load", lambda root, folder: (files[folder], {}))
+    monkeypatch.setattr(ri, "load", lambda root, folder: (files[folder], {}))
+    bagnets = {"BagNet-33", "BagNet-17", "BagNet-9"}
+    got = {row[0].split(" err on")[0]: row[2] for row in ri.kappa_claims(Path("."), "imagenette", bagnets,
+                                                                        rv.learned(Path("."), "imagenette"))}
+    assert got["BagNet-33 and ResNet-50"] == "**supported**"
+    assert got["ResNet-18 and BagNet-17"] == "**contradicted**"
+    assert "BagNet-33 and BagNet-17" not in got
+    assert got["BagNet-9 and ResNet-50"].startswith("cannot test (below the learned floor: BagNet-9")
+    ref.loc[0, ["lo", "hi"]] = [-0.1, 0.05]
+    pairs.loc[0, "kappa_lo"] = -0.01
+    assert ri.kappa_claims(Path("."), "imagenette", bagnets, {})[0][2] == "not shown"

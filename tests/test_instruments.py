@@ -53,9 +53,26 @@ def test_within_group_accuracy_is_the_decision_among_the_groups_classes():
     assert (t["within"] == t["top1"]).all() and t.at["scrambled_2x2", "within_rel_hi"] < 0.8
 
 
+def kept_contrast() -> pd.DataFrame:
+    """The local BagNet-9 and the arrangement model on the same two-part images: the share of clean top-1 each keeps
+    at 2x2 tiles, paired (the BagNet keeps all it had, the arrangement model falls to chance)."""
+    r = scrambling.run({"BagNet-9": colour_bagnet(9), "global": ArrangementModel()}, two_part_images(96, size=64, seed=3),
+                       {**QUIET, "grids": [2], "texture": False, "num_examples": 1, "num_images": 96,
+                        "contrasts": [["BagNet-9", "global"], ["global", "BagNet-9"]]})
+    return r.tables["contrasts"].set_index(["model", "minus"])
+
+
+def test_scrambling_contrast_finds_the_local_model_keeps_more():
+    c = kept_contrast()
+    ahead, behind = c.loc[("BagNet-9", "global")], c.loc[("global", "BagNet-9")]
+    assert ahead["lo"] > 0.3 and behind["hi"] < -0.3 and ahead["difference"] == pytest.approx(-behind["difference"])
+    assert list(c["condition"].unique()) == ["scrambled_2x2"]
+
+
 def test_scrambling_check_fails_when_scrambling_moves_nothing(monkeypatch):
     monkeypatch.setattr(scrambling, "scramble_batch", lambda images, *a, **k: images.clone())
     assert not scrambling_finds_it(scrambling_control())
+    assert kept_contrast().loc[("BagNet-9", "global"), "lo"] <= 0      # the contrast sees nothing either
 
 
 # ------------------------------------------------------------------ 2. additivity
