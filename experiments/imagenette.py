@@ -124,10 +124,30 @@ def readme(prov: dict, parts: dict, targets: pd.DataFrame, training: pd.DataFram
          "set). The recipe, key by key with its reason: `configs/experiment/imagenette.yaml`."), "",
         "## Targets (a benchmark, not a test)", "",
         io.to_markdown(shown[["target", "measured", "met", "missed_by", "reading"]]), ""]
+    lines += shortfall(targets, training)
     if training is not None and len(training):
-        lines += ["## Training", "", io.to_markdown(training.drop(columns=["run_dir"], errors="ignore")), ""]
+        lines += ["## Training", "", io.to_markdown(training.drop(columns=["run_dir"], errors="ignore")), "",
+                  "`train_min` is wall time, pauses and other jobs on the machine included; `median_epoch_min` x "
+                  "`epochs` is the pace of an uncontended run.", ""]
     lines += ["## Experiments", "", "| folder | what |", "|---|---|"]
     lines += [f"| `{p}/` | {WHAT.get(p, p)} |" for p in parts]
     lines += ["", "Each folder holds its tables (`.csv` + `.md`), figures (`.png` + `.pdf`) and `raw.json` (numbers + "
               "provenance: config, commit, versions, device, seed, time).", ""]
     return "\n".join(lines)
+
+
+def shortfall(targets: pd.DataFrame, training: pd.DataFrame | None) -> list[str]:
+    """A missed accuracy target, by how much, and whether its model was still learning when training stopped."""
+    missed = targets[targets["met"].eq(False) & targets["missed_by"].notna()]
+    if not len(missed):
+        return []
+    rise = {} if training is None or "val_top1_rise_last_quarter" not in training else dict(
+        zip(training["model"], zip(training["val_top1_rise_last_quarter"], training["epochs"])))
+    lines = []
+    for r in missed.itertuples():
+        model = r.target.split(" test top-1")[0]
+        why = (f": its val top-1 still rose by {rise[model][0]:.3f} over the last quarter of its {rise[model][1]} "
+               "epochs: under-trained, more epochs are the next thing to try"
+               if model in rise and rise[model][0] > 0 else "")
+        lines.append(f"- Missed: {r.target}, by {r.missed_by:.3f}{why}.")
+    return ["## Shortfall", "", *lines, ""]

@@ -11,6 +11,7 @@ names an experiment: what runs is the config's list, through :func:`experiments.
 """
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,12 +148,21 @@ def seed_overrides(ctx, seed: int) -> list[str]:
 
 
 def training_table(trained: dict) -> pd.DataFrame:
-    """One row per trained model: epochs, best val top-1, the eval splits' top-1/top-5, training time."""
+    """One row per trained model: epochs, best val top-1, the eval splits' top-1/top-5, training time (wall, which
+    counts pauses and contention, and the median epoch's, the pace of an uncontended run) and how much val top-1
+    rose over the last quarter of the epochs (a model still learning at the end is under-trained)."""
     rows = []
     for label, (sub, s) in trained.items():
         row = {"model": label, "epochs": s["epochs"], "best_val_top1": s["best_val_top1"],
                "train_min": s["train_wall_s"] / 60, "precision": s.get("precision"),
                "run_dir": str(Path(sub.cfg.run_dir))}
+        history = Path(sub.cfg.run_dir) / "metrics.json"
+        if history.is_file():
+            epochs = pd.DataFrame(json.loads(history.read_text()))
+            quarter = max(len(epochs) // 4, 1)
+            row["median_epoch_min"] = epochs["epoch_s"].median() / 60
+            row["val_top1_rise_last_quarter"] = (epochs["val_top1"].iloc[-1] - epochs["val_top1"].iloc[-1 - quarter]
+                                                 if len(epochs) > quarter else float("nan"))
         for split, m in (s.get("eval") or {}).items():
             row.update({f"{split}_top1": m["top1"], f"{split}_top5": m["top5"]})
         rows.append(row)

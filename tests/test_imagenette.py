@@ -51,6 +51,20 @@ def test_targets_are_read_off_the_tables_with_the_chains_relations():
     assert targets_table(worse, {"order": "BagNet-9 < BagNet-17"}).iloc[0]["reading"] == "cannot test"
 
 
+def test_a_missed_target_says_by_how_much_and_whether_its_model_was_still_learning():
+    from experiments.imagenette import shortfall
+    targets = targets_table(parts(), SETTINGS)
+    training = pd.DataFrame({"model": ["ResNet-50", "BagNet-33"], "epochs": [20, 20],
+                             "val_top1_rise_last_quarter": [0.041, 0.03]})
+    lines = shortfall(targets, training)
+    assert lines[2] == ("- Missed: ResNet-50 test top-1 >= 0.85, by 0.050: its val top-1 still rose by 0.041 over the "
+                        "last quarter of its 20 epochs: under-trained, more epochs are the next thing to try.")
+    assert len(lines) == 4                                   # BagNet-33 met its target: no line
+    flat = training.assign(val_top1_rise_last_quarter=[-0.01, 0.0])
+    assert shortfall(targets, flat)[2] == "- Missed: ResNet-50 test top-1 >= 0.85, by 0.050."
+    assert shortfall(targets_table(parts(r50=(0.9, 0.88, 0.92)), SETTINGS), training) == []
+
+
 def test_a_bad_chain_is_refused():
     assert parse_order("A < B <= C") == [("A", "<", "B"), ("B", "<=", "C")]
     for bad in ("A", "A <", "A > B", "A < B C"):
