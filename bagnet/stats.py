@@ -86,10 +86,12 @@ def mean_ratio(a, b, axis: int = 0):
         return np.where(den == 0, np.nan, num / np.where(den == 0, 1, den))
 
 
-def kept_share_diff(a, b, axis: int = 0):
+def kept_share_diff(a, b, axis: int = 0, chance: float = 0.0):
     """(manipulated / clean accuracy of a) - (the same of b); a, b: [..., images, 2] = (manipulated, clean)
-    correctness of two models on the same images (the share of clean accuracy each keeps when scrambled)."""
-    ma, mb = np.mean(a, axis=axis), np.mean(b, axis=axis)
+    correctness of two models on the same images (the share of clean accuracy each keeps when scrambled).
+    With ``chance`` (1 / classes) the share of what each had above chance: (manipulated - chance) / (clean -
+    chance), so that two models both falling to chance keep the same (0), whatever their clean accuracy."""
+    ma, mb = np.mean(a, axis=axis) - chance, np.mean(b, axis=axis) - chance
     with np.errstate(divide="ignore", invalid="ignore"):
         return ma[..., 0] / ma[..., 1] - mb[..., 0] / mb[..., 1]
 

@@ -85,8 +85,11 @@ def word(text: str) -> str:
 
 
 def combine(words: Iterable[str]) -> str:
-    """One verdict for a claim read on several intervals: any contradiction wins, then any gap."""
+    """One verdict for a claim read on several intervals: any contradiction wins, then any gap; no interval at all
+    is no evidence (cannot test)."""
     got = [word(w) for w in words]
+    if not got:
+        return CANNOT_TEST
     for w in (CONTRADICTED, NOT_SHOWN, CANNOT_TEST):
         if w in got:
             return w

@@ -34,14 +34,16 @@ manipulated outcomes of the same images together).
 Returns Result with
   tables: ``accuracy`` — model, condition, grid (1 for clean, g, NaN for texture), tile (px), and for
           k = 1, 5: top<k>, top<k>_lo, top<k>_hi, top<k>_rel, top<k>_rel_lo, top<k>_rel_hi; n
-          ``contrasts`` (with ``contrasts``) — model, minus, condition, difference (share of clean top-1 kept,
-          model minus minus), lo, hi, verdict: a paired bootstrap over the same images, read two-sided
+          ``contrasts`` (with ``contrasts``) — model, minus, condition, difference (share of clean top-1 above
+          chance kept, model minus minus), lo, hi, verdict: a paired bootstrap over the same images, read
+          one-sided (model expected to keep more)
   figures: ``accuracy_vs_grid`` (top-1 and top-5 vs g, texture as dashed line), ``examples``
   raw: accuracies per model and condition, n_images, tile sizes
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -81,8 +83,8 @@ class Config(ExperimentConfig):
     # tiles at other image sizes: tiles smaller than q leave a BagNet-q no intact patch)
     tile_px: Optional[int] = ranged(None, ge=1)
     per_image: bool = False     # also table ``per_image``: every image's prediction in every condition
-    # [model, minus] pairs (table ``contrasts``): the share of clean top-1 that model keeps under each manipulation
-    # minus minus's, paired over the same images (the report's signature: a BagNet keeps more than a CNN)
+    # [model, minus] pairs (table ``contrasts``): the share of its clean top-1 above chance that model keeps under
+    # each manipulation minus minus's, paired over the same images (the report's signature: a BagNet keeps more)
     contrasts: list[list[str]] = field(default_factory=list)
 
 
@@ -241,6 +243,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
     seen_labels: list[np.ndarray] = []
     examples: dict[str, torch.Tensor] = {}
     n_ex = min(cfg["num_examples"], len(indices))
+    num_classes = len(classes or []) or 1      # the models' logits tell, once a batch has run
     shape = None
     for idx, images, labels in iter_batches(dataset, indices, cfg["batch_size"], cfg["progress"], "scrambling"):
         shape = tuple(images.shape[-2:])
@@ -251,6 +254,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
                 examples[name] = x[:n_ex]
             for m, model in models.items():
                 logits = forward(model, x, cfg["batch_size"])
+                num_classes = logits.shape[1]
                 preds[m, name].append(logits.float().argmax(1).numpy())
                 for k in (1, 5):
                     hits[m, name, k].append(topk_correct(logits, labels, k).numpy())
@@ -275,7 +279,7 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
         tables["per_image"] = per_image_table(preds, indices, np.concatenate(seen_labels) if seen_labels else
                                               np.zeros(0, int), models, conds)
     if cfg["contrasts"]:
-        tables["contrasts"] = kept_contrasts(hits, cfg["contrasts"], [c for c, _ in conds], cfg["seed"])
+        tables["contrasts"] = kept_contrasts(hits, cfg["contrasts"], [c for c, _ in conds], num_classes, cfg["seed"])
     if cfg["groups"]:
         tables["accuracy_by_group"] = group_table(hits, np.concatenate(seen_labels) if seen_labels else np.zeros(0),
                                                   models, conds, cfg, groups)
@@ -292,17 +296,19 @@ def run(models: dict[str, nn.Module], dataset, cfg: Mapping | None = None, class
 
 
 
-def kept_contrasts(hits: Mapping, pairs, conditions, seed: int) -> pd.DataFrame:
-    """Per [model, minus] pair and manipulated condition: share of clean top-1 kept by model minus minus's, with a
-    paired bootstrap 95% CI (the same resampled images for both models and both conditions)."""
-    rows = []
+def kept_contrasts(hits: Mapping, pairs, conditions, num_classes: int, seed: int) -> pd.DataFrame:
+    """Per [model, minus] pair and manipulated condition: the share of its clean top-1 above chance that model keeps
+    minus minus's, with a paired bootstrap 95% CI (the same resampled images for both models and both conditions),
+    read one-sided (model expected to keep more). Above chance: two models that both fall to chance keep the same,
+    so the less accurate one is not credited with keeping more."""
+    rows, chance = [], 1.0 / max(num_classes, 1)
     for model, minus in pairs:
         for cond in [c for c in conditions if c != "clean"]:
             ci = paired_bootstrap_ci(np.stack([hits[model, cond, 1], hits[model, "clean", 1]], axis=1),
                                      np.stack([hits[minus, cond, 1], hits[minus, "clean", 1]], axis=1),
-                                     kept_share_diff, seed=seed)
+                                     partial(kept_share_diff, chance=chance), seed=seed)
             rows.append({"model": model, "minus": minus, "condition": cond, "difference": ci.estimate,
-                         "lo": ci.lo, "hi": ci.hi, "verdict": reading(*ci)})
+                         "lo": ci.lo, "hi": ci.hi, "verdict": reading(*ci, expected="greater")})
     return pd.DataFrame(rows, columns=["model", "minus", "condition", "difference", "lo", "hi", "verdict"])
 
 

@@ -102,8 +102,8 @@ def main() -> None:
           f"width {args.cpu_profile_width} at sizes <= 128 (the cpu profile), full width at 224. "
           f"Command: `python scripts/bench_train.py --sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats} "
           f"--batch {args.batch} --models {' '.join(args.models)} --precisions {' '.join(args.precisions)}"
-          f"{'' if args.name == 'train' else ' --name ' + args.name}`.\n\n" + "\n".join(verdicts) + "\n\n## BagNet-33 / ResNet-50 time ratio (per round)\n\n"
-          + io.to_markdown(ratio_df) + "\n\n## Throughput\n\n" + io.to_markdown(pd.DataFrame(rows)) + "\n"
+          f"{'' if args.name == 'train' else ' --name ' + args.name}`.\n\n" + "\n".join(verdicts) + ("\n\n## BagNet-33 / ResNet-50 time ratio (per round)\n\n"
+          + io.to_markdown(ratio_df) if len(ratio_df) else "") + "\n\n## Throughput\n\n" + io.to_markdown(pd.DataFrame(rows)) + "\n"
           + ("\n## Where the time goes\n\nShare of self CPU time by kind of op, one profiled training step each "
              "(torch.profiler, after the timed rounds).\n\n" + io.to_markdown(pd.DataFrame(profile_rows).fillna(""))
              + "\n" if profile_rows else ""))

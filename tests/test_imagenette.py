@@ -60,7 +60,7 @@ def test_a_missed_target_says_by_how_much_and_whether_its_model_was_still_learni
     assert lines[2] == ("- Missed: ResNet-50 test top-1 >= 0.85, by 0.050: its val top-1 still rose by 0.041 over the "
                         "last quarter of its 20 epochs: under-trained, more epochs are the next thing to try.")
     assert len(lines) == 4                                   # BagNet-33 met its target: no line
-    flat = training.assign(val_top1_rise_last_quarter=[-0.01, 0.0])
+    flat = training.assign(val_top1_rise_last_quarter=[0.005, 0.0])     # annealing's lift, not under-training
     assert shortfall(targets, flat)[2] == "- Missed: ResNet-50 test top-1 >= 0.85, by 0.050."
     assert shortfall(targets_table(parts(r50=(0.9, 0.88, 0.92)), SETTINGS), training) == []
 
@@ -105,6 +105,11 @@ def test_reproduce_imagenette_shrunk_on_imagenette_mini(tmp_path, run_in_process
     raw = json.loads((tmp_path / "out" / "raw.json").read_text())
     assert raw["provenance"]["config"]["pipeline"]["report"] == "imagenette"
     assert Path(cfg.out_dir) == tmp_path / "out"
+    # the claims block reads what this pipeline ran (accuracy, sensitivity) and skips what it did not
+    from reports.imagenette import block_imagenette_verdicts
+    claims = block_imagenette_verdicts(tmp_path, "out")
+    assert "| ResNet-50 more accurate than BagNet-33 (test top-1, paired) |" in claims
+    assert "BagNet-33's heatmap predicts ResNet-50's occlusion sensitivity" in claims and "scrambling" not in claims
 
 
 def write_imagenette_results(root: Path) -> None:
@@ -196,6 +201,27 @@ def test_error_consistency_claims_read_each_bagnet_cnn_pair_against_the_cnn_pair
     assert got["ResNet-18 and BagNet-17"] == "**contradicted**"
     assert "BagNet-33 and BagNet-17" not in got
     assert got["BagNet-9 and ResNet-50"].startswith("cannot test (below the learned floor: BagNet-9")
+    assert ri.kappa_claims(Path("."), "imagenette", bagnets, {})[1][1].startswith("ours")   # BagNet-17: not the paper's
+    ref.loc[0, ["lo", "hi"]] = [float("nan")] * 2
+    assert ri.kappa_claims(Path("."), "imagenette", bagnets, {})[0][2] == "cannot test (no interval)"
     ref.loc[0, ["lo", "hi"]] = [-0.1, 0.05]
     pairs.loc[0, "kappa_lo"] = -0.01
     assert ri.kappa_claims(Path("."), "imagenette", bagnets, {})[0][2] == "not shown"
+
+
+def test_scrambling_claims_judge_only_conditions_where_the_bagnets_patches_survive():
+    """BagNet-33 at 112 px: the 2x2 grid (56 px tiles) and 33 px texture leave it whole patches, the 4x4 grid (28 px)
+    does not; a contradiction there is shown, not judged."""
+    from reports.imagenette import scrambling_claims
+    tiles = {"clean": "112x112", "scrambled_2x2": "56x56", "scrambled_4x4": "28x28", "texture": "33"}
+    acc = pd.DataFrame([{"model": m, "condition": c, "tile": t} for m in ("BagNet-33", "ResNet-50")
+                        for c, t in tiles.items()])
+    con = pd.DataFrame([{"model": "BagNet-33", "minus": "ResNet-50", "condition": c, "difference": d, "lo": d - 0.05,
+                         "hi": d + 0.05} for c, d in (("scrambled_2x2", 0.2), ("scrambled_4x4", -0.3),
+                                                      ("texture", 0.1))])
+    interaction = pd.DataFrame({"model": ["BagNet-33", "ResNet-50"], "exact_zero_from": [32.0, float("nan")]})
+    (row,) = scrambling_claims({"accuracy": acc, "contrasts": con}, interaction, {})
+    assert row[2] == "**supported**" and "4x4 -0.300 [-0.350, -0.250] (tiles < q: not judged)" in row[3]
+    (blind,) = scrambling_claims({"accuracy": acc, "contrasts": con}, None, {})     # no q known: every condition
+    assert blind[2] == "**contradicted**"
+    assert scrambling_claims({"accuracy": acc}, interaction, {}) == []

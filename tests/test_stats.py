@@ -270,6 +270,7 @@ def test_the_one_verdict_vocabulary():
     assert verdicts.combine(["supported", "**supported**"]) == "supported"
     assert verdicts.combine(["supported", "not shown (95% CI includes 0)", "cannot test"]) == "not shown"
     assert verdicts.combine(["not shown", "**contradicted**"]) == "contradicted"
+    assert verdicts.combine([]) == "cannot test"                # no interval at all is no evidence
     assert verdicts.emphasis("supported (95% CI excludes 0)") == "**supported** (95% CI excludes 0)"
     assert verdicts.emphasis("not shown") == "not shown"
     with pytest.raises(ValueError):
@@ -323,3 +324,15 @@ def test_is_derangement():
     assert not stats.is_derangement([1, 2, 3])      # not of range(3)
     assert not stats.is_derangement([1.0, 0.0])     # not integers
     assert stats.is_derangement([])
+
+
+def test_kept_share_above_chance_credits_no_model_for_falling_to_chance():
+    """Both models fall to chance (0.1) when scrambled: the plain share kept favours the less accurate one (it had
+    less to lose), the share above chance is 0 for both."""
+    from bagnet.stats import kept_share_diff
+    n = 100
+    scrambled = (np.arange(n) % 10 == 0).astype(float)                  # 10% correct: chance over 10 classes
+    a = np.stack([scrambled, np.ones(n)], axis=1)                         # clean 1.0
+    b = np.stack([scrambled, (np.arange(n) % 2 == 0).astype(float)], axis=1)   # clean 0.5
+    assert kept_share_diff(a, b) == pytest.approx(0.1 - 0.2)
+    assert kept_share_diff(a, b, chance=0.1) == pytest.approx(0.0)
