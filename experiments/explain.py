@@ -20,6 +20,7 @@ from bagnet.heatmaps import EVIDENCE, heatmap
 from bagnet.models import is_bagnet
 from bagnet.patches import most_predictive_patches, top_windows
 from bagnet.result import Result
+from bagnet.utils import unwrap
 from bagnet.viz import compare_bagnets_figure, explain_image_figure, patches_figure
 
 from .inputs import class_indices, dataset_labels, eval_indices, load_batch
@@ -95,7 +96,7 @@ def patches_result(models: Mapping[str, nn.Module], dataset, classes: Sequence[s
     distractors: distinct windows (no two overlapping in one image), at most ``max_per_image`` from one image (the
     keys and their defaults: :class:`PatchesConfig`). With ``class_ids``, distractors are searched among
     ``distractor_images`` seeded images of the other classes (None: all of them)."""
-    name, model = next(reversed(_bagnets(models).items()))  # the largest-q BagNet when listed by q
+    name, model = max(_bagnets(models).items(), key=lambda kv: unwrap(kv[1]).patch_size)   # the largest q
     scanned = list(range(len(dataset)))
     if class_ids is not None:
         labels, wanted = dataset_labels(dataset), set(class_ids)

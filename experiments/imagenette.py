@@ -127,8 +127,8 @@ def readme(prov: dict, parts: dict, targets: pd.DataFrame, training: pd.DataFram
     lines += shortfall(targets, training)
     if training is not None and len(training):
         lines += ["## Training", "", io.to_markdown(training.drop(columns=["run_dir"], errors="ignore")), "",
-                  "`train_min` is wall time, pauses and other jobs on the machine included; `median_epoch_min` x "
-                  "`epochs` is the pace of an uncontended run.", ""]
+                  "`train_min` is wall time, pauses included; `median_epoch_min` x `epochs` leaves the pauses out, "
+                  "not other jobs that shared the CPU.", ""]
     lines += ["## Experiments", "", "| folder | what |", "|---|---|"]
     lines += [f"| `{p}/` | {WHAT.get(p, p)} |" for p in parts]
     lines += ["", "Each folder holds its tables (`.csv` + `.md`), figures (`.png` + `.pdf`) and `raw.json` (numbers + "

@@ -8,7 +8,7 @@ import pandas as pd
 
 from bagnet.io import to_markdown
 from bagnet.stats import fmt_ci
-from bagnet.verdicts import CANNOT_TEST, CONTRADICTED, NOT_SHOWN, SUPPORTED, emphasis, learned_floor, word
+from bagnet.verdicts import CANNOT_TEST, CONTRADICTED, NOT_SHOWN, SUPPORTED, emphasis, learned_floor
 
 from .files import ci, load, source
 from .verdicts import additivity_claims, at_chance, bagnet_models, by_interval, combine, sensitivity_claims
@@ -40,7 +40,7 @@ def block_imagenette(root: Path, folder: str = "imagenette") -> str:
             lines += ["Error consistency (Cohen's kappa of the two models' per-image errors) minus the reference "
                       "pair's, paired over the same photos: " + "; ".join(
                           f"{r['model_a']} vs {r['model_b']} {fmt_ci(r['difference'], r['lo'], r['hi'])} "
-                          f"({word(r['verdict'])})" for _, r in v.iterrows()) + ".", ""]
+                          f"({by_interval(r['lo'], r['hi'])})" for _, r in v.iterrows()) + ".", ""]
     return "\n".join(lines) + source(prov, folder)
 
 

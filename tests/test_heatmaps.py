@@ -285,3 +285,17 @@ def test_heatmaps_per_class_draw_each_class_from_its_own_images(make_tiny_bagnet
     assert list(t["label"]) == ["a", "a", "b", "b", "c", "c"] and all(int(y[i]) == "abc".index(c)
                                                                       for i, c in zip(t["index"], t["label"]))
     plt.close("all")
+
+
+def test_patches_come_from_the_largest_q_bagnet_whatever_the_order_of_the_models(make_tiny_bagnet):
+    """The Imagenette pipeline lists BagNet-33 first: its patches were BagNet-9's while the code took the last one."""
+    import matplotlib.pyplot as plt
+    from experiments.explain import patches_result
+    x, y = torch.randn(4, 3, 40, 40), torch.tensor([0, 1, 0, 1])
+    models = {"BagNet-17": make_tiny_bagnet(17, num_classes=2, dtype=torch.float32),
+              "BagNet-9": make_tiny_bagnet(9, num_classes=2, dtype=torch.float32)}
+    r = patches_result(models, TensorDataset(x, y), ["a", "b"], (0.0,) * 3, (1.0,) * 3, k=1, per_class_images=None,
+                       device="cpu", max_per_image=1, evidence="relative")
+    titles = [fig._suptitle.get_text() for fig in r.figures.values()]
+    assert len(titles) == 2 and all(t.startswith("BagNet-17:") for t in titles)
+    plt.close("all")

@@ -138,7 +138,7 @@ def test_the_readme_block_renders_the_targets_from_the_files(tmp_path):
     text = render_document("<!-- render: imagenette -->\n<!-- /render -->\n", tmp_path)
     assert "ResNet-50 0.819 [0.809, 0.829] / 0.970 [0.960, 0.980]" in text
     assert "| ResNet-50 test top-1 >= 0.85 | 0.819 [0.809, 0.829] | **no** | 0.031 | **contradicted** |" in text
-    assert "ResNet-50 vs BagNet-33 -0.050 [-0.080, -0.020] (contradicted)" in text
+    assert "ResNet-50 vs BagNet-33 -0.050 [-0.080, -0.020] (**contradicted**)" in text
     assert "Source: `results/imagenette/`" in text
 
 

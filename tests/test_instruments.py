@@ -169,7 +169,7 @@ def test_error_consistency_against_a_reference_pair_has_the_known_sign():
               "Twin": wrong_on(labels, shared)}
     t = error_overlap.run(models, list("abcd"), {"reference": ["CNN-1", "CNN-2"]}).tables["versus_reference"]
     t = t.set_index(["model_a", "model_b"])
-    assert t.loc[("CNN-1", "BagNet"), "hi"] < -0.5 and t.loc[("CNN-1", "BagNet"), "verdict"].startswith("supported")
+    assert t.loc[("CNN-1", "BagNet"), "hi"] < -0.5 and t.loc[("CNN-1", "BagNet"), "verdict"].startswith("contradicted")
     assert t.loc[("CNN-1", "Twin"), "verdict"].startswith("not shown") and t.loc[("CNN-1", "Twin"), "difference"] == 0
     swapped = error_overlap.run(models, list("abcd"), {"reference": ["CNN-1", "BagNet"]}).tables["versus_reference"]
     assert swapped.set_index(["model_a", "model_b"]).loc[("CNN-1", "CNN-2"), "lo"] > 0.5
