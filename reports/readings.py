@@ -17,14 +17,14 @@ import pandas as pd
 from bagnet.identity import experiment_settings
 from bagnet.io import read_result, results_files, to_markdown
 from bagnet.stats import fmt_ci
-from bagnet.verdicts import WORDS, emphasis, learned_floor, of_check, reading, word
+from bagnet.verdicts import emphasis, learned_floor, of_check, reading
 from experiments import published
 from experiments.demo_checks import checks_summary
 from experiments.table1 import report_tile_px, tile_columns
 
 from .files import SIGNATURES, TABLE1, ci, fmt_g, load, source
 from .imagenette import block_imagenette, block_imagenette_verdicts, imagenette_headline
-from .verdicts import block_verdicts, signature_claims
+from .verdicts import block_verdicts, claim_counts, signature_claims
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+)(?: (\S+))? -->\n)(.*?)(<!-- /render -->)", re.S)
 
@@ -196,18 +196,6 @@ def block_patch_robustness(root: Path, folder: str = "patch_robustness/demo") ->
 
 
 # ------------------------------------------------------------------------------------------------ timings, bench
-def block_photos(root: Path, folder: str = "photos/patches") -> str:
-    """The model behind the real-photo figures: what it is and how well it learned (from its provenance)."""
-    _, prov = load(root, folder)
-    (name, m), = prov["models"].items()
-    test = m["top1"]["test"]
-    cfg = prov.get("config") or {}
-    return (f"`{name}`: trained from random weights for {m['epochs']} epochs on the imagenette-mini training "
-            f"images at {cfg.get('data', {}).get('image_size')} px; test top-1 "
-            f"{fmt_ci(test['top1'], test['lo'], test['hi'])} over {test['n']} images (chance "
-            f"{1 / len(cfg.get('data', {}).get('classes') or range(10)):.2f}). " + source(prov, folder))
-
-
 def block_timings(root: Path) -> str:
     rows = []
     for raw in results_files(root):
@@ -243,11 +231,8 @@ def block_bench(root: Path) -> str:
 
 def verdict_counts(root: Path) -> str:
     """How many of the paper's claims tested on the signatures got each verdict (results/README.md lists them)."""
-    got = pd.Series([word(v) for _, _, v, _ in signature_claims(root, SIGNATURES)])
-    counts = [f"{v} {(got == v).sum()}" for v in WORDS]
-    checks = f"; implementation checks (true by construction, not counted) passed {(got == 'check passed').sum()}"
-    return (f"the paper's claims, tested here: {', '.join(counts)}{checks} (`results/README.md`: each claim with "
-            "its interval, and why a claim cannot be tested)")
+    return (f"the paper's claims, tested here: {claim_counts(signature_claims(root, SIGNATURES))} "
+            "(`results/README.md`: each claim with its interval, and why a claim cannot be tested)")
 
 # ------------------------------------------------------------------------------------------------ README.md
 SCENE15_CLASSES = 15
@@ -335,7 +320,7 @@ def block_headline(root: Path) -> str:
 BLOCKS: dict[str, Callable[..., str]] = {   # name -> f(results root[, folder under it])
     "headline": block_headline, "table1": block_table1, "signatures": block_signatures,
     "sensitivity-verdicts": sensitivity_verdicts, "timings": block_timings, "verdicts": block_verdicts,
-    "signature-models": block_signature_models, "photos": block_photos, "bench": block_bench,
+    "signature-models": block_signature_models, "bench": block_bench,
     "patch-robustness": block_patch_robustness, "imagenette": block_imagenette,
     "imagenette-verdicts": block_imagenette_verdicts,
 }

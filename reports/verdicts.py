@@ -27,8 +27,10 @@ from bagnet.verdicts import (
     NEARLY_ADDITIVE,
     NOT_SHOWN,
     SUPPORTED,
+    WORDS,
     emphasis,
     learned_floor,
+    word,
 )
 from bagnet.verdicts import by_interval as _by_interval
 from bagnet.verdicts import combine as _combine
@@ -195,6 +197,13 @@ def sensitivity_claims(root: Path, folder: str, skill: dict) -> list[tuple[str, 
                          "; ".join(f"minus {r.method} {fmt_ci(r.bagnet_minus_method_auc, r.lo, r.hi, 2)}"
                                    for r in cmp.itertuples()) + f"; {control}"))
     return rows
+
+
+def claim_counts(rows: list[tuple[str, str, str, str]]) -> str:
+    """'supported 3, contradicted 1, not shown 3, cannot test 3; implementation checks (...) passed 1'."""
+    got = pd.Series([word(v) for _, _, v, _ in rows], dtype=object)
+    return (", ".join(f"{v} {(got == v).sum()}" for v in WORDS) + "; implementation checks (true by construction, "
+            f"not counted) passed {(got == 'check passed').sum()}")
 
 
 def block_verdicts(root: Path, table1: str = TABLE1, signatures: str = SIGNATURES) -> str:
