@@ -105,6 +105,10 @@ RESULTS_IGNORED = ("paths", "out_dir", "run_dir", "device", "overwrite", "traine
 # experiment's settings was called ``signatures`` until it held more than the four signatures)
 RENAMED = {"signatures": "experiments"}
 
+# A named dataset is the same images wherever it lies (its loader checks the layout: class folders, splits), so
+# its ``data.root`` is where files are, like ``paths``; an ``imagefolder`` is known only by its path.
+LOCATED_BY_ROOT = ("imagefolder",)
+
 
 def current_names(config: Mapping) -> dict:
     """``config`` with its top-level keys under today's names (:data:`RENAMED`)."""
@@ -118,8 +122,12 @@ def experiment_settings(config: Mapping) -> dict:
 
 def results_identity(config: Mapping) -> dict:
     """``config`` (under today's key names) without the keys of :data:`RESULTS_IGNORED`; a model that is a run
-    under ``paths.runs_dir`` named relative to it (the same runs in another runs folder are the same models)."""
+    under ``paths.runs_dir`` named relative to it (the same runs in another runs folder are the same models); a
+    named dataset without its ``data.root`` (:data:`LOCATED_BY_ROOT`)."""
     out = copy.deepcopy(current_names(config))
+    data = out.get("data")
+    if isinstance(data, dict) and data.get("name") not in LOCATED_BY_ROOT:
+        data.pop("root", None)
     runs_dir = str((out.get("paths") or {}).get("runs_dir") or "").rstrip("/")
     if runs_dir and isinstance(out.get("models"), dict):
         out["models"] = {k: "<runs_dir>" + v[len(runs_dir):] if isinstance(v, str) and v.startswith(runs_dir + "/")

@@ -221,6 +221,19 @@ def test_results_saved_under_a_renamed_key_are_read_under_todays_name():
     assert identity_diff(results_identity(other), results_identity(today))
 
 
+def test_a_named_dataset_elsewhere_is_the_same_config_an_image_folder_is_not():
+    """Imagenette2 or 15-Scene at another path are the same images (their loaders check the layout): the committed
+    results are replaced without overwrite=true; an imagefolder is known only by its path."""
+    from bagnet.identity import identity_diff, results_identity
+    for name in ("imagenette", "scene15", "imagenet"):
+        here = {"seed": 0, "data": {"name": name, "root": "/work/shared/data/x", "image_size": 112}}
+        there = {"seed": 0, "data": {"name": name, "root": "/home/me/data/x", "image_size": 112}}
+        assert identity_diff(results_identity(here), results_identity(there)) == []
+        assert identity_diff(results_identity(here), results_identity({**there, "data": {**there["data"], "image_size": 96}}))
+    here = {"seed": 0, "data": {"name": "imagefolder", "root": "/a"}}
+    assert identity_diff(results_identity(here), results_identity({**here, "data": {"name": "imagefolder", "root": "/b"}}))
+
+
 def test_the_committed_demo_is_the_demo_config_of_today(compose_config):
     """make demo on a fresh clone replaces results/demo without overwrite=true, also with another runs folder
     (here the test's; BAGNET_RUNS_DIR): the committed results were made by today's demo config (re-make them when a
