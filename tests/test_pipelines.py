@@ -180,6 +180,7 @@ def test_pipeline_runs_each_experiment_and_resumes_from_its_units(tmp_path, run_
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("unit.pt")} == units
 
 
+@pytest.mark.slow   # 33 s of make test's 5 min; make demo (the README's first command) runs this pipeline in full
 def test_demo_pipeline_tiny(tmp_path, run_in_process):
     """make demo at 64 px, width 4, one step per model (seconds), and its documents rebuilt from raw.json."""
     cfg, demo = run_in_process("experiment=demo", *TINY, "experiments.heatmaps.num_images=2",
