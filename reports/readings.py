@@ -166,6 +166,12 @@ def sensitivity_verdicts(root: Path, folder: str = SIGNATURES) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ patch robustness
+def _of_pairs(r) -> str:
+    """" of K (K + 1) / 2" when the forwards are those that decided the answers (results since the lazy maps)."""
+    pairs = getattr(r, "all_pairs", None)
+    return "" if pairs is None or pd.isna(pairs) else f" of {int(pairs)}"
+
+
 def block_patch_robustness(root: Path, folder: str = "patch_robustness/demo") -> str:
     """Certified / clean top-1 of every model and defence on the images every defence ran on (``same_images``
     when PatchCleanser ran on a subset), PatchCleanser's cost, and the certificates PGD broke: ``folder`` and
@@ -185,7 +191,7 @@ def block_patch_robustness(root: Path, folder: str = "patch_robustness/demo") ->
             rows.append(row)
         cost = tables.get("cost")
         per_image = ("" if cost is None else " PatchCleanser's cost per image: " + ", ".join(
-            f"{r.model} {r.patch_px} px {r.forwards_per_image} forwards {r.seconds_per_image:.1f} s" for r in
+            f"{r.model} {r.patch_px} px {r.forwards_per_image:.0f}{_of_pairs(r)} forwards {r.seconds_per_image:.1f} s" for r in
             cost.itertuples()) + ".")
         notes.append(f"`{f}/`: {int(t['n'].max())} images.{per_image} Certified images that PGD inside the patch "
                      f"flipped: {prov['raw'].get('certificate_violations', '?')}. " + source(prov, f))

@@ -131,3 +131,51 @@ def test_in_pixel_space_a_hidden_patch_changes_nothing_and_certified_images_keep
                     assert torch.equal(torch.where(keep, 0.0, patched[n]), torch.where(keep, 0.0, images[b]))
         maps = prediction_maps(model, patched, masks)
         assert all(double_masking(m) == labels[b] for m in maps)
+
+
+@pytest.mark.parametrize("bias", [0.0, 1.5, 3.0])
+def test_answer_maps_give_the_full_maps_answers_for_fewer_forwards(bias):
+    """The lazy maps (first round, disagreers' rows, a unanimous correct image's pairs up to its first wrong one)
+    give every image the prediction and the certificate of the full map, at every label (right or wrong), on
+    models from undecided (bias 0: many disagreers) to nearly constant (bias 3: many certified), and a batch size
+    that splits the work unevenly."""
+    from bagnet.patchcleanser import answer_maps
+    torch.manual_seed(0)
+    model = create_model("small_cnn", width=4, stages=3, num_classes=3).eval()
+    model.fc.bias.data = torch.tensor([0.0, bias, 0.0])
+    masks = mask_set((24, 24), 5, 3)
+    images = torch.randn(12, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    full = prediction_maps(model, images, masks)
+    for labels in ([double_masking(m) for m in full], [b % 3 for b in range(len(images))]):
+        lazy, forwards = answer_maps(model, images, labels, masks, batch_size=37)
+        for b, y in enumerate(labels):
+            assert double_masking(lazy[b]) == double_masking(full[b])
+            assert certify(lazy[b], y, masks) == certify(full[b], y, masks)
+        known = lazy != -1
+        assert torch.equal(lazy[known], full[known]) and forwards == int(known.triu().sum())
+        certified = sum(certify(full[b], y, masks) for b, y in enumerate(labels))
+        assert forwards <= len(images) * len(masks.pairs)
+        if certified < len(images):
+            assert forwards < len(images) * len(masks.pairs)
+
+
+class BrightSquare(torch.nn.Module):
+    """Class 0 when any pixel of the 5 x 5 square at (6, 6) is visible, class 1 when masks hide it all: on an image
+    lit only there, the masks that cover the square disagree with the majority and win (the paper's recovery)."""
+
+    def forward(self, x):
+        seen = x[:, :, 6:11, 6:11].abs().amax((1, 2, 3))
+        return torch.stack([seen - 0.5, 0.5 - seen, torch.full_like(seen, -1.0)], -1)
+
+
+def test_answer_maps_read_the_rows_of_a_disagreer_that_wins():
+    from bagnet.patchcleanser import answer_maps
+    masks = mask_set((24, 24), 5, 3)
+    images = torch.zeros(2, 3, 24, 24)
+    images[0, :, 6:11, 6:11] = 1.0                     # lit square: a disagreer wins -> class 1; image 1: all 1
+    full = prediction_maps(BrightSquare(), images, masks)
+    assert [double_masking(m) for m in full] == [1, 1]
+    lazy, forwards = answer_maps(BrightSquare(), images, [1, 1], masks, batch_size=16)
+    assert [double_masking(m) for m in lazy] == [1, 1]
+    assert [certify(m, 1, masks) for m in lazy] == [certify(m, 1, masks) for m in full] == [False, True]
+    assert forwards < 2 * len(masks.pairs)
