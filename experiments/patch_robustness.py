@@ -49,7 +49,7 @@ class Config(ExperimentConfig):
     defences: list[str] = ranged(list(DEFENCES), choices=DEFENCES, nonempty=True)
     mask_threshold: float = ranged(0.2, ge=0, lt=1)           # detection threshold T of Mask-BN (a share of evidence)
     cleanser_masks: int = ranged(6, ge=2)                     # PatchCleanser's masks per axis (the paper's k = 6)
-    cleanser_images: Optional[int] = ranged(None, ge=1)       # PatchCleanser on the first n images only (None: all)
+    cleanser_images: Optional[int] = ranged(None, ge=1)       # PatchCleanser on a seeded random n of them (None: all)
     attack_images: int = ranged(16, ge=0)                     # PGD on this many images per model and patch (0: none)
     attack_steps: int = ranged(20, ge=1)
     attack_locations: int = ranged(3, ge=1)
@@ -67,6 +67,12 @@ def check(cfg: Mapping, classes, image_size: int | None) -> None:
         if large:
             raise ConfigError(f"experiments.patch_robustness.patch_share: {large} give a patch as large as the "
                               f"{image_size} px image (data.image_size); must be below its area")
+
+
+def sample(idx: list[int], n: int | None, seed: int) -> set[int]:
+    """A seeded random ``n`` of the evaluated images ``idx`` (all when n is None): not the first n, which on a
+    dataset stored class by class (15-Scene, ImageNet folders) are one class."""
+    return {idx[i] for i in eval_indices(len(idx), n, seed)}
 
 
 def patch_sizes(cfg: Mapping, image_px: int) -> list[int]:
@@ -127,7 +133,7 @@ def weakest_corners(evidence: torch.Tensor, image_hw, p: int, q: int, k: int) ->
 
 
 def attack(model, dataset, rows: list[dict], cfg: Mapping, defences, device, lo, hi) -> None:
-    """PGD against each BagNet defence on the rows of the first ``attack_images`` images it gets right."""
+    """PGD against each BagNet defence on the rows of ``attack_images`` sampled images that it gets right."""
     if not defences:
         return
     q = model.patch_size
@@ -155,7 +161,7 @@ def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, class
     m, s = torch.as_tensor(mean), torch.as_tensor(std)
     lo, hi = ((0 - m) / s).to(device), ((1 - m) / s).to(device)      # the patch's pixels stay valid images
     T, wanted = cfg["mask_threshold"], cfg["defences"]
-    cleanser_idx = set(idx[: cfg["cleanser_images"]] if "patchcleanser" in wanted else [])
+    cleanser_idx = sample(idx, cfg["cleanser_images"], cfg["seed"]) if "patchcleanser" in wanted else set()
     rows, cost = [], []
     for name, model in models.items():
         bagnet = is_bagnet(model)
@@ -195,7 +201,7 @@ def run(models: Mapping[str, nn.Module], data, cfg: Mapping | None = None, class
             cost.append({"model": name, "patch_px": p, "defence": "patchcleanser", "masks": k,
                          "forwards_per_image": forwards[p] / len(cleanser_idx), "all_pairs": k * (k + 1) // 2,
                          "seconds_per_image": sec / len(cleanser_idx), "n": len(cleanser_idx)})
-        first = set(idx[: cfg["attack_images"]])
+        first = sample(idx, cfg["attack_images"], cfg["seed"])
         attack(model, dataset, [r for r in rows if r["model"] == name and r["index"] in first], cfg, defences, device,
                lo, hi)
     per_image = pd.DataFrame(rows)

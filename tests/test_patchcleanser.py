@@ -179,3 +179,19 @@ def test_answer_maps_read_the_rows_of_a_disagreer_that_wins():
     assert [double_masking(m) for m in lazy] == [1, 1]
     assert [certify(m, 1, masks) for m in lazy] == [certify(m, 1, masks) for m in full] == [False, True]
     assert forwards < 2 * len(masks.pairs)
+
+
+def test_patchcleanser_and_pgd_images_are_sampled_across_a_dataset_stored_class_by_class():
+    """15-Scene's test split is stored class by class: the first 16 images were all one class (the 15-Scene run
+    that found it certified PatchCleanser on bedrooms only). The subsets are seeded samples of every class."""
+    from torch.utils.data import TensorDataset
+    from experiments.patch_robustness import run
+    model = create_model("small_cnn", width=4, stages=3, num_classes=4).eval()
+    labels = torch.arange(4).repeat_interleave(10)                          # 0 x 10, 1 x 10, ...
+    cfg = {"device": "cpu", "progress": False, "patch_px": [6], "cleanser_masks": 2, "cleanser_images": 8,
+           "attack_images": 0, "num_images": None, "defences": ["undefended", "patchcleanser"]}
+    rows = run({"CNN": model}, TensorDataset(torch.randn(40, 3, 24, 24), labels), cfg).tables["per_image"]
+    cleansed = rows.dropna(subset=["patchcleanser_clean"])
+    assert len(cleansed) == 8 and cleansed["label"].nunique() >= 3
+    again = run({"CNN": model}, TensorDataset(torch.randn(40, 3, 24, 24), labels), cfg).tables["per_image"]
+    assert list(again.dropna(subset=["patchcleanser_clean"])["index"]) == list(cleansed["index"])    # seeded
